@@ -1,0 +1,42 @@
+# botmodels: `make serve` serves the default offline model set; `make test` runs every check.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PROFILE ?= $(or $(BOTMODELS_PROFILE),offline)
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+
+.PHONY: serve test lint build bench import-models clean
+
+$(VENV)/.runtime: requirements.txt scripts/install_torch.sh
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	scripts/install_torch.sh $(PY)
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+import-models: $(VENV)/.runtime
+	$(PY) scripts/import_models.py $(PROFILE)
+
+serve: import-models
+	BOTMODELS_PROFILE=$(PROFILE) $(VENV)/bin/bentoml serve service:BotModels
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint
+	$(VENV)/bin/pytest
+
+build: import-models
+	BOTMODELS_PROFILE=$(PROFILE) $(VENV)/bin/bentoml build --version $(VERSION)
+
+bench: $(VENV)/.dev
+	$(PY) scripts/bench_embeddings.py
+	$(PY) scripts/bench_overhead.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,125 @@
+"""One settings object for the whole bundle: every knob is a `BOTMODELS_*` environment variable.
+
+Nothing here touches a model or the network; reading the environment is the only side effect.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Profile = Literal["offline", "cpu", "gpu", "tiny"]
+Quantization = Literal["none", "int8", "4bit"]
+
+# Every runner kind the bundle knows. A kind that is not enabled loads nothing.
+KNOWN_RUNNERS: tuple[str, ...] = ("embeddings",)
+
+
+def _available_cpus() -> int:
+    """CPUs this process may run on (cgroup/affinity aware), not the host's total."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS has no sched_getaffinity
+        return max(1, os.cpu_count() or 1)
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """botmodels configuration. Each field is read from `BOTMODELS_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix="BOTMODELS_", extra="ignore")
+
+    port: int = Field(8089, ge=1, le=65535, description="HTTP port (botserver's default is 8085).")
+    host: str = Field("127.0.0.1", description="Bind address; 0.0.0.0 inside containers.")
+    profile: Profile = Field(
+        "offline", description="Model set: offline, cpu, gpu, or tiny (random weights, for tests)."
+    )
+    runners: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(KNOWN_RUNNERS),
+        description="Enabled runner kinds, comma-separated. A disabled runner loads nothing.",
+    )
+
+    # --- auth -------------------------------------------------------------------------------
+    api_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated API keys; each is also an HMAC signing secret. Never logged.",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="File with one key per line; default <home>/api-key, generated if missing.",
+    )
+    signature_tolerance_s: int = Field(300, ge=1, le=3600)
+    replay_cache_s: int = Field(600, ge=1, le=86400)
+
+    # --- paths ------------------------------------------------------------------------------
+    home: Path = Field(
+        default_factory=lambda: Path.home() / ".botmodels",
+        description="Where botmodels keeps its generated key and other local state.",
+    )
+    manifest: Path = Field(
+        default_factory=lambda: Path(__file__).resolve().parent.parent / "models.toml",
+        description="Model manifest: which stored model each runner uses per profile.",
+    )
+
+    # --- limits -----------------------------------------------------------------------------
+    max_json_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest JSON body.")
+    max_upload_bytes: int = Field(50 * 1024 * 1024, ge=1024, description="Largest upload.")
+    max_concurrency: int = Field(
+        512, ge=1, description="Requests in flight per worker before 429 with Retry-After."
+    )
+    request_timeout_s: float = Field(300.0, gt=0, description="botserver's own client timeout.")
+
+    # --- compute ----------------------------------------------------------------------------
+    threads: int = Field(
+        default_factory=_available_cpus, ge=1, description="torch intra-op threads per worker."
+    )
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto")
+
+    # --- embeddings runner ------------------------------------------------------------------
+    embeddings_url: AnyHttpUrl | None = Field(
+        None, description="Serve embeddings from a remote botmodels at this URL instead."
+    )
+    embeddings_quantization: Quantization | None = Field(
+        None, description="Override the manifest's quantization: none, int8 or 4bit."
+    )
+    embeddings_max_batch_size: int = Field(32, ge=1, le=1024)
+    embeddings_max_latency_ms: int = Field(10_000, ge=10)
+    embeddings_max_inputs: int = Field(2048, ge=1, description="Inputs per request (OpenAI's).")
+    embeddings_max_chars: int = Field(
+        100_000, ge=1, description="Characters per input; longer inputs are rejected."
+    )
+
+    @field_validator("runners", mode="before")
+    @classmethod
+    def _parse_runners(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("runners")
+    @classmethod
+    def _known_runners(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(KNOWN_RUNNERS))
+        if unknown:
+            raise ValueError(
+                f"unknown runner(s) {unknown}; BOTMODELS_RUNNERS takes a comma-separated subset "
+                f"of {list(KNOWN_RUNNERS)}"
+            )
+        return list(dict.fromkeys(value))
+
+    def remote_url(self, runner: str) -> str | None:
+        url = getattr(self, f"{runner}_url", None)
+        return str(url).rstrip("/") if url is not None else None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,139 @@
+"""The OpenAI `/v1/embeddings` front: check the request, fan it out to the runner, encode.
+
+The runner is reached through its batchable API: in this process via BentoML's own dispatcher
+(`batch_infer`, adaptive batching across every concurrent request), or on a remote botmodels by
+URL (whose batchable route batches our calls with its other traffic). Inputs longer than one
+batch are split so that one big request cannot monopolise a batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import numpy as np
+from bentoml.exceptions import BentoMLException
+
+from botmodels.config import Settings
+from botmodels.errors import InvalidInput, RunnerUnavailable
+from botmodels.pool import RunnerPool
+from botmodels.remote import RemoteRunner
+from botmodels.schemas import (
+    EmbeddedText,
+    EmbeddingData,
+    EmbeddingResponse,
+    EmbeddingUsage,
+)
+from runners.embeddings import EmbeddingBatch
+
+BATCH_API = "embed_batch"
+BATCH_ROUTE = "/runners/embeddings/embed"
+
+BatchInfer = Callable[[str, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
+
+
+def check_input(raw: object, settings: Settings) -> list[str]:
+    """OpenAI's rules: a string or a non-empty list of non-empty strings."""
+    texts: list[object]
+    if isinstance(raw, str):
+        texts = [raw]
+    elif isinstance(raw, list):
+        texts = raw
+    else:
+        raise InvalidInput("`input` must be a string or a list of strings", param="input")
+    if not texts:
+        raise InvalidInput("`input` must not be an empty list", param="input")
+    if len(texts) > settings.embeddings_max_inputs:
+        raise InvalidInput(
+            f"`input` has {len(texts)} items; at most {settings.embeddings_max_inputs} per request",
+            param="input",
+        )
+    for i, text in enumerate(texts):
+        if isinstance(text, int | list):
+            raise InvalidInput(
+                "`input` as token ids is not supported: OpenAI token ids mean nothing to this "
+                "model's tokenizer; send the text",
+                param="input",
+            )
+        if not isinstance(text, str):
+            raise InvalidInput(f"`input[{i}]` must be a string", param="input")
+        if not text.strip():
+            raise InvalidInput(f"`input[{i}]` is empty", param="input")
+        if len(text) > settings.embeddings_max_chars:
+            raise InvalidInput(
+                f"`input[{i}]` has {len(text)} characters; the limit is "
+                f"{settings.embeddings_max_chars} (the model reads its first tokens only)",
+                param="input",
+            )
+    return [t for t in texts if isinstance(t, str)]
+
+
+def encode_batch(batch: EmbeddingBatch) -> list[EmbeddedText]:
+    return [
+        EmbeddedText(
+            vector_b64=base64.b64encode(vector.astype("<f4").tobytes()).decode(), tokens=tokens
+        )
+        for vector, tokens in zip(batch.vectors, batch.tokens, strict=True)
+    ]
+
+
+class EmbeddingsFrontend:
+    def __init__(self, settings: Settings, pool: RunnerPool, remote: RemoteRunner | None) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.remote = remote
+        self.batch_infer: BatchInfer | None = None
+
+    def model_name(self) -> str:
+        slot = self.pool.slot("embeddings")
+        return slot.tag.split(":")[0] if slot is not None else "embeddings"
+
+    async def _run_chunk(self, texts: list[str]) -> list[EmbeddedText]:
+        if self.remote is not None:
+            result = await self.remote.post(BATCH_ROUTE, {"texts": texts})
+            return [EmbeddedText.model_validate(item) for item in result]
+        self.pool.local("embeddings")  # 503 now, before queueing, if not ready
+        if self.batch_infer is None:  # direct instantiation (tests): no dispatcher, no batching
+            runner = self.pool.local("embeddings")
+            return await asyncio.to_thread(lambda: encode_batch(runner.embed(texts)))
+        try:
+            items: Sequence[EmbeddedText] = await self.batch_infer(BATCH_API, (texts,), {})
+        except BentoMLException as exc:  # the dispatcher's "process is overloaded"
+            raise RunnerUnavailable(
+                f"embeddings runner overloaded: {exc}", headers={"Retry-After": "1"}
+            ) from exc
+        return list(items)
+
+    async def create(
+        self, raw_input: object, encoding_format: str, dimensions: int | None
+    ) -> EmbeddingResponse:
+        texts = check_input(raw_input, self.settings)
+        size = self.settings.embeddings_max_batch_size
+        chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
+        results = await asyncio.gather(*(self._run_chunk(chunk) for chunk in chunks))
+        items = [item for chunk in results for item in chunk]
+
+        data: list[EmbeddingData] = []
+        for index, item in enumerate(items):
+            if dimensions is not None:
+                native = len(base64.b64decode(item.vector_b64)) // 4
+                if dimensions != native:
+                    raise InvalidInput(
+                        f"`dimensions` is {dimensions} but this model only makes {native}-"
+                        f"dimensional vectors",
+                        param="dimensions",
+                    )
+            embedding: list[float] | str = (
+                item.vector_b64
+                if encoding_format == "base64"
+                else np.frombuffer(base64.b64decode(item.vector_b64), dtype="<f4").tolist()
+            )
+            data.append(EmbeddingData(index=index, embedding=embedding))
+        tokens = sum(item.tokens for item in items)
+        return EmbeddingResponse(
+            data=data,
+            model=self.model_name(),
+            usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens),
+        )

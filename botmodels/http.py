@@ -1,0 +1,241 @@
+"""ASGI middleware that gives every route the same limits and the same error shape.
+
+* `ErrorShapeMiddleware` (outermost): any non-2xx answer that is not already in the one error
+  shape (BentoML's validation errors, its list-shaped errors, Starlette's plain-text 404/405,
+  500s) is rewritten into it. Status codes and headers (Retry-After…) are kept.
+* `LimitsMiddleware`: requests in flight per worker (429 + Retry-After past the limit) and body
+  size (413 from Content-Length before reading, or while reading a chunked body).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from botmodels.auth import is_open_path
+from botmodels.errors import error_bytes, error_type, is_error_shape
+
+GENERIC_500 = "internal error; the server log has the details"
+
+
+def _message_from(status: int, raw: bytes) -> tuple[str, str | None]:
+    """Best human message (and offending parameter) from a foreign error body."""
+    if status >= 500 and status != 503:
+        return GENERIC_500, None
+    try:
+        payload: Any = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        text = raw.decode("utf-8", "replace").strip()
+        return (text or "request failed")[:500], None
+    if isinstance(payload, list) and payload and isinstance(payload[0], dict):
+        payload = payload[0]  # BentoML's InvalidArgument answers a one-element list
+    if not isinstance(payload, dict):
+        return str(payload)[:500], None
+    details = payload.get("detail")
+    if isinstance(details, list) and details:  # BentoML's pydantic validation errors
+        parts: list[str] = []
+        param: str | None = None
+        for item in details[:5]:
+            if not isinstance(item, dict):
+                continue
+            loc = ".".join(str(p) for p in item.get("loc", ()) if p not in ("body",))
+            param = param or loc or None
+            parts.append(f"{loc}: {item.get('msg', 'invalid')}" if loc else str(item.get("msg")))
+        return "invalid request: " + "; ".join(parts), param
+    error = payload.get("error", payload.get("detail"))
+    return (str(error) if error is not None else "request failed")[:500], None
+
+
+def _content_type(scope: Scope) -> bytes:
+    """The media type, lower-case, without parameters; b"" when absent."""
+    for key, value in scope.get("headers", []):
+        if key == b"content-type":
+            return bytes(value).split(b";")[0].strip().lower()
+    return b""
+
+
+async def send_error(
+    send: Send,
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    body = error_bytes(status, message, code=code)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class ErrorShapeMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start: Message | None = None
+        chunks: list[bytes] = []
+
+        async def shaped_send(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                if message["status"] < 400:
+                    await send(message)
+                    return
+                start = message
+                return
+            if start is None or message["type"] != "http.response.body":
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            await send_reshaped(start, b"".join(chunks))
+
+        async def send_reshaped(start_message: Message, raw: bytes) -> None:
+            status = int(start_message["status"])
+            try:
+                already = is_error_shape(json.loads(raw))
+            except (ValueError, UnicodeDecodeError):
+                already = False
+            if already:
+                body = raw
+            else:
+                message, param = _message_from(status, raw)
+                body = error_bytes(
+                    status, message, code=error_type(status) if status >= 500 else None, param=param
+                )
+            headers = [
+                (k, v)
+                for k, v in start_message.get("headers", [])
+                if k.lower() not in (b"content-length", b"content-type")
+            ]
+            headers += [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, shaped_send)
+
+
+class LimitsMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_concurrency: int,
+        max_json_bytes: int,
+        max_upload_bytes: int,
+        json_paths: frozenset[str] = frozenset(),
+    ) -> None:
+        self.app = app
+        self.json_paths = json_paths
+        self.max_concurrency = max_concurrency
+        self.max_json_bytes = max_json_bytes
+        self.max_upload_bytes = max_upload_bytes
+        self.in_flight = 0
+
+    def _limit_for(self, scope: Scope) -> int:
+        media = _content_type(scope)
+        if media in (b"multipart/form-data", b"application/octet-stream") or media.split(b"/")[
+            0
+        ] in (b"image", b"audio", b"video"):
+            return self.max_upload_bytes
+        return self.max_json_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or is_open_path(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.max_concurrency:
+            await send_error(
+                send,
+                429,
+                f"server busy: {self.max_concurrency} requests already in flight; retry shortly",
+                code="overloaded",
+                headers=[(b"retry-after", b"1")],
+            )
+            return
+        if scope["path"] in self.json_paths and scope["method"] == "POST":
+            media = _content_type(scope)
+            if media and media != b"application/json" and not media.endswith(b"+json"):
+                await send_error(
+                    send,
+                    415,
+                    f"this route takes a JSON body: send Content-Type: application/json "
+                    f"(got {media.decode('latin-1')})",
+                    code="unsupported_media_type",
+                )
+                return
+        limit = self._limit_for(scope)
+        declared: int | None = None
+        for key, value in scope.get("headers", []):
+            if key == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    await send_error(send, 400, "Content-Length is not a number")
+                    return
+        if declared is not None and declared > limit:
+            await send_error(
+                send,
+                413,
+                f"request body is {declared} bytes; the limit for this content type is {limit}",
+                code="payload_too_large",
+            )
+            return
+
+        received = 0
+        too_large = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    too_large = True
+                    # Ends the body early; the app sees a disconnect and stops reading.
+                    return {"type": "http.disconnect"}
+            return message
+
+        response_started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                if too_large:
+                    return
+                response_started = True
+            elif too_large and not response_started:
+                return
+            await send(message)
+
+        self.in_flight += 1
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        finally:
+            self.in_flight -= 1
+        if too_large and not response_started:
+            await send_error(
+                send,
+                413,
+                f"request body exceeds the limit of {limit} bytes for this content type",
+                code="payload_too_large",
+            )

@@ -1,0 +1,180 @@
+"""The BentoML model store: the manifest, importing into the store, and finding what is stored.
+
+A stored model's version is derived from the sha256 of its files, so importing the same files
+twice is a no-op, and its labels say where it came from:
+  runner, source (package:…, hub:…, local:…, tiny:…), revision, sha256, quantization (the
+  default), synthetic ("true" for random weights).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import shutil
+import tempfile
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import bentoml
+from bentoml.exceptions import NotFound
+
+from botmodels.config import Quantization
+
+SourceKind = Literal["package", "hub", "local", "tiny"]
+
+
+class ManifestError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    runner: str
+    profile: str
+    name: str
+    source: SourceKind
+    quantization: Quantization
+    package: str | None = None
+    subdir: str | None = None
+    repo: str | None = None
+    revision: str | None = None
+    path: str | None = None
+    allow_patterns: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}:latest"
+
+
+def load_manifest(path: Path) -> dict[str, dict[str, ModelSpec]]:
+    """{runner: {profile: spec}}."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ManifestError(f"cannot read model manifest {path}: {exc}") from exc
+    known = {f for f in ModelSpec.__dataclass_fields__ if f not in ("runner", "profile", "extra")}
+    manifest: dict[str, dict[str, ModelSpec]] = {}
+    for runner, profiles in raw.items():
+        for profile, entry in profiles.items():
+            if entry.get("source") not in ("package", "hub", "local", "tiny"):
+                raise ManifestError(f"{runner}.{profile}: source must be package/hub/local/tiny")
+            if entry.get("quantization") not in ("none", "int8", "4bit"):
+                raise ManifestError(f"{runner}.{profile}: quantization must be none/int8/4bit")
+            kwargs = {k: v for k, v in entry.items() if k in known}
+            if "allow_patterns" in kwargs:
+                kwargs["allow_patterns"] = tuple(kwargs["allow_patterns"])
+            extra = {k: v for k, v in entry.items() if k not in known}
+            manifest.setdefault(runner, {})[profile] = ModelSpec(
+                runner=runner, profile=profile, extra=extra, **kwargs
+            )
+    return manifest
+
+
+def spec_for(manifest: dict[str, dict[str, ModelSpec]], runner: str, profile: str) -> ModelSpec:
+    try:
+        return manifest[runner][profile]
+    except KeyError:
+        raise ManifestError(
+            f"the manifest has no model for runner {runner!r} in profile {profile!r}"
+        ) from None
+
+
+def tree_sha256(root: Path) -> str:
+    """Hash of every file's relative path and bytes, in sorted order."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(root).as_posix().encode() + b"\0")
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def find_stored(tag: str) -> bentoml.Model | None:
+    try:
+        return bentoml.models.get(tag)
+    except NotFound:
+        return None
+
+
+TinyBuilder = Callable[[Path], None]
+
+
+def _stage(
+    spec: ModelSpec, staging: Path, tiny_builders: dict[str, TinyBuilder]
+) -> tuple[Path, str, str]:
+    """Put the model's files in a folder; return (folder, source label, revision)."""
+    if spec.source == "package":
+        assert spec.package is not None, f"{spec.runner}.{spec.profile}: `package` is required"
+        module = importlib.import_module(spec.package)
+        folder = Path(cast(str, module.__file__)).parent / (spec.subdir or "")
+        dist = spec.package.replace("_", "-")
+        try:
+            version = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            version = "unknown"
+        return folder, f"package:{dist}=={version}", version
+    if spec.source == "local":
+        assert spec.path is not None, f"{spec.runner}.{spec.profile}: `path` is required"
+        folder = Path(spec.path).expanduser()
+        if not folder.is_dir():
+            raise ManifestError(f"{spec.runner}.{spec.profile}: {folder} is not a folder")
+        return folder, f"local:{folder}", "local"
+    if spec.source == "hub":
+        assert spec.repo is not None, f"{spec.runner}.{spec.profile}: `repo` is required"
+        from huggingface_hub import snapshot_download
+
+        snapshot = Path(
+            snapshot_download(
+                spec.repo,
+                revision=spec.revision or "main",
+                allow_patterns=list(spec.allow_patterns) or None,
+                cache_dir=staging / "hub-cache",
+            )
+        )
+        commit = snapshot.name  # snapshots/<commit sha>
+        return snapshot, f"hub:{spec.repo}@{commit}", commit
+    builder = tiny_builders.get(spec.runner)
+    if builder is None:
+        raise ManifestError(f"no tiny model builder for runner {spec.runner!r}")
+    folder = staging / "tiny"
+    folder.mkdir()
+    builder(folder)
+    return folder, f"tiny:{spec.runner}", "seed-0"
+
+
+def import_spec(
+    spec: ModelSpec,
+    tiny_builders: dict[str, TinyBuilder],
+    progress: Callable[[str], None] = print,
+) -> bentoml.Model:
+    """Copy the spec's model into the store, unless identical files are already there."""
+    with tempfile.TemporaryDirectory(prefix="botmodels-import-") as tmp:
+        folder, source, revision = _stage(spec, Path(tmp), tiny_builders)
+        progress(f"  hashing {folder}")
+        sha = tree_sha256(folder)
+        version = sha[:20]
+        existing = find_stored(f"{spec.name}:{version}")
+        if existing is not None:
+            progress(f"  already stored as {existing.tag} (sha256 {sha[:12]}…)")
+            return existing
+        labels = {
+            "runner": spec.runner,
+            "profile": spec.profile,
+            "source": source,
+            "revision": revision,
+            "sha256": sha,
+            "quantization": spec.quantization,
+            "synthetic": "true" if spec.source == "tiny" else "false",
+        }
+        with bentoml.models.create(f"{spec.name}:{version}", labels=labels) as model:
+            progress(f"  copying into {model.path}")
+            shutil.copytree(folder, model.path, dirs_exist_ok=True, symlinks=False)
+        stored = bentoml.models.get(f"{spec.name}:{version}")
+        progress(f"  stored as {stored.tag}")
+        return stored

@@ -1,0 +1,146 @@
+"""Test setup: an empty BentoML store and botmodels home per session, known keys, and helpers.
+
+The environment is set here, before any test module imports bentoml or service.py, because
+both read it once.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="botmodels-tests-"))
+KEY = "test-key-0123456789abcdef"
+OLD_KEY = "old-key-0123456789abcdef"
+
+os.environ["BENTOML_HOME"] = str(_SESSION_DIR / "bentoml")
+os.environ["BOTMODELS_HOME"] = str(_SESSION_DIR / "home")
+os.environ["BOTMODELS_API_KEYS"] = f"{KEY},{OLD_KEY}"
+os.environ["BOTMODELS_PROFILE"] = "offline"
+os.environ.pop("BOTMODELS_EMBEDDINGS_URL", None)
+os.environ.pop("BOTMODELS_RUNNERS", None)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(ROOT))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Path:
+    return _SESSION_DIR
+
+
+@pytest.fixture(scope="session")
+def offline_store() -> None:
+    """The offline profile (real all-MiniLM-L6-v2) and the tiny profile in the session store."""
+    from scripts.import_models import main
+
+    assert main(["offline"]) == 0
+    assert main(["tiny"]) == 0
+
+
+@pytest.fixture(scope="session")
+def app(offline_store: None) -> Iterator[Any]:
+    """The real ASGI app (middleware and all), started, with its models loaded.
+
+    BentoML can build it once per process. TestClient does not batch: batching is proven
+    against `bentoml serve` in tests/test_serve.py.
+    """
+    from starlette.testclient import TestClient
+
+    import service
+
+    with TestClient(service.BotModels.to_asgi(), raise_server_exceptions=False) as client:
+        deadline = time.monotonic() + 120
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "models did not load"
+            time.sleep(0.2)
+        yield client
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app
+
+
+def auth(key: str = KEY) -> dict[str, str]:
+    return {"X-API-Key": key}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """A real `bentoml serve` of this project, in its own process group."""
+
+    def __init__(self, env: dict[str, str], target: str = "service:BotModels") -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the server
+            prefix="botmodels-serve-", suffix=".log", delete=False
+        )
+        full_env = {**os.environ, **env, "BOTMODELS_PORT": str(self.port)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", target, "--port", str(self.port)],
+            cwd=env.get("SERVE_CWD", str(ROOT)),
+            env=full_env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 180) -> float:
+        import httpx
+
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited:\n{self.output()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return time.monotonic() - started
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise TimeoutError(f"server not ready in {timeout} s:\n{self.output()}")
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")[-5000:]
+
+    def worker_pids(self) -> list[int]:
+        import psutil
+
+        return [
+            child.pid
+            for child in psutil.Process(self.proc.pid).children(recursive=True)
+            if "_bentoml_impl.worker" in " ".join(child.cmdline())
+        ]
+
+    def stop(self) -> None:
+        # SIGTERM the arbiter's whole group: SIGKILL would orphan workers holding the port.
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        Path(self.log.name).unlink(missing_ok=True)
