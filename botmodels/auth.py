@@ -189,7 +189,9 @@ class AuthMiddleware:
             size += len(chunks[-1])
             if size > self.max_body_bytes:
                 body = error_bytes(
-                    413, f"request body exceeds {self.max_body_bytes} bytes", code="payload_too_large"
+                    413,
+                    f"request body exceeds {self.max_body_bytes} bytes",
+                    code="payload_too_large",
                 )
                 await send(
                     {

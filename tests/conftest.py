@@ -63,7 +63,8 @@ def app(offline_store: None) -> Iterator[Any]:
 
     import service
 
-    with TestClient(service.BotModels.to_asgi(), raise_server_exceptions=False) as client:
+    bento: Any = service.BotModels  # a bentoml.Service; its stubs do not say so
+    with TestClient(bento.to_asgi(), raise_server_exceptions=False) as client:
         deadline = time.monotonic() + 120
         while client.get("/readyz").status_code != 200:
             assert time.monotonic() < deadline, "models did not load"

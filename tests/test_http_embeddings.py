@@ -22,7 +22,8 @@ def assert_error(response: Any, status: int) -> dict[str, Any]:
     body = response.json()
     assert set(body) == {"error"}
     assert set(body["error"]) == {"message", "type", "code", "param"}
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert isinstance(body["error"]["message"], str)
+    assert body["error"]["message"]
     assert "Traceback" not in response.text
     error: dict[str, Any] = body["error"]
     return error
@@ -80,9 +81,11 @@ def test_official_openai_client(client: Any) -> None:
     assert len(result.data) == 2
     assert len(result.data[0].embedding) == 384
     assert result.usage.prompt_tokens > 0
-    floats = api.embeddings.create(
-        model="m", input="same text", encoding_format="float"
-    ).data[0].embedding
+    floats = (
+        api.embeddings.create(model="m", input="same text", encoding_format="float")
+        .data[0]
+        .embedding
+    )
     default = api.embeddings.create(model="m", input="same text").data[0].embedding
     np.testing.assert_allclose(floats, default, atol=1e-6)
     bad = api.with_options(max_retries=0)
@@ -97,7 +100,9 @@ def test_bearer_and_rotated_keys(client: Any) -> None:
         {"Authorization": f"bearer {OLD_KEY}"},
         {"X-API-Key": OLD_KEY},
     ):
-        assert client.post("/v1/embeddings", json={"input": "x"}, headers=headers).status_code == 200
+        assert (
+            client.post("/v1/embeddings", json={"input": "x"}, headers=headers).status_code == 200
+        )
 
 
 @pytest.mark.parametrize(
@@ -201,7 +206,9 @@ def test_non_utf8_body_is_400(client: Any) -> None:
 
 def test_malformed_json_is_400(client: Any) -> None:
     response = client.post(
-        "/v1/embeddings", content=b'{"input": ', headers={**auth(), "content-type": "application/json"}
+        "/v1/embeddings",
+        content=b'{"input": ',
+        headers={**auth(), "content-type": "application/json"},
     )
     assert_error(response, 400)
 
