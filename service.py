@@ -32,7 +32,7 @@ from botmodels.keys import load_api_keys
 from botmodels.pool import RunnerPool
 from botmodels.remote import RemoteRunner
 from botmodels.schemas import EmbeddedText, EmbeddingResponse, Pong
-from botmodels.store import load_manifest
+from botmodels.store import find_stored, load_manifest
 from runners.embeddings import EmbeddingsRunner
 
 log = logging.getLogger("botmodels")
@@ -84,24 +84,20 @@ class _Limits(LimitsMiddleware):
 _instance: BotModels | None = None
 
 
-def _service() -> BotModels:
-    if _instance is None:
-        raise RuntimeError("service not started")
-    return _instance
-
-
 async def api_health(_: Request) -> JSONResponse:
-    body, status = await _service().health()
+    if _instance is None:  # the worker is up, the service not yet constructed
+        return JSONResponse({"status": "starting", "version": VERSION}, status_code=503)
+    body, status = await _instance.health()
     return JSONResponse(body, status_code=status)
 
 
 async def embeddings_health(_: Request) -> JSONResponse:
-    ok = await _service().runner_usable("embeddings")
+    ok = _instance is not None and await _instance.runner_usable("embeddings")
     return JSONResponse({"status": "ok" if ok else "unavailable"}, status_code=200 if ok else 503)
 
 
 async def api_models(_: Request) -> JSONResponse:
-    return JSONResponse({"models": _service().models()})
+    return JSONResponse({"models": _instance.models() if _instance is not None else []})
 
 
 status_app = Starlette(
@@ -115,9 +111,16 @@ status_app = Starlette(
 
 def _model_ref(kind: str) -> Any:
     """Class-level reference to the profile's stored model for `kind`, so `bentoml build` lists
-    it and `bentoml export` carries it. Lazy: this only reads the manifest."""
+    it and `bentoml export` carries it. Reads the manifest and the store's index, loads nothing.
+
+    A model missing from the store is not referenced: `bentoml serve` refuses to start at all
+    over a missing class-level model, and we want the other runners up and the missing one
+    reported by /api/health instead."""
     spec = load_manifest(settings.manifest).get(kind, {}).get(settings.profile)
     if spec is None or kind not in settings.runners or settings.remote_url(kind) is not None:
+        return None
+    if find_stored(spec.tag) is None:
+        log.warning("model %s is not in the store; runner %s will report it", spec.tag, kind)
         return None
     return bentoml.models.BentoModel(spec.tag)
 

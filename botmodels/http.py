@@ -79,12 +79,16 @@ async def send_error(
     await send({"type": "http.response.body", "body": body})
 
 
+# Their 503 body is the health report itself, which probes and people read as is.
+HEALTH_PATHS = frozenset({"/api/health", "/health", "/livez", "/healthz", "/readyz"})
+
+
 class ErrorShapeMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in HEALTH_PATHS:
             await self.app(scope, receive, send)
             return
         start: Message | None = None
@@ -230,6 +234,11 @@ class LimitsMiddleware:
         self.in_flight += 1
         try:
             await self.app(scope, counting_receive, tracking_send)
+        except Exception:
+            # The app may raise on the disconnect we fed it (Starlette's ClientDisconnect); that
+            # is our doing, and the 413 below is the answer. Anything else is a real error.
+            if not too_large:
+                raise
         finally:
             self.in_flight -= 1
         if too_large and not response_started:

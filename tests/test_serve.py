@@ -1,0 +1,148 @@
+"""Against real `bentoml serve` processes: adaptive batching, a runner split out by URL, a failed
+runner's health, and the worker's memory over 5,000 requests (the TimeoutMiddleware leak fix)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import KEY, Server, auth
+
+pytestmark = pytest.mark.serve
+
+
+@pytest.fixture(scope="module")
+def served(offline_store: None) -> Iterator[Server]:
+    server = Server({})
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def batch_histogram(metrics: str, method: str) -> tuple[float, float, float]:
+    """(batches, items, batches of size 1) from bentoml_service_adaptive_batch_size."""
+
+    def value(suffix: str, extra: str = "") -> float:
+        pattern = (
+            rf"^bentoml_service_adaptive_batch_size_{suffix}\{{[^}}]*"
+            rf'method_name="{method}"[^}}]*{extra}[^}}]*\}} (\S+)$'
+        )
+        return sum(float(m) for m in re.findall(pattern, metrics, re.M))
+
+    return value("count"), value("sum"), value("bucket", r'le="1\.0"')
+
+
+async def _fire(url: str, texts: list[str], concurrency: int) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, headers=auth(), limits=limits, timeout=120) as c:
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(text: str) -> httpx.Response:
+            async with sem:
+                return await c.post("/v1/embeddings", json={"input": text})
+
+        return list(await asyncio.gather(*(one(t) for t in texts)))
+
+
+def test_concurrent_requests_are_batched(served: Server) -> None:
+    texts = [f"sentence {i} about batching" for i in range(400)]
+    responses = asyncio.run(_fire(served.url, texts, 64))
+    assert [r.status_code for r in responses] == [200] * len(texts)
+    metrics = httpx.get(served.url + "/metrics").text
+    batches, items, singles = batch_histogram(metrics, "embed_batch")
+    assert items >= len(texts)
+    assert batches - singles > 0, "no batch larger than 1 was executed"
+    assert items / batches > 1.5, f"mean batch {items / batches:.2f}"
+
+
+def test_runner_served_elsewhere_by_url(served: Server, tmp_path: Path) -> None:
+    """The entry service with an empty model store, pointed at `served` by URL."""
+    entry = Server({"BOTMODELS_EMBEDDINGS_URL": served.url, "BENTOML_HOME": str(tmp_path)})
+    try:
+        entry.wait_ready()
+        before = batch_histogram(httpx.get(served.url + "/metrics").text, "embed_batch")
+        texts = [f"remote sentence {i}" for i in range(300)]
+        responses = asyncio.run(_fire(entry.url, texts, 64))
+        assert [r.status_code for r in responses] == [200] * len(texts)  # none dropped
+
+        direct = httpx.post(
+            served.url + "/v1/embeddings", json={"input": texts[7]}, headers=auth()
+        ).json()
+        np.testing.assert_allclose(
+            responses[7].json()["data"][0]["embedding"], direct["data"][0]["embedding"], atol=1e-5
+        )
+        after = batch_histogram(httpx.get(served.url + "/metrics").text, "embed_batch")
+        assert after[1] - before[1] >= len(texts)  # the remote did the work...
+        assert (after[0] - before[0]) < len(texts)  # ...in batches
+
+        models = httpx.get(entry.url + "/api/models", headers=auth()).json()["models"]
+        assert models[0]["state"] == "remote"
+        assert models[0]["remote_url"] == served.url
+        health = httpx.get(entry.url + "/api/health").json()
+        assert health["runners"]["embeddings"] == {"state": "remote", "healthy": True}
+        assert httpx.get(entry.url + "/health").status_code == 200
+    finally:
+        entry.stop()
+
+
+def test_failed_runner_is_named_and_the_service_keeps_answering(tmp_path: Path) -> None:
+    server = Server({"BENTOML_HOME": str(tmp_path / "empty-store")})
+    try:
+        response = None
+        for _ in range(360):
+            if server.proc.poll() is not None:
+                pytest.fail(f"server exited:\n{server.output()}")
+            try:
+                response = httpx.get(server.url + "/api/health", timeout=2)
+                if response.json()["status"] not in ("starting", "loading"):
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        assert response is not None
+        assert response.status_code == 503
+        body = response.json()
+        assert body["status"] == "unhealthy"
+        assert body["unhealthy_runners"] == ["embeddings"]
+        assert "not in the BentoML store" in body["runners"]["embeddings"]["error"]
+        assert httpx.get(server.url + "/health").status_code == 503
+        failed = httpx.post(server.url + "/v1/embeddings", json={"input": "x"}, headers=auth())
+        assert failed.status_code == 503
+        assert failed.json()["error"]["code"] == "runner_failed"
+        ping = httpx.post(server.url + "/api/ping", json={}, headers={"X-API-Key": KEY})
+        assert ping.status_code == 200
+    finally:
+        server.stop()
+
+
+def test_worker_memory_is_flat_over_5000_requests(served: Server) -> None:
+    import psutil
+
+    async def hammer(n: int) -> None:
+        limits = httpx.Limits(max_connections=16)
+        async with httpx.AsyncClient(base_url=served.url, headers=auth(), limits=limits) as c:
+            sem = asyncio.Semaphore(16)
+
+            async def one() -> None:
+                async with sem:
+                    response = await c.post("/api/ping", json={})
+                    assert response.status_code == 200
+
+            await asyncio.gather(*(one() for _ in range(n)))
+
+    (pid,) = served.worker_pids()
+    asyncio.run(hammer(500))  # warm-up: allocator pools, caches
+    before = psutil.Process(pid).memory_info().rss
+    asyncio.run(hammer(5000))
+    after = psutil.Process(pid).memory_info().rss
+    growth = (after - before) / before
+    assert growth <= 0.15, f"worker RSS grew {growth:.1%} ({before >> 20} -> {after >> 20} MiB)"

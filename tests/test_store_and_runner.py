@@ -1,0 +1,270 @@
+"""Model store import, manifest, runner pool, and the embeddings runner on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from botmodels.config import Settings
+from botmodels.pool import RunnerPool
+from botmodels.store import (
+    ManifestError,
+    ModelSpec,
+    find_stored,
+    import_spec,
+    load_manifest,
+    tree_sha256,
+)
+from runners.embeddings import EmbeddingsRunner, build_tiny
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_project_version_matches_service() -> None:
+    import service
+
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    match = re.search(r'^version = "(.+)"', pyproject, re.M)
+    assert match is not None
+    assert match.group(1) == service.VERSION
+
+
+def test_manifest_has_every_profile_for_every_runner() -> None:
+    from botmodels.config import KNOWN_RUNNERS
+
+    manifest = load_manifest(ROOT / "models.toml")
+    for runner in KNOWN_RUNNERS:
+        assert set(manifest[runner]) >= {"offline", "cpu", "gpu", "tiny"}, runner
+        for profile in ("cpu", "gpu"):
+            spec = manifest[runner][profile]
+            assert spec.source == "hub"
+            assert spec.repo
+            assert spec.revision
+
+
+def test_manifest_errors_name_the_entry(tmp_path: Path) -> None:
+    bad = tmp_path / "m.toml"
+    bad.write_text('[embeddings.offline]\nname = "x"\nsource = "ftp"\nquantization = "none"\n')
+    with pytest.raises(ManifestError, match=r"embeddings\.offline: source"):
+        load_manifest(bad)
+
+
+def test_tree_sha256_depends_on_names_and_bytes(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"1")
+    first = tree_sha256(tmp_path)
+    (tmp_path / "a").write_bytes(b"2")
+    assert tree_sha256(tmp_path) != first
+    (tmp_path / "a").write_bytes(b"1")
+    assert tree_sha256(tmp_path) == first
+    (tmp_path / "a").rename(tmp_path / "b")
+    assert tree_sha256(tmp_path) != first
+
+
+def test_local_import_is_idempotent_and_labelled(tmp_path: Path, offline_store: None) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    build_tiny(folder)
+    spec = ModelSpec(
+        runner="embeddings",
+        profile="test",
+        name="embeddings-local-test",
+        source="local",
+        quantization="none",
+        path=str(folder),
+    )
+    messages: list[str] = []
+    first = import_spec(spec, {}, messages.append)
+    second = import_spec(spec, {}, messages.append)
+    assert first.tag == second.tag
+    assert any("already stored" in m for m in messages)
+    labels = first.info.labels
+    assert labels["source"] == f"local:{folder}"
+    assert labels["sha256"] == tree_sha256(folder)
+    assert str(first.tag.version) == labels["sha256"][:20]
+    assert labels["synthetic"] == "false"
+
+
+def test_hub_import_records_the_resolved_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offline_store: None
+) -> None:
+    """The hub path, fed local files: what snapshot_download returns is what gets stored."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = tmp_path / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    build_tiny(snapshot)
+    calls: list[dict[str, Any]] = []
+
+    def fake_snapshot_download(repo_id: str, **kwargs: Any) -> str:
+        calls.append({"repo_id": repo_id, **kwargs})
+        return str(snapshot)
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    spec = ModelSpec(
+        runner="embeddings",
+        profile="cpu",
+        name="embeddings-hub-test",
+        source="hub",
+        quantization="int8",
+        repo="org/model",
+        revision="main",
+    )
+    stored = import_spec(spec, {}, lambda _: None)
+    assert calls[0]["repo_id"] == "org/model"
+    assert calls[0]["revision"] == "main"
+    assert stored.info.labels["source"] == f"hub:org/model@{commit}"
+    assert stored.info.labels["revision"] == commit
+    assert stored.info.labels["quantization"] == "int8"
+    runner = EmbeddingsRunner(Path(stored.path), quantization="none", device="cpu")
+    runner.load()
+    assert runner.embed(["hello"]).vectors.shape == (1, 32)
+
+
+def test_tiny_build_is_deterministic(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    build_tiny(tmp_path / "a")
+    build_tiny(tmp_path / "b")
+    assert tree_sha256(tmp_path / "a") == tree_sha256(tmp_path / "b")
+
+
+def test_offline_store_has_real_and_synthetic_models(offline_store: None) -> None:
+    real = find_stored("embeddings-all-minilm-l6-v2:latest")
+    tiny = find_stored("embeddings-tiny-bert:latest")
+    assert real is not None
+    assert tiny is not None
+    assert real.info.labels["synthetic"] == "false"
+    assert tiny.info.labels["synthetic"] == "true"
+    assert tiny.info.labels["source"] == "tiny:embeddings"
+
+
+@pytest.fixture(scope="module")
+def tiny_runner(tmp_path_factory: pytest.TempPathFactory) -> EmbeddingsRunner:
+    folder = tmp_path_factory.mktemp("tiny")
+    build_tiny(folder)
+    runner = EmbeddingsRunner(folder, quantization="none", device="cpu")
+    runner.load()
+    return runner
+
+
+def test_runner_mean_pooling_and_normalisation_are_exact(tiny_runner: EmbeddingsRunner) -> None:
+    import torch
+
+    texts = ["hello world", "the cat sits on the mat today"]
+    batch = tiny_runner.embed(texts)
+    tokenizer, model = tiny_runner._tokenizer, tiny_runner._model
+    for i, text in enumerate(texts):
+        encoded = tokenizer([text], return_tensors="pt")
+        with torch.inference_mode():
+            hidden = model(**encoded).last_hidden_state[0]
+        expected = hidden.mean(dim=0)
+        expected = (expected / expected.norm()).numpy()
+        np.testing.assert_allclose(batch.vectors[i], expected, atol=1e-5)
+        assert batch.tokens[i] == encoded["input_ids"].shape[1]
+    # padding in a batch does not change a text's vector
+    alone = tiny_runner.embed([texts[0]]).vectors[0]
+    np.testing.assert_allclose(batch.vectors[0], alone, atol=1e-5)
+
+
+def test_runner_truncates_to_max_seq_length(tiny_runner: EmbeddingsRunner) -> None:
+    long_text = "cat " * 1000
+    batch = tiny_runner.embed([long_text])
+    assert batch.tokens == [tiny_runner.max_seq_length]
+
+
+def test_runner_cls_pooling_from_config(tmp_path: Path) -> None:
+    build_tiny(tmp_path)
+    (tmp_path / "1_Pooling" / "config.json").write_text(
+        json.dumps({"pooling_mode_cls_token": True})
+    )
+    runner = EmbeddingsRunner(tmp_path, quantization="none", device="cpu")
+    runner.load()
+    assert runner.pooling == "cls"
+    assert runner.embed(["hello"]).vectors.shape == (1, 32)
+
+
+@pytest.mark.parametrize("quantization", ["int8", "4bit"])
+def test_quantized_runner_stays_close_to_fp32(
+    tiny_runner: EmbeddingsRunner, quantization: Any
+) -> None:
+    runner = EmbeddingsRunner(tiny_runner.model_dir, quantization=quantization, device="cpu")
+    runner.load()
+    texts = ["hello world", "the cat sits on the mat"]
+    cos = (runner.embed(texts).vectors * tiny_runner.embed(texts).vectors).sum(axis=1)
+    assert (cos > 0.9).all(), cos
+    assert runner.quantization == quantization
+
+
+def _pool_settings(tmp_path: Path, manifest: str, **kwargs: Any) -> Settings:
+    path = tmp_path / "models.toml"
+    path.write_text(manifest)
+    return Settings.model_construct(
+        **{**Settings().model_dump(), "manifest": path, "runners": ["good", "bad"], **kwargs}
+    )
+
+
+class GoodRunner:
+    dtype = "float32"
+
+    def __init__(self, path: Path, quantization: Any, device: Any) -> None:
+        self.path = path
+
+    def load(self) -> None:
+        pass
+
+
+class BrokenRunner(GoodRunner):
+    def load(self) -> None:
+        raise OSError("weights are corrupt")
+
+
+def test_pool_reports_a_failed_runner_and_keeps_the_others(
+    tmp_path: Path, offline_store: None
+) -> None:
+    manifest = (
+        '[good.offline]\nname = "embeddings-tiny-bert"\nsource = "tiny"\nquantization = "none"\n'
+        '[bad.offline]\nname = "embeddings-tiny-bert"\nsource = "tiny"\nquantization = "none"\n'
+    )
+    pool = RunnerPool(_pool_settings(tmp_path, manifest), {"good": GoodRunner, "bad": BrokenRunner})
+    assert not pool.settled
+    pool.load_all()
+    assert pool.settled
+    assert pool.slots["good"].state == "ready"
+    assert isinstance(pool.local("good"), GoodRunner)
+    assert pool.slots["bad"].state == "failed"
+    assert pool.slots["bad"].error == "OSError: weights are corrupt"
+    from botmodels.errors import RunnerUnavailable
+
+    with pytest.raises(RunnerUnavailable, match="failed to load: OSError"):
+        pool.local("bad")
+    with pytest.raises(RunnerUnavailable, match="not enabled"):
+        pool.local("other")
+    described = {d["runner"]: d for d in (s.describe() for s in pool.slots.values())}
+    assert described["bad"]["error"] == "OSError: weights are corrupt"
+    assert described["good"]["synthetic"] is True
+
+
+def test_pool_missing_model_says_how_to_import(tmp_path: Path, offline_store: None) -> None:
+    manifest = (
+        '[good.offline]\nname = "not-imported"\nsource = "tiny"\nquantization = "none"\n'
+        '[bad.offline]\nname = "not-imported"\nsource = "tiny"\nquantization = "none"\n'
+    )
+    pool = RunnerPool(_pool_settings(tmp_path, manifest), {"good": GoodRunner, "bad": GoodRunner})
+    pool.load_all()
+    error = pool.slots["good"].error or ""
+    assert "not in the BentoML store" in error
+    assert "scripts/import_models.py offline" in error
+
+
+def test_settings_reject_unknown_runner() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="unknown runner"):
+        Settings(runners="embeddings,telepathy")  # type: ignore[arg-type]
+    assert Settings(runners="embeddings, embeddings").runners == ["embeddings"]  # type: ignore[arg-type]
