@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 import pytest
@@ -170,8 +171,8 @@ def test_limits_429_with_retry_after_when_saturated() -> None:
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
 
     async def scenario() -> None:
         scope = {"type": "http", "path": "/x", "method": "POST", "headers": []}
@@ -219,7 +220,7 @@ def test_timing_of_key_check_does_not_depend_on_match_position() -> None:
         return original(a, b)
 
     auth = Authenticator([KEY_A, KEY_B])
-    hmac.compare_digest = counting  # type: ignore[assignment]
+    hmac.compare_digest = counting
     try:
         auth.check_key(KEY_A)
     finally:

@@ -266,5 +266,5 @@ def test_settings_reject_unknown_runner() -> None:
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match="unknown runner"):
-        Settings(runners="embeddings,telepathy")  # type: ignore[arg-type]
-    assert Settings(runners="embeddings, embeddings").runners == ["embeddings"]  # type: ignore[arg-type]
+        Settings(runners="embeddings,telepathy")
+    assert Settings(runners="embeddings, embeddings").runners == ["embeddings"]
