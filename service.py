@@ -133,7 +133,16 @@ def _model_ref(kind: str) -> Any:
     http={"host": settings.host, "port": settings.port},
     traffic={"timeout": settings.request_timeout_s},
     logging={"access": {"enabled": False}},
-    tracing={"excluded_urls": ["/v1/embeddings", BATCH_ROUTE, "/livez", "/readyz", "/metrics"]},
+    tracing={
+        "excluded_urls": [
+            "/v1/embeddings",
+            BATCH_ROUTE,
+            "/api/ping",
+            "/livez",
+            "/readyz",
+            "/metrics",
+        ]
+    },
 )
 class BotModels:
     embeddings_model = _model_ref("embeddings")
@@ -156,7 +165,8 @@ class BotModels:
 
     def bind_batch_infer(self, batch_infer: BatchInfer) -> None:
         """Called by botmodels.patches once BentoML's dispatchers exist (see its docstring)."""
-        self.embeddings.batch_infer = batch_infer
+        if self.settings.embeddings_batching:
+            self.embeddings.batch_infer = batch_infer
 
     @bentoml.on_startup
     def start_loading(self) -> None:

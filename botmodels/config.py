@@ -92,7 +92,10 @@ class Settings(BaseSettings):
     embeddings_quantization: Quantization | None = Field(
         None, description="Override the manifest's quantization: none, int8 or 4bit."
     )
-    embeddings_max_batch_size: int = Field(32, ge=1, le=1024)
+    embeddings_batching: bool = Field(
+        True, description="Adaptive batching; false runs each request alone (a baseline)."
+    )
+    embeddings_max_batch_size: int = Field(32, ge=2, le=1024)
     embeddings_max_latency_ms: int = Field(10_000, ge=10)
     embeddings_max_inputs: int = Field(2048, ge=1, description="Inputs per request (OpenAI's).")
     embeddings_max_chars: int = Field(

@@ -95,7 +95,7 @@ class EmbeddingsFrontend:
             result = await self.remote.post(BATCH_ROUTE, {"texts": texts})
             return [EmbeddedText.model_validate(item) for item in result]
         self.pool.local("embeddings")  # 503 now, before queueing, if not ready
-        if self.batch_infer is None:  # direct instantiation (tests): no dispatcher, no batching
+        if self.batch_infer is None:  # batching off, or no server (direct instantiation)
             runner = self.pool.local("embeddings")
             return await asyncio.to_thread(lambda: encode_batch(runner.embed(texts)))
         try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -77,7 +78,8 @@ def apply() -> None:
     from _bentoml_impl.server.app import ServiceAppFactory
     from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
-    TimeoutMiddleware.__call__ = _timeout_call  # type: ignore[method-assign]
+    if workarounds_enabled():
+        TimeoutMiddleware.__call__ = _timeout_call  # type: ignore[method-assign]
 
     original_create = ServiceAppFactory.create_instance
 
@@ -91,12 +93,20 @@ def apply() -> None:
     _applied = True
 
 
+def workarounds_enabled() -> bool:
+    """`BOTMODELS_BENTOML_WORKAROUNDS=off` runs BentoML as shipped: only for the benchmark that
+    shows what the timer fix and gc.freeze() are worth (scripts/bench_overhead.py)."""
+    return os.environ.get("BOTMODELS_BENTOML_WORKAROUNDS", "on").lower() != "off"
+
+
 def freeze_heap() -> None:
     """Move everything alive now (imports, loaded models) out of the GC's generations.
 
     Full collections then stop rescanning ~170k import-time objects on every pass
     (60 ms -> 1-2 ms per full GC, measured with BentoML 1.4.40).
     """
+    if not workarounds_enabled():
+        return
     gc.collect()
     gc.freeze()
     log.info("gc.freeze(): %d objects moved to the permanent generation", gc.get_freeze_count())

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -81,67 +79,6 @@ def auth(key: str = KEY) -> dict[str, str]:
     return {"X-API-Key": key}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from scripts.serverproc import Server, free_port  # noqa: E402 - after the environment is set
 
-
-class Server:
-    """A real `bentoml serve` of this project, in its own process group."""
-
-    def __init__(self, env: dict[str, str], target: str = "service:BotModels") -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the server
-            prefix="botmodels-serve-", suffix=".log", delete=False
-        )
-        full_env = {**os.environ, **env, "BOTMODELS_PORT": str(self.port)}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", target, "--port", str(self.port)],
-            cwd=env.get("SERVE_CWD", str(ROOT)),
-            env=full_env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def wait_ready(self, timeout: float = 180) -> float:
-        import httpx
-
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited:\n{self.output()}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return time.monotonic() - started
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        raise TimeoutError(f"server not ready in {timeout} s:\n{self.output()}")
-
-    def output(self) -> str:
-        return Path(self.log.name).read_text(errors="replace")[-5000:]
-
-    def worker_pids(self) -> list[int]:
-        import psutil
-
-        return [
-            child.pid
-            for child in psutil.Process(self.proc.pid).children(recursive=True)
-            if "_bentoml_impl.worker" in " ".join(child.cmdline())
-        ]
-
-    def stop(self) -> None:
-        # SIGTERM the arbiter's whole group: SIGKILL would orphan workers holding the port.
-        import signal
-
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        Path(self.log.name).unlink(missing_ok=True)
+__all__ = ["KEY", "OLD_KEY", "ROOT", "Server", "auth", "free_port"]

@@ -1,0 +1,206 @@
+"""Embeddings benchmark, all in one run (so the ratios compare like with like):
+
+1. in-process, per quantization (none / int8 / 4bit), each in a fresh subprocess: sentences/s at
+   batch 32 and batch 1, state-dict bytes, process RSS, and cosine similarity to fp32;
+2. served (`bentoml serve`, default settings): single-sentence `/v1/embeddings` requests at
+   concurrency 1, 16 and 64 with p50/p99 latency;
+3. the unbatched baseline: the same server with BOTMODELS_EMBEDDINGS_BATCHING=false at 64.
+
+    python scripts/bench_embeddings.py [--requests 3000] [--json bench-results/embeddings.json]
+
+Uses the current BENTOML_HOME (imports the offline profile if missing). Numbers are only
+comparable within one run on one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
+COSINE_SET = [
+    "The cat sits on the mat.",
+    "A kitten rests on a rug.",
+    "Stocks fell sharply today after the earnings report.",
+    "How do I reset my password?",
+    "O gato está dormindo no sofá.",
+    "Der Hund spielt im Garten.",
+    "cat",
+    "Please send the invoice to the accounting department by Friday.",
+    "The meeting has been moved to 3 pm tomorrow.",
+    "Photosynthesis converts light energy into chemical energy.",
+    "I would like to book a table for two at eight.",
+    "Error 503: the upstream service is unavailable.",
+]
+
+
+def measure_in_process(quantization: str, seconds: float) -> dict[str, Any]:
+    """Runs in a subprocess: one model per process, so RSS is this model's."""
+    import numpy as np
+    import psutil
+    import torch
+
+    from botmodels.config import get_settings
+    from botmodels.device import set_threads
+    from botmodels.store import find_stored
+    from runners.embeddings import EmbeddingsRunner
+
+    set_threads(get_settings().threads)
+    stored = find_stored("embeddings-all-minilm-l6-v2:latest")
+    assert stored is not None, "import the offline profile first"
+    rss_before = psutil.Process().memory_info().rss
+    runner = EmbeddingsRunner(Path(stored.path), quantization=quantization, device="cpu")  # type: ignore[arg-type]
+    runner.load()
+    state_bytes = 0
+    for tensor in runner._model.state_dict().values():
+        if isinstance(tensor, torch.Tensor):
+            state_bytes += tensor.numel() * tensor.element_size()
+        elif isinstance(tensor, tuple):  # packed quantized params: (weight, bias)
+            for part in tensor:
+                if isinstance(part, torch.Tensor):
+                    state_bytes += part.numel() * part.element_size()
+
+    def rate(batch: int) -> float:
+        texts = [SENTENCE] * batch
+        runner.embed(texts)
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            runner.embed(texts)
+            done += batch
+        return done / (time.perf_counter() - started)
+
+    result = {
+        "quantization": quantization,
+        "batch32_per_s": rate(32),
+        "batch1_per_s": rate(1),
+        "state_dict_mb": state_bytes / 2**20,
+        "rss_mb": psutil.Process().memory_info().rss / 2**20,
+        "rss_model_mb": (psutil.Process().memory_info().rss - rss_before) / 2**20,
+        "vectors": runner.embed(COSINE_SET).vectors.astype(np.float64).tolist(),
+    }
+    return result
+
+
+def in_process(quantization: str, seconds: float) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--in-process", quantization, "--seconds", str(seconds)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def served(requests: int, env: dict[str, str], levels: list[int]) -> list[dict[str, Any]]:
+    from scripts.loadgen import run_load
+    from scripts.serverproc import Server  # the same start/stop the serve tests use
+
+    key = os.environ.get("BOTMODELS_API_KEYS", "").split(",")[0] or "bench-key-0123456789abcdef"
+    server = Server({"BOTMODELS_API_KEYS": key, **env})
+    rows = []
+    try:
+        ready_s = server.wait_ready()
+        body = json.dumps({"input": SENTENCE, "model": "bench"}).encode()
+        headers = {"X-API-Key": key, "Content-Type": "application/json"}
+        run_load(server.url, "/v1/embeddings", body, headers, 300, 64)  # warm-up, batch learning
+        for concurrency in levels:
+            total = requests if concurrency > 1 else max(200, requests // 8)
+            result = run_load(server.url, "/v1/embeddings", body, headers, total, concurrency)
+            print(f"served {env or 'default'} c={concurrency}: {result.rate:.0f}/s", flush=True)
+            rows.append(
+                {
+                    "concurrency": concurrency,
+                    "per_s": result.rate,
+                    "p50_ms": result.p50,
+                    "p99_ms": result.p99,
+                    "errors": result.errors,
+                    "ready_s": ready_s,
+                }
+            )
+    finally:
+        server.stop()
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--in-process", choices=["none", "int8", "4bit"])
+    parser.add_argument("--json", type=Path, default=ROOT / "bench-results" / "embeddings.json")
+    args = parser.parse_args()
+    if args.in_process:
+        print(json.dumps(measure_in_process(args.in_process, args.seconds)))
+        return 0
+
+    import numpy as np
+
+    from scripts.import_models import main as import_models
+
+    import_models(["offline", "--runners", "embeddings"])
+    quant = {}
+    for q in ("none", "int8", "4bit"):
+        quant[q] = in_process(q, args.seconds)
+        print(f"in-process {q}: {quant[q]['batch32_per_s']:.0f}/s at batch 32", flush=True)
+    reference = np.array(quant["none"]["vectors"])
+    for row in quant.values():
+        cos = (np.array(row.pop("vectors")) * reference).sum(axis=1)
+        row["cos_mean"], row["cos_min"] = float(cos.mean()), float(cos.min())
+    batched = served(args.requests, {}, [1, 16, 64])
+    unbatched = served(args.requests, {"BOTMODELS_EMBEDDINGS_BATCHING": "false"}, [64])
+
+    inproc32 = quant["none"]["batch32_per_s"]
+    c64 = next(r for r in batched if r["concurrency"] == 64)
+    print("\n| what | sentences/s | p50 ms | p99 ms | vs in-process batch 32 |")
+    print("|---|---|---|---|---|")
+    print(f"| in-process, batch 32 (fp32) | {inproc32:.0f} | | | 100 % |")
+    print(
+        f"| in-process, batch 1 (fp32) | {quant['none']['batch1_per_s']:.0f} | | | "
+        f"{quant['none']['batch1_per_s'] / inproc32:.0%} |"
+    )
+    for row in batched:
+        print(
+            f"| served, concurrency {row['concurrency']} | {row['per_s']:.0f} | "
+            f"{row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['per_s'] / inproc32:.0%} |"
+        )
+    for row in unbatched:
+        print(
+            f"| served unbatched (batching off), concurrency 64 | {row['per_s']:.0f} | "
+            f"{row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['per_s'] / inproc32:.0%} |"
+        )
+    print(
+        f"\nserved c=64 / unbatched c=64: {c64['per_s'] / unbatched[0]['per_s']:.1f}x; "
+        f"errors: {sum(r['errors'] for r in batched + unbatched)}; "
+        f"ready after {batched[0]['ready_s']:.1f} s"
+    )
+    print(
+        "\n| quantization | batch 32 sentences/s | speed vs fp32 | state dict MB | "
+        "process RSS MB | cosine to fp32 (mean / min) |"
+    )
+    print("|---|---|---|---|---|---|")
+    for q, row in quant.items():
+        print(
+            f"| {q} | {row['batch32_per_s']:.0f} | {row['batch32_per_s'] / inproc32:.2f}x | "
+            f"{row['state_dict_mb']:.1f} | {row['rss_mb']:.0f} | "
+            f"{row['cos_mean']:.4f} / {row['cos_min']:.4f} |"
+        )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(
+        json.dumps({"quantization": quant, "served": batched, "unbatched": unbatched}, indent=2)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
