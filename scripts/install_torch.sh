@@ -12,7 +12,9 @@ fi
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   exec "$py" -m pip install -q "torch==$version"
 fi
-if "$py" -m pip install -q --no-index "torch==$version" 2>/dev/null; then
-  exit 0
+# The wheel alone first (no index, no deps: a local CPU wheel or nothing), then its
+# dependencies from the normal index, with torch already satisfied.
+if "$py" -m pip install -q --no-index --no-deps "torch==$version" 2>/dev/null; then
+  exec "$py" -m pip install -q "torch==$version"
 fi
 exec "$py" -m pip install -q "torch==$version" --index-url https://download.pytorch.org/whl/cpu

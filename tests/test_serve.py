@@ -146,3 +146,34 @@ def test_worker_memory_is_flat_over_5000_requests(served: Server) -> None:
     after = psutil.Process(pid).memory_info().rss
     growth = (after - before) / before
     assert growth <= 0.15, f"worker RSS grew {growth:.1%} ({before >> 20} -> {after >> 20} MiB)"
+
+
+def test_readme_curl_example_runs(served: Server, tmp_path: Path) -> None:
+    """The README's curl example, as written, against a real server (only host port and key
+    file differ), so the documentation cannot rot."""
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    block = next(
+        b for b in re.findall(r"```sh\n(.*?)```", readme, re.S) if "curl -s localhost:8089" in b
+    )
+    key_file = tmp_path / "api-key"
+    key_file.write_text(KEY + "\n")
+    script = block.replace("~/.botmodels/api-key", str(key_file)).replace(
+        "localhost:8089", f"127.0.0.1:{served.port}"
+    )
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    import json
+
+    body = json.loads(done.stdout)
+    assert len(body["data"]) == 2
+    assert len(body["data"][0]["embedding"]) == 384
