@@ -23,12 +23,21 @@ class RemoteRunner:
             base_url=base_url,
             headers={"X-API-Key": api_key.decode()},
             timeout=httpx.Timeout(timeout_s, connect=5.0),
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=256),
+            # Idle connections are dropped before the server's 5 s keep-alive timeout (uvicorn's
+            # default), so we never write into a connection the server is closing.
+            limits=httpx.Limits(
+                max_connections=256, max_keepalive_connections=256, keepalive_expiry=2.0
+            ),
         )
 
     async def post(self, route: str, payload: dict[str, Any]) -> Any:
         try:
-            response = await self._client.post(route, json=payload)
+            try:
+                response = await self._client.post(route, json=payload)
+            except httpx.RemoteProtocolError:
+                # The server closed a kept-alive connection without answering: nothing was
+                # processed, so sending once more on a fresh connection is safe.
+                response = await self._client.post(route, json=payload)
         except httpx.HTTPError as exc:
             raise RunnerUnavailable(
                 f"remote runner at {self.base_url} is unreachable: {type(exc).__name__}",

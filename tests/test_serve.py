@@ -41,22 +41,38 @@ def batch_histogram(metrics: str, method: str) -> tuple[float, float, float]:
     return value("count"), value("sum"), value("bucket", r'le="1\.0"')
 
 
-async def _fire(url: str, texts: list[str], concurrency: int) -> list[httpx.Response]:
-    limits = httpx.Limits(max_connections=concurrency)
+async def _fire(url: str, texts: list[str], concurrency: int) -> list[httpx.Response | str]:
+    """POST each text; a transport failure is kept as its description, not raised, so the
+    assertion can show it next to the server's log."""
+    # keepalive_expiry under uvicorn's 5 s: never reuse a connection the server is closing.
+    limits = httpx.Limits(max_connections=concurrency, keepalive_expiry=2.0)
     async with httpx.AsyncClient(base_url=url, headers=auth(), limits=limits, timeout=120) as c:
         sem = asyncio.Semaphore(concurrency)
 
-        async def one(text: str) -> httpx.Response:
+        async def one(text: str) -> httpx.Response | str:
             async with sem:
-                return await c.post("/v1/embeddings", json={"input": text})
+                try:
+                    return await c.post("/v1/embeddings", json={"input": text})
+                except httpx.TransportError as exc:
+                    return f"{type(exc).__name__}: {exc!r}"
 
         return list(await asyncio.gather(*(one(t) for t in texts)))
 
 
+def assert_all_ok(results: list[httpx.Response | str], server: Server) -> list[httpx.Response]:
+    failures = [r if isinstance(r, str) else f"{r.status_code} {r.text[:200]}" for r in results]
+    failures = [
+        f
+        for r, f in zip(results, failures, strict=True)
+        if isinstance(r, str) or r.status_code != 200
+    ]
+    assert not failures, f"{len(failures)} failed, e.g. {failures[:3]}\n{server.output()}"
+    return [r for r in results if isinstance(r, httpx.Response)]
+
+
 def test_concurrent_requests_are_batched(served: Server) -> None:
     texts = [f"sentence {i} about batching" for i in range(400)]
-    responses = asyncio.run(_fire(served.url, texts, 64))
-    assert [r.status_code for r in responses] == [200] * len(texts)
+    assert_all_ok(asyncio.run(_fire(served.url, texts, 64)), served)
     metrics = httpx.get(served.url + "/metrics").text
     batches, items, singles = batch_histogram(metrics, "embed_batch")
     assert items >= len(texts)
@@ -71,8 +87,7 @@ def test_runner_served_elsewhere_by_url(served: Server, tmp_path: Path) -> None:
         entry.wait_ready()
         before = batch_histogram(httpx.get(served.url + "/metrics").text, "embed_batch")
         texts = [f"remote sentence {i}" for i in range(300)]
-        responses = asyncio.run(_fire(entry.url, texts, 64))
-        assert [r.status_code for r in responses] == [200] * len(texts)  # none dropped
+        responses = assert_all_ok(asyncio.run(_fire(entry.url, texts, 64)), entry)  # none dropped
 
         direct = httpx.post(
             served.url + "/v1/embeddings", json={"input": texts[7]}, headers=auth()
@@ -128,7 +143,7 @@ def test_worker_memory_is_flat_over_5000_requests(served: Server) -> None:
     import psutil
 
     async def hammer(n: int) -> None:
-        limits = httpx.Limits(max_connections=16)
+        limits = httpx.Limits(max_connections=16, keepalive_expiry=2.0)
         async with httpx.AsyncClient(base_url=served.url, headers=auth(), limits=limits) as c:
             sem = asyncio.Semaphore(16)
 
