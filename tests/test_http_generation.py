@@ -8,6 +8,7 @@ import base64
 import io
 import re
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -20,6 +21,18 @@ from tests.test_http_embeddings import assert_error
 IMAGE = {"prompt": "a red square", "steps": 2, "width": 64, "height": 64, "guidance_scale": 5.0}
 VIDEO = {"prompt": "a paper boat", "num_frames": 6, "fps": 12, "steps": 2}
 NAME = re.compile(r"/outputs/(images|videos)/[0-9a-f]{32}\.(png|mp4)")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    """The tiny pipelines are too small to split across threads: on this shared 2-core machine
+    two torch threads made each call ~4x slower than one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _png(client: Any, body: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
