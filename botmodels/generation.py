@@ -489,6 +489,12 @@ class GenerationFrontend:
                     headers={"Retry-After": str(self.admission[kind].retry_after())},
                 ) from exc
             return list(results)
+        except asyncio.CancelledError:
+            # The caller went away (request timeout): stop the pipeline at its next step, or
+            # skip the task if it is still queued.
+            for control in controls:
+                control.cancel()
+            raise
         finally:
             with self._controls_lock:
                 for task in tasks:

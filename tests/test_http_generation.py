@@ -340,3 +340,24 @@ def test_official_openai_client_images(client: Any) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         api.with_options(max_retries=0).images.generate(prompt="x", n=9)
     assert "between 1 and 4" in str(caught.value)
+
+
+def test_finished_job_is_still_there_for_a_restarted_process(client: Any) -> None:
+    """A restart opens the same SQLite file and outputs folder: what a new process would see."""
+    import service
+    from botmodels.jobs import JobStore
+    from botmodels.outputs import OutputStore
+
+    job = client.post("/api/image/jobs", json=IMAGE, headers=auth()).json()
+    assert _wait_job(client, job["id"])["status"] == "completed"
+    settings = service._service().settings
+    fresh = JobStore(settings.jobs_path)
+    try:
+        record = fresh.get(job["id"])
+    finally:
+        fresh.close()
+    assert record is not None
+    assert record.status == "completed"
+    assert record.result is not None
+    outputs = OutputStore(settings.outputs_root, settings.outputs_max_age_s, 10**12)
+    assert outputs.resolve(record.result["file_path"]) is not None
