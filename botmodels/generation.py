@@ -481,14 +481,19 @@ class GenerationFrontend:
                 run = self.run_image_batch if kind == "image" else self.run_video_batch
                 return await asyncio.to_thread(run, tasks)  # type: ignore[arg-type]
             api = IMAGE_BATCH_API if kind == "image" else VIDEO_BATCH_API
+            size = self.admission[kind].batch_size  # no input may exceed a whole batch
+            chunks = [list(tasks[i : i + size]) for i in range(0, len(tasks), size)]
+            batch_infer = self.batch_infer
             try:
-                results: Sequence[GeneratedFile] = await self.batch_infer(api, (list(tasks),), {})
+                parts: list[Sequence[GeneratedFile]] = await asyncio.gather(
+                    *(batch_infer(api, (chunk,), {}) for chunk in chunks)
+                )
             except BentoMLException as exc:  # the dispatcher's "process is overloaded"
                 raise RunnerUnavailable(
                     f"{kind} runner overloaded: {exc}",
                     headers={"Retry-After": str(self.admission[kind].retry_after())},
                 ) from exc
-            return list(results)
+            return [result for part in parts for result in part]
         except asyncio.CancelledError:
             # The caller went away (request timeout): stop the pipeline at its next step, or
             # skip the task if it is still queued.

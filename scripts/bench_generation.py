@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -150,7 +151,17 @@ def main(argv: list[str] | None = None) -> int:
                 ),
             )
             child.start()
-            rows.append(queue.get())
+            row: dict[str, Any] | None = None
+            while row is None:
+                try:
+                    row = queue.get(timeout=1.0)
+                except Empty:
+                    if not child.is_alive():  # killed (out of memory?) before it could report
+                        row = {
+                            "quantization": quantization,
+                            "error": f"child exited with code {child.exitcode}",
+                        }
+            rows.append(row)
             child.join()
 
     print(

@@ -361,3 +361,11 @@ def test_finished_job_is_still_there_for_a_restarted_process(client: Any) -> Non
     assert record.result is not None
     outputs = OutputStore(settings.outputs_root, settings.outputs_max_age_s, 10**12)
     assert outputs.resolve(record.result["file_path"]) is not None
+
+
+def test_generation_routes_are_in_the_openapi_schema(client: Any) -> None:
+    schema = client.get("/docs.json")
+    assert schema.status_code == 200
+    paths = schema.json()["paths"]
+    for path in ("/api/image/generate", "/api/video/generate", "/v1/images/generations"):
+        assert path in paths
