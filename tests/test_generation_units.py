@@ -192,6 +192,12 @@ def test_progress_and_cancel_at_the_next_step(image_runner: Any) -> None:
     assert stop.steps == [(1, 50)]  # stopped right after the step during which it was cancelled
 
 
+def test_a_request_cancelled_while_queued_never_runs(image_runner: Any) -> None:
+    queued = Recorder(cancel_after=0)
+    assert image_runner.generate([_spec()], [queued]) == [None]
+    assert queued.steps == []
+
+
 def test_one_cancelled_request_does_not_stop_its_batch_mates(image_runner: Any) -> None:
     stop, keep = Recorder(cancel_after=1), Recorder()
     results = image_runner.generate([_spec(seed=1), _spec(seed=2)], [stop, keep])
