@@ -37,6 +37,7 @@ build: import-models
 bench: $(VENV)/.dev
 	$(PY) scripts/bench_embeddings.py
 	$(PY) scripts/bench_overhead.py
+	$(PY) scripts/bench_generation.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

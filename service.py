@@ -18,22 +18,37 @@ import bentoml
 from pydantic import Field
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from botmodels import patches
-from botmodels.api import json_errors
+from botmodels.api import error_response, json_errors
 from botmodels.auth import Authenticator, AuthMiddleware
 from botmodels.config import Quantization, get_settings
 from botmodels.device import Device
 from botmodels.embeddings import BATCH_ROUTE, BatchInfer, EmbeddingsFrontend, encode_batch
+from botmodels.errors import BotModelsError, NotFoundError, RunnerUnavailable
+from botmodels.generation import (
+    IMAGE_BATCH_ROUTE,
+    VIDEO_BATCH_ROUTE,
+    GeneratedFile,
+    GenerationFrontend,
+    GenerationResponse,
+    ImagesResponse,
+    ImageTask,
+    VideoTask,
+)
 from botmodels.http import ErrorShapeMiddleware, LimitsMiddleware
+from botmodels.jobs import JobManager, JobStore
 from botmodels.keys import load_api_keys
+from botmodels.outputs import OutputStore, content_type
 from botmodels.pool import RunnerPool
 from botmodels.remote import RemoteRunner
 from botmodels.schemas import EmbeddedText, EmbeddingResponse, Pong
 from botmodels.store import find_stored, load_manifest
 from runners.embeddings import EmbeddingsRunner
+from runners.image import ImageRunner
+from runners.video import VideoRunner
 
 log = logging.getLogger("botmodels")
 patches.apply()
@@ -46,9 +61,26 @@ def _make_embeddings(path: Path, quantization: Quantization, device: Device) -> 
     return EmbeddingsRunner(path, quantization=quantization, device=device)
 
 
-FACTORIES = {"embeddings": _make_embeddings}
+def _make_image(path: Path, quantization: Quantization, device: Device) -> ImageRunner:
+    return ImageRunner(path, quantization=quantization, device=device)
+
+
+def _make_video(path: Path, quantization: Quantization, device: Device) -> VideoRunner:
+    return VideoRunner(path, quantization=quantization, device=device)
+
+
+FACTORIES = {"embeddings": _make_embeddings, "image": _make_image, "video": _make_video}
+GENERATION_ROUTES = {
+    "/api/image/generate",
+    "/api/video/generate",
+    "/api/image/jobs",
+    "/api/video/jobs",
+    "/v1/images/generations",
+    IMAGE_BATCH_ROUTE,
+    VIDEO_BATCH_ROUTE,
+}
 # Routes whose body must be JSON: anything else is a 415 before BentoML tries to parse it.
-JSON_ROUTES = frozenset({"/v1/embeddings", BATCH_ROUTE, "/api/ping"})
+JSON_ROUTES = frozenset({"/v1/embeddings", BATCH_ROUTE, "/api/ping", *GENERATION_ROUTES})
 
 
 def _authenticator() -> Authenticator:
@@ -84,6 +116,19 @@ class _Limits(LimitsMiddleware):
 _instance: BotModels | None = None
 
 
+def _service() -> BotModels:
+    if _instance is None:
+        raise RunnerUnavailable(
+            "botmodels is starting; retry shortly", headers={"Retry-After": "2"}
+        )
+    return _instance
+
+
+async def _botmodels_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BotModelsError)
+    return error_response(exc)
+
+
 async def api_health(_: Request) -> JSONResponse:
     if _instance is None:  # the worker is up, the service not yet constructed
         return JSONResponse({"status": "starting", "version": VERSION}, status_code=503)
@@ -100,12 +145,66 @@ async def api_models(_: Request) -> JSONResponse:
     return JSONResponse({"models": _instance.models() if _instance is not None else []})
 
 
+async def get_output(request: Request) -> Response:
+    """Generated files: open without a key (botserver hands the URL to bot scripts); the
+    128-bit random name is the secret, and only names of that exact shape resolve."""
+    outputs = _service().outputs
+    path = outputs.resolve(request.url.path)
+    if path is None:
+        return error_response(NotFoundError("no such output (it may have expired)"))
+    return FileResponse(path, media_type=content_type(path))
+
+
+async def get_job(request: Request) -> Response:
+    job = await _service().jobs.get(request.path_params["job_id"])
+    if job is None:
+        return error_response(NotFoundError("no such job (or it expired)", code="job_not_found"))
+    return JSONResponse(job.public())
+
+
+async def get_job_result(request: Request) -> Response:
+    """The finished job's generation response (200), or its status while it runs (202); a
+    cancelled job answers as cancelled; a failed one with its error, in the one shape."""
+    job = await _service().jobs.get(request.path_params["job_id"])
+    if job is None:
+        return error_response(NotFoundError("no such job (or it expired)", code="job_not_found"))
+    if job.status == "completed" and job.result is not None:
+        if _service().outputs.resolve(str(job.result.get("file_path"))) is None:
+            return error_response(
+                NotFoundError("this job's file has expired", code="result_expired")
+            )
+        return JSONResponse(job.result)
+    if job.status in ("failed", "interrupted") and job.error is not None:
+        status = 500 if job.status == "failed" and job.error.get("type") == "server_error" else 409
+        if job.error.get("code") in ("runner_unavailable", "runner_loading", "runner_failed"):
+            status = 503
+        return JSONResponse({"error": job.error}, status_code=status)
+    if job.status == "cancelled":
+        return JSONResponse(
+            {"status": "cancelled", "file_path": None, "error": None, "job_id": job.id}
+        )
+    return JSONResponse(job.public(), status_code=202)
+
+
+async def cancel_job(request: Request) -> Response:
+    job = await _service().jobs.cancel(request.path_params["job_id"])
+    if job is None:
+        return error_response(NotFoundError("no such job (or it expired)", code="job_not_found"))
+    return JSONResponse(job.public())
+
+
 status_app = Starlette(
     routes=[
         Route("/api/health", api_health, methods=["GET"]),
         Route("/health", embeddings_health, methods=["GET", "HEAD"]),
         Route("/api/models", api_models, methods=["GET"]),
-    ]
+        Route("/outputs/{kind}/{name}", get_output, methods=["GET", "HEAD"]),
+        Route("/api/jobs/{job_id}", get_job, methods=["GET"]),
+        Route("/api/jobs/{job_id}", cancel_job, methods=["DELETE"]),
+        Route("/api/jobs/{job_id}/result", get_job_result, methods=["GET"]),
+        Route("/api/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
+    ],
+    exception_handlers={BotModelsError: _botmodels_error},
 )
 
 
@@ -146,6 +245,8 @@ def _model_ref(kind: str) -> Any:
 )
 class BotModels:
     embeddings_model = _model_ref("embeddings")
+    image_model = _model_ref("image")
+    video_model = _model_ref("video")
 
     def __init__(self) -> None:
         global _instance
@@ -161,12 +262,22 @@ class BotModels:
         self.embeddings = EmbeddingsFrontend(
             self.settings, self.pool, self.remotes.get("embeddings")
         )
+        self.outputs = OutputStore(
+            self.settings.outputs_root,
+            self.settings.outputs_max_age_s,
+            self.settings.outputs_max_bytes,
+        )
+        self.generation = GenerationFrontend(self.settings, self.pool, self.outputs)
+        self.jobs = JobManager(
+            JobStore(self.settings.jobs_path), self.generation, self.settings.outputs_max_age_s
+        )
         _instance = self
 
     def bind_batch_infer(self, batch_infer: BatchInfer) -> None:
         """Called by botmodels.patches once BentoML's dispatchers exist (see its docstring)."""
         if self.settings.embeddings_batching:
             self.embeddings.batch_infer = batch_infer
+        self.generation.batch_infer = batch_infer
 
     @bentoml.on_startup
     def start_loading(self) -> None:
@@ -255,6 +366,182 @@ class BotModels:
         """OpenAI-compatible embeddings. `model` is accepted for compatibility; the response
         names the model actually used."""
         return await self.embeddings.create(input, encoding_format, dimensions)
+
+    # --- image and video generation ------------------------------------------------------------
+    @bentoml.api(
+        route=IMAGE_BATCH_ROUTE,
+        batchable=True,
+        max_batch_size=settings.image_max_batch_size,
+        max_latency_ms=settings.image_max_latency_ms,
+    )
+    def generate_images(self, tasks: list[ImageTask]) -> list[GeneratedFile]:
+        """The image runner: same-shape tasks share one pipeline call; writes the PNGs."""
+        return self.generation.run_image_batch(tasks)
+
+    @bentoml.api(
+        route=VIDEO_BATCH_ROUTE,
+        batchable=True,
+        max_batch_size=settings.video_max_batch_size,
+        max_latency_ms=settings.video_max_latency_ms,
+    )
+    def generate_videos(self, tasks: list[VideoTask]) -> list[GeneratedFile]:
+        """The video runner: same-shape tasks share one pipeline call; writes the MP4s."""
+        return self.generation.run_video_batch(tasks)
+
+    @bentoml.api(route="/api/image/generate")
+    @json_errors
+    async def image_generate(
+        self,
+        prompt: Any = None,
+        steps: Any = None,
+        width: Any = None,
+        height: Any = None,
+        guidance_scale: Any = None,
+        seed: Any = None,
+        negative_prompt: Any = None,
+        model: Any = None,
+    ) -> GenerationResponse:
+        """botserver's IMAGE keyword: blocks until the PNG is written under /outputs/images/.
+        Fields are checked by hand so that each error names its rule (see botmodels.generation).
+        """
+        self.generation.check_model("image", model)
+        task = self.generation.check_image(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            steps=steps,
+            width=width,
+            height=height,
+            guidance_scale=guidance_scale,
+            seed=seed,
+        )
+        return await self.generation.generate("image", task)
+
+    @bentoml.api(route="/api/video/generate")
+    @json_errors
+    async def video_generate(
+        self,
+        prompt: Any = None,
+        num_frames: Any = None,
+        fps: Any = None,
+        steps: Any = None,
+        width: Any = None,
+        height: Any = None,
+        guidance_scale: Any = None,
+        seed: Any = None,
+        negative_prompt: Any = None,
+        model: Any = None,
+    ) -> GenerationResponse:
+        """botserver's VIDEO keyword: blocks until the H.264 MP4 is written under
+        /outputs/videos/. For work longer than the caller's timeout, use /api/video/jobs."""
+        self.generation.check_model("video", model)
+        task = self.generation.check_video(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            num_frames=num_frames,
+            fps=fps,
+            steps=steps,
+            width=width,
+            height=height,
+            guidance_scale=guidance_scale,
+            seed=seed,
+        )
+        return await self.generation.generate("video", task)
+
+    @bentoml.api(route="/api/image/jobs")
+    @json_errors
+    async def image_job(
+        self,
+        prompt: Any = None,
+        steps: Any = None,
+        width: Any = None,
+        height: Any = None,
+        guidance_scale: Any = None,
+        seed: Any = None,
+        negative_prompt: Any = None,
+        model: Any = None,
+    ) -> dict[str, Any]:
+        """Submit an image generation as a job: 202 with its id at once; poll
+        GET /api/jobs/{id}, fetch GET /api/jobs/{id}/result, cancel POST /api/jobs/{id}/cancel.
+        """
+        self.generation.check_model("image", model)
+        task = self.generation.check_image(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            steps=steps,
+            width=width,
+            height=height,
+            guidance_scale=guidance_scale,
+            seed=seed,
+        )
+        job = await self.jobs.submit("image", task)
+        return JSONResponse(job.public(), status_code=202)  # type: ignore[return-value]
+
+    @bentoml.api(route="/api/video/jobs")
+    @json_errors
+    async def video_job(
+        self,
+        prompt: Any = None,
+        num_frames: Any = None,
+        fps: Any = None,
+        steps: Any = None,
+        width: Any = None,
+        height: Any = None,
+        guidance_scale: Any = None,
+        seed: Any = None,
+        negative_prompt: Any = None,
+        model: Any = None,
+    ) -> dict[str, Any]:
+        """Submit a video generation as a job (see /api/image/jobs)."""
+        self.generation.check_model("video", model)
+        task = self.generation.check_video(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            num_frames=num_frames,
+            fps=fps,
+            steps=steps,
+            width=width,
+            height=height,
+            guidance_scale=guidance_scale,
+            seed=seed,
+        )
+        job = await self.jobs.submit("video", task)
+        return JSONResponse(job.public(), status_code=202)  # type: ignore[return-value]
+
+    @bentoml.api(route="/v1/images/generations")
+    @json_errors
+    async def create_images(
+        self,
+        ctx: bentoml.Context,
+        prompt: Any = None,
+        model: Any = None,
+        n: Any = None,
+        size: Any = None,
+        response_format: Any = None,
+        seed: Any = None,
+        steps: Any = None,
+        guidance_scale: Any = None,
+        negative_prompt: Any = None,
+        quality: Any = None,
+        style: Any = None,
+        user: Any = None,
+    ) -> ImagesResponse:
+        """OpenAI-compatible image generation. `quality`, `style` and `user` are accepted and
+        ignored; `seed`, `steps`, `guidance_scale` and `negative_prompt` are extensions."""
+        base = (
+            str(self.settings.public_url) if self.settings.public_url else str(ctx.request.base_url)
+        )
+        return await self.generation.openai_images(
+            prompt=prompt,
+            model=model,
+            n=n,
+            size=size,
+            response_format=response_format,
+            seed=seed,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            negative_prompt=negative_prompt,
+            base_url=base,
+        )
 
 
 # Outermost first. Errors are shaped last; credentials are checked before anything looks at the

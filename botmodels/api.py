@@ -35,6 +35,14 @@ def json_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         except BotModelsError as exc:
             if exc.status >= 500:
                 log.warning("%s: %s", func.__name__, exc.message)
+            # An API that takes a `ctx: bentoml.Context` gets ctx.response's status and headers
+            # stamped on whatever it returns: put the error's there too.
+            ctx = kwargs.get("ctx")
+            response_ctx = getattr(ctx, "response", None)
+            if response_ctx is not None:
+                response_ctx.status_code = exc.status
+                for name, value in exc.headers.items():
+                    response_ctx.headers[name] = value
             return cast(R, error_response(exc))
 
     return wrapper

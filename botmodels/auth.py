@@ -11,7 +11,8 @@ Accepted credentials, any one of them, for any configured key (several keys at o
     signature is accepted once: a replay within `replay_cache_s` (600 s) is rejected.
 
 Every comparison is constant-time (`hmac.compare_digest`) and no key is ever logged.
-Open without credentials: liveness/readiness/health, metrics, the API docs.
+Open without credentials: liveness/readiness/health, metrics, the API docs, and generated files
+(/outputs/…: botserver hands their URLs to bot scripts, which fetch them with no key).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ OPEN_PATHS = frozenset(
         "/schema.json",
     }
 )
-OPEN_PREFIXES = ("/static_content/", "/assets/")
+OPEN_PREFIXES = ("/static_content/", "/assets/", "/outputs/")
 
 
 def is_open_path(path: str) -> bool:

@@ -17,7 +17,7 @@ Profile = Literal["offline", "cpu", "gpu", "tiny"]
 Quantization = Literal["none", "int8", "4bit"]
 
 # Every runner kind the bundle knows. A kind that is not enabled loads nothing.
-KNOWN_RUNNERS: tuple[str, ...] = ("embeddings",)
+KNOWN_RUNNERS: tuple[str, ...] = ("embeddings", "image", "video")
 
 
 def _available_cpus() -> int:
@@ -102,6 +102,66 @@ class Settings(BaseSettings):
         100_000, ge=1, description="Characters per input; longer inputs are rejected."
     )
 
+    # --- generated files (/outputs) and jobs -------------------------------------------------
+    outputs_dir: Path | None = Field(
+        None, description="Where generated files are kept; default <home>/outputs."
+    )
+    outputs_max_age_s: float = Field(
+        24 * 3600, gt=0, description="Generated files (and finished jobs) are deleted after this."
+    )
+    outputs_max_bytes: int = Field(
+        5 * 1024**3, ge=1024, description="Oldest generated files go first beyond this total."
+    )
+    jobs_db: Path | None = Field(
+        None, description="SQLite file holding job records; default <home>/jobs.sqlite3."
+    )
+    public_url: AnyHttpUrl | None = Field(
+        None,
+        description="Base URL clients reach botmodels at, for absolute `url`s in "
+        "/v1/images/generations; default: the request's own host.",
+    )
+
+    # --- image runner -----------------------------------------------------------------------
+    image_quantization: Quantization | None = Field(
+        None, description="Override the manifest's quantization: none, int8 or 4bit (CUDA)."
+    )
+    image_max_batch_size: int = Field(4, ge=1, le=64, description="Images per pipeline call.")
+    image_max_latency_ms: int = Field(
+        3_600_000, ge=1000, description="Longest wait in the batch queue before a 503."
+    )
+    image_max_queue: int = Field(
+        16, ge=1, description="Images waiting or running (jobs included) before 429."
+    )
+    image_max_prompt_chars: int = Field(2000, ge=1)
+    image_min_size: int = Field(64, ge=8)
+    image_max_size: int = Field(1536, ge=8, description="Largest width or height, pixels.")
+    image_max_steps: int = Field(100, ge=1)
+    image_max_guidance: float = Field(30.0, ge=0)
+    image_max_n: int = Field(4, ge=1, description="`n` of /v1/images/generations.")
+    image_default_steps: int = Field(4, ge=1, description="When a request names no `steps`.")
+    image_default_guidance: float = Field(
+        0.0, ge=0, description="When a request names none (0 = turbo models' setting)."
+    )
+
+    # --- video runner -----------------------------------------------------------------------
+    video_quantization: Quantization | None = Field(
+        None, description="Override the manifest's quantization: none, int8 or 4bit (CUDA)."
+    )
+    video_max_batch_size: int = Field(2, ge=1, le=16)
+    video_max_latency_ms: int = Field(3_600_000, ge=1000)
+    video_max_queue: int = Field(4, ge=1, description="Videos waiting or running before 429.")
+    video_max_prompt_chars: int = Field(2000, ge=1)
+    video_min_size: int = Field(64, ge=8)
+    video_max_size: int = Field(1024, ge=8)
+    video_max_frames: int = Field(64, ge=1)
+    video_max_fps: int = Field(60, ge=1)
+    video_max_steps: int = Field(100, ge=1)
+    video_max_guidance: float = Field(30.0, ge=0)
+    video_default_frames: int = Field(16, ge=1)
+    video_default_fps: int = Field(8, ge=1)
+    video_default_steps: int = Field(25, ge=1)
+    video_default_guidance: float = Field(9.0, ge=0)
+
     @field_validator("runners", mode="before")
     @classmethod
     def _parse_runners(cls, value: object) -> object:
@@ -117,6 +177,14 @@ class Settings(BaseSettings):
                 f"of {list(KNOWN_RUNNERS)}"
             )
         return list(dict.fromkeys(value))
+
+    @property
+    def outputs_root(self) -> Path:
+        return self.outputs_dir or self.home / "outputs"
+
+    @property
+    def jobs_path(self) -> Path:
+        return self.jobs_db or self.home / "jobs.sqlite3"
 
     def remote_url(self, runner: str) -> str | None:
         url = getattr(self, f"{runner}_url", None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,32 +108,52 @@ def test_runner_served_elsewhere_by_url(served: Server, tmp_path: Path) -> None:
         entry.stop()
 
 
-def test_failed_runner_is_named_and_the_service_keeps_answering(tmp_path: Path) -> None:
-    server = Server({"BENTOML_HOME": str(tmp_path / "empty-store")})
+def test_failed_runner_is_named_and_the_others_keep_serving(
+    tmp_path: Path, offline_store: None
+) -> None:
+    """The embeddings model is missing from the store (a manifest naming a model never
+    imported); the image runner loads, and keeps generating."""
+    from tests.conftest import ROOT
+
+    manifest = (ROOT / "models.toml").read_text()
+    manifest = manifest.replace(
+        '[embeddings.offline]\nname = "embeddings-all-minilm-l6-v2"',
+        '[embeddings.offline]\nname = "embeddings-never-imported"',
+    )
+    (tmp_path / "models.toml").write_text(manifest)
+    server = Server(
+        {
+            "BOTMODELS_MANIFEST": str(tmp_path / "models.toml"),
+            "BOTMODELS_RUNNERS": "embeddings,image",
+        }
+    )
     try:
-        response = None
-        for _ in range(360):
-            if server.proc.poll() is not None:
-                pytest.fail(f"server exited:\n{server.output()}")
-            try:
-                response = httpx.get(server.url + "/api/health", timeout=2)
-                if response.json()["status"] not in ("starting", "loading"):
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        assert response is not None
+        server.wait_ready()  # ready: one runner is usable
+        response = httpx.get(server.url + "/api/health", timeout=5)
         assert response.status_code == 503
         body = response.json()
         assert body["status"] == "unhealthy"
         assert body["unhealthy_runners"] == ["embeddings"]
         assert "not in the BentoML store" in body["runners"]["embeddings"]["error"]
+        assert body["runners"]["image"] == {"state": "ready", "healthy": True}
         assert httpx.get(server.url + "/health").status_code == 503
         failed = httpx.post(server.url + "/v1/embeddings", json={"input": "x"}, headers=auth())
         assert failed.status_code == 503
         assert failed.json()["error"]["code"] == "runner_failed"
-        ping = httpx.post(server.url + "/api/ping", json={}, headers={"X-API-Key": KEY})
-        assert ping.status_code == 200
+        image = httpx.post(
+            server.url + "/api/image/generate",
+            json={
+                "prompt": "a red circle",
+                "steps": 1,
+                "width": 64,
+                "height": 64,
+                "guidance_scale": 1.0,
+            },
+            headers={"X-API-Key": KEY},
+            timeout=120,
+        )
+        assert image.status_code == 200, image.text
+        assert image.json()["status"] == "completed"
     finally:
         server.stop()
 

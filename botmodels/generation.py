@@ -1,0 +1,601 @@
+"""The image and video generation front: check a request, admit it, run it through the runner's
+batchable API, write the file under /outputs, and answer in botserver's or OpenAI's shape.
+
+Flow of one request:
+  1. check inputs against the settings' bounds and what the loaded pipeline can do;
+  2. admission: at most `<kind>_max_queue` generations waiting or running per runner, beyond
+     that a 429 with a Retry-After estimated from recent generation times;
+  3. dispatch through BentoML's dispatcher for the runner's batchable API (`batch_infer`), which
+     gathers concurrent requests into one batch; the runner groups that batch by shape and
+     gives each request its own seeded generator;
+  4. the batch function, in a worker thread, writes each PNG / MP4 under /outputs.
+A `Control` per request carries cancellation and progress between the route (or job) and the
+runner's step callback, by task id: in-process `batch_infer` passes the task objects as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import math
+import secrets
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from bentoml.exceptions import BentoMLException
+from pydantic import BaseModel
+
+from botmodels.config import Settings
+from botmodels.errors import InvalidInput, NotFoundError, Overloaded, RunnerUnavailable
+from botmodels.outputs import OutputStore
+from botmodels.pool import RunnerPool
+
+BatchInfer = Callable[[str, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
+Kind = Literal["image", "video"]
+
+IMAGE_BATCH_API = "generate_images"
+IMAGE_BATCH_ROUTE = "/runners/image/generate"
+VIDEO_BATCH_API = "generate_videos"
+VIDEO_BATCH_ROUTE = "/runners/video/generate"
+MAX_SEED = 2**63 - 1
+
+
+# --- wire models ---------------------------------------------------------------------------------
+class ImageTask(BaseModel):
+    """One image to make: the item type of the batchable image API."""
+
+    task_id: str
+    prompt: str
+    negative_prompt: str | None = None
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    seed: int
+
+
+class VideoTask(BaseModel):
+    task_id: str
+    prompt: str
+    negative_prompt: str | None = None
+    width: int
+    height: int
+    num_frames: int
+    fps: int
+    steps: int
+    guidance_scale: float
+    seed: int
+
+
+class GeneratedFile(BaseModel):
+    """One result of a batchable generation API."""
+
+    task_id: str
+    status: Literal["completed", "cancelled"]
+    file_path: str | None = None
+    seconds: float = 0.0
+
+
+class GenerationResponse(BaseModel):
+    """botserver's shape (`status`, `file_path`, `error`), plus what a caller may want to log."""
+
+    status: Literal["completed", "cancelled"]
+    file_path: str | None
+    generation_time: float
+    error: str | None = None
+    timestamp: str
+    seed: int
+    width: int
+    height: int
+    steps: int
+    num_frames: int | None = None
+    fps: int | None = None
+    job_id: str | None = None
+
+
+class ImageData(BaseModel):
+    url: str | None = None
+    b64_json: str | None = None
+    revised_prompt: str | None = None
+
+
+class ImagesResponse(BaseModel):
+    created: int
+    data: list[ImageData]
+
+
+# --- per-request control -------------------------------------------------------------------------
+class Control:
+    """Cancellation and progress for one task; the runner calls it from its worker thread."""
+
+    def __init__(self, on_progress: Callable[[int, int], None] | None = None) -> None:
+        self._cancel = threading.Event()
+        self.on_progress = on_progress
+        self.on_start: Callable[[int], None] | None = None
+        self.step = 0
+        self.total = 0
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def start(self, total: int) -> None:
+        self.total = total
+        if self.on_start is not None:
+            self.on_start(total)
+
+    def progress(self, step: int, total: int) -> None:
+        self.step, self.total = step, total
+        if self.on_progress is not None:
+            self.on_progress(step, total)
+
+
+class Admission:
+    """Generations waiting or running for one runner; past the limit, a 429 with Retry-After."""
+
+    def __init__(self, kind: Kind, limit: int, batch_size: int) -> None:
+        self.kind = kind
+        self.limit = limit
+        self.batch_size = batch_size
+        self.in_flight = 0
+        self.seconds_per_item = 5.0  # until measured
+        self._lock = threading.Lock()
+
+    def retry_after(self) -> int:
+        batches_ahead = math.ceil(self.in_flight / self.batch_size)
+        return max(1, min(600, math.ceil(batches_ahead * self.seconds_per_item)))
+
+    def enter(self, count: int = 1) -> None:
+        with self._lock:
+            if self.in_flight + count > self.limit:
+                raise Overloaded(
+                    f"{self.kind} runner busy: {self.in_flight} generations waiting or running "
+                    f"(the limit is {self.limit}); retry after the Retry-After seconds",
+                    headers={"Retry-After": str(self.retry_after())},
+                )
+            self.in_flight += count
+
+    def leave(self, count: int = 1) -> None:
+        with self._lock:
+            self.in_flight -= count
+
+    def observe(self, seconds: float) -> None:
+        """Exponential average of one generation's time, for the next Retry-After."""
+        self.seconds_per_item = 0.7 * self.seconds_per_item + 0.3 * seconds
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --- checks --------------------------------------------------------------------------------------
+def _int(name: str, value: object, low: int, high: int, rule: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        raise InvalidInput(f"`{name}` must be an integer; got {value!r}", param=name)
+    number = int(value)
+    if not low <= number <= high:
+        raise InvalidInput(
+            f"`{name}` must be between {low} and {high}{rule}; got {number}", param=name
+        )
+    return number
+
+
+def _float(name: str, value: object, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidInput(f"`{name}` must be a number; got {value!r}", param=name)
+    if not low <= value <= high:
+        raise InvalidInput(f"`{name}` must be between {low} and {high}; got {value}", param=name)
+    return float(value)
+
+
+def _text(name: str, value: object, limit: int, *, required: bool) -> str | None:
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"`{name}` must be a string; got {type(value).__name__}", param=name)
+    if required and not value.strip():
+        raise InvalidInput(f"`{name}` is empty; describe what to generate", param=name)
+    if len(value) > limit:
+        raise InvalidInput(
+            f"`{name}` has {len(value)} characters; the limit is {limit}", param=name
+        )
+    return value
+
+
+def _size(name: str, value: object, low: int, high: int, multiple: int) -> int:
+    number = _int(name, value, low, high)
+    if number % multiple:
+        raise InvalidInput(
+            f"`{name}` must be divisible by {multiple} (the pipeline's latent grid); got {number}",
+            param=name,
+        )
+    return number
+
+
+def _seed(value: object) -> int:
+    if value is None:
+        return secrets.randbelow(2**31)  # reported back, so the picture can be made again
+    return _int("seed", value, 0, MAX_SEED)
+
+
+def parse_size(value: object, default: int) -> tuple[int, int]:
+    """OpenAI's `size`: "WIDTHxHEIGHT" (e.g. "512x512")."""
+    if value is None:
+        return default, default
+    if not isinstance(value, str):
+        raise InvalidInput(f"`size` must be a string like '512x512'; got {value!r}", param="size")
+    parts = value.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise InvalidInput(f"`size` must look like '512x512'; got {value!r}", param="size")
+    return int(parts[0]), int(parts[1])
+
+
+# --- the front -----------------------------------------------------------------------------------
+class GenerationFrontend:
+    def __init__(self, settings: Settings, pool: RunnerPool, outputs: OutputStore) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.outputs = outputs
+        self.batch_infer: BatchInfer | None = None
+        self.admission: dict[Kind, Admission] = {
+            "image": Admission("image", settings.image_max_queue, settings.image_max_batch_size),
+            "video": Admission("video", settings.video_max_queue, settings.video_max_batch_size),
+        }
+        self._controls: dict[str, Control] = {}
+        self._controls_lock = threading.Lock()
+        self._last_prune = 0.0
+
+    def model_name(self, kind: Kind) -> str:
+        slot = self.pool.slot(kind)
+        return slot.tag.split(":")[0] if slot is not None else kind
+
+    def check_model(self, kind: Kind, model: object) -> None:
+        """`model` may be omitted, or name the stored model (with or without its version)."""
+        if model is None or model == "":
+            return
+        slot = self.pool.slot(kind)
+        names = {kind} | ({slot.tag, slot.tag.split(":")[0]} if slot is not None else set())
+        if model not in names:
+            raise NotFoundError(
+                f"model {model!r} is not served here; the {kind} model is "
+                f"{self.model_name(kind)!r} (or omit `model`)",
+                param="model",
+                code="model_not_found",
+            )
+
+    # 1. Check inputs ------------------------------------------------------------------------
+    def check_image(
+        self,
+        *,
+        prompt: object,
+        negative_prompt: object = None,
+        steps: object = None,
+        width: object = None,
+        height: object = None,
+        guidance_scale: object = None,
+        seed: object = None,
+    ) -> ImageTask:
+        s = self.settings
+        runner = self.pool.local("image")  # 503 now if not loaded; its limits are needed below
+        multiple = int(runner.size_multiple)
+        native = int(runner.native_size)
+        return ImageTask(
+            task_id=secrets.token_hex(8),
+            prompt=_text("prompt", prompt, s.image_max_prompt_chars, required=True) or "",
+            negative_prompt=_text(
+                "negative_prompt", negative_prompt, s.image_max_prompt_chars, required=False
+            ),
+            steps=_int(
+                "steps", s.image_default_steps if steps is None else steps, 1, s.image_max_steps
+            ),
+            width=_size(
+                "width",
+                native if width is None else width,
+                s.image_min_size,
+                s.image_max_size,
+                multiple,
+            ),
+            height=_size(
+                "height",
+                native if height is None else height,
+                s.image_min_size,
+                s.image_max_size,
+                multiple,
+            ),
+            guidance_scale=_float(
+                "guidance_scale",
+                s.image_default_guidance if guidance_scale is None else guidance_scale,
+                0.0,
+                s.image_max_guidance,
+            ),
+            seed=_seed(seed),
+        )
+
+    def check_video(
+        self,
+        *,
+        prompt: object,
+        negative_prompt: object = None,
+        num_frames: object = None,
+        fps: object = None,
+        steps: object = None,
+        width: object = None,
+        height: object = None,
+        guidance_scale: object = None,
+        seed: object = None,
+    ) -> VideoTask:
+        s = self.settings
+        runner = self.pool.local("video")
+        multiple = int(runner.size_multiple)
+        native = int(runner.native_size)
+        return VideoTask(
+            task_id=secrets.token_hex(8),
+            prompt=_text("prompt", prompt, s.video_max_prompt_chars, required=True) or "",
+            negative_prompt=_text(
+                "negative_prompt", negative_prompt, s.video_max_prompt_chars, required=False
+            ),
+            num_frames=_int(
+                "num_frames",
+                s.video_default_frames if num_frames is None else num_frames,
+                1,
+                s.video_max_frames,
+            ),
+            fps=_int("fps", s.video_default_fps if fps is None else fps, 1, s.video_max_fps),
+            steps=_int(
+                "steps", s.video_default_steps if steps is None else steps, 1, s.video_max_steps
+            ),
+            width=_size(
+                "width",
+                native if width is None else width,
+                s.video_min_size,
+                s.video_max_size,
+                multiple,
+            ),
+            height=_size(
+                "height",
+                native if height is None else height,
+                s.video_min_size,
+                s.video_max_size,
+                multiple,
+            ),
+            guidance_scale=_float(
+                "guidance_scale",
+                s.video_default_guidance if guidance_scale is None else guidance_scale,
+                0.0,
+                s.video_max_guidance,
+            ),
+            seed=_seed(seed),
+        )
+
+    # 2. The batch functions (worker thread, called by the batchable APIs) ---------------------
+    def _control(self, task_id: str) -> Control | None:
+        with self._controls_lock:
+            return self._controls.get(task_id)
+
+    def run_image_batch(self, tasks: Sequence[ImageTask]) -> list[GeneratedFile]:
+        from runners.image import ImageRunner, ImageSpec
+
+        runner: ImageRunner = self.pool.local("image")
+        controls = [self._control(t.task_id) for t in tasks]
+        for task, control in zip(tasks, controls, strict=True):
+            if control is not None:
+                control.start(task.steps)
+        started = time.perf_counter()
+        images = runner.generate(
+            [
+                ImageSpec(
+                    prompt=t.prompt,
+                    negative_prompt=t.negative_prompt,
+                    width=t.width,
+                    height=t.height,
+                    steps=t.steps,
+                    guidance_scale=t.guidance_scale,
+                    seed=t.seed,
+                )
+                for t in tasks
+            ],
+            controls,
+        )
+        seconds = time.perf_counter() - started
+        results: list[GeneratedFile] = []
+        for task, image in zip(tasks, images, strict=True):
+            if image is None:
+                results.append(GeneratedFile(task_id=task.task_id, status="cancelled"))
+                continue
+            path, url = self.outputs.new_path("images", ".png")
+            image.save(path, format="PNG")
+            results.append(
+                GeneratedFile(
+                    task_id=task.task_id, status="completed", file_path=url, seconds=seconds
+                )
+            )
+        self.admission["image"].observe(seconds / max(1, len(tasks)))
+        return results
+
+    def run_video_batch(self, tasks: Sequence[VideoTask]) -> list[GeneratedFile]:
+        from runners.video import VideoRunner, VideoSpec, write_mp4
+
+        runner: VideoRunner = self.pool.local("video")
+        controls = [self._control(t.task_id) for t in tasks]
+        for task, control in zip(tasks, controls, strict=True):
+            if control is not None:
+                control.start(task.steps)
+        started = time.perf_counter()
+        videos = runner.generate(
+            [
+                VideoSpec(
+                    prompt=t.prompt,
+                    negative_prompt=t.negative_prompt,
+                    width=t.width,
+                    height=t.height,
+                    num_frames=t.num_frames,
+                    steps=t.steps,
+                    guidance_scale=t.guidance_scale,
+                    seed=t.seed,
+                )
+                for t in tasks
+            ],
+            controls,
+        )
+        results: list[GeneratedFile] = []
+        for task, frames in zip(tasks, videos, strict=True):
+            if frames is None:
+                results.append(GeneratedFile(task_id=task.task_id, status="cancelled"))
+                continue
+            path, url = self.outputs.new_path("videos", ".mp4")
+            write_mp4(frames, task.fps, path)
+            results.append(
+                GeneratedFile(
+                    task_id=task.task_id,
+                    status="completed",
+                    file_path=url,
+                    seconds=time.perf_counter() - started,
+                )
+            )
+        self.admission["video"].observe((time.perf_counter() - started) / max(1, len(tasks)))
+        return results
+
+    # 3. Dispatch ------------------------------------------------------------------------------
+    def _prune_now_and_then(self) -> None:
+        now = time.monotonic()
+        if now - self._last_prune > 60:
+            self._last_prune = now
+            self.outputs.prune()
+
+    async def execute(
+        self, kind: Kind, tasks: Sequence[ImageTask | VideoTask], controls: Sequence[Control]
+    ) -> list[GeneratedFile]:
+        """Run already-admitted tasks through the runner's batchable API."""
+        self.pool.local(kind)  # 503 now, before queueing, if not ready
+        await asyncio.to_thread(self._prune_now_and_then)
+        with self._controls_lock:
+            for task, control in zip(tasks, controls, strict=True):
+                self._controls[task.task_id] = control
+        try:
+            if self.batch_infer is None:  # direct instantiation (tests): no dispatcher
+                run = self.run_image_batch if kind == "image" else self.run_video_batch
+                return await asyncio.to_thread(run, tasks)  # type: ignore[arg-type]
+            api = IMAGE_BATCH_API if kind == "image" else VIDEO_BATCH_API
+            size = self.admission[kind].batch_size  # no input may exceed a whole batch
+            chunks = [list(tasks[i : i + size]) for i in range(0, len(tasks), size)]
+            batch_infer = self.batch_infer
+            try:
+                parts: list[Sequence[GeneratedFile]] = await asyncio.gather(
+                    *(batch_infer(api, (chunk,), {}) for chunk in chunks)
+                )
+            except BentoMLException as exc:  # the dispatcher's "process is overloaded"
+                raise RunnerUnavailable(
+                    f"{kind} runner overloaded: {exc}",
+                    headers={"Retry-After": str(self.admission[kind].retry_after())},
+                ) from exc
+            return [result for part in parts for result in part]
+        except asyncio.CancelledError:
+            # The caller went away (request timeout): stop the pipeline at its next step, or
+            # skip the task if it is still queued.
+            for control in controls:
+                control.cancel()
+            raise
+        finally:
+            with self._controls_lock:
+                for task in tasks:
+                    self._controls.pop(task.task_id, None)
+
+    async def generate(
+        self, kind: Kind, task: ImageTask | VideoTask, job_id: str | None = None
+    ) -> GenerationResponse:
+        """botserver's blocking routes: admit, run, answer."""
+        admission = self.admission[kind]
+        admission.enter()
+        try:
+            started = time.perf_counter()
+            (result,) = await self.execute(kind, [task], [Control()])
+        finally:
+            admission.leave()
+        return self.response(task, result, time.perf_counter() - started, job_id)
+
+    def response(
+        self,
+        task: ImageTask | VideoTask,
+        result: GeneratedFile,
+        seconds: float,
+        job_id: str | None = None,
+    ) -> GenerationResponse:
+        return GenerationResponse(
+            status=result.status,
+            file_path=result.file_path,
+            generation_time=round(seconds, 3),
+            timestamp=_now_iso(),
+            seed=task.seed,
+            width=task.width,
+            height=task.height,
+            steps=task.steps,
+            num_frames=task.num_frames if isinstance(task, VideoTask) else None,
+            fps=task.fps if isinstance(task, VideoTask) else None,
+            job_id=job_id,
+        )
+
+    async def openai_images(
+        self,
+        *,
+        prompt: object,
+        model: object,
+        n: object,
+        size: object,
+        response_format: object,
+        seed: object,
+        steps: object,
+        guidance_scale: object,
+        negative_prompt: object,
+        base_url: str,
+    ) -> ImagesResponse:
+        """OpenAI `POST /v1/images/generations`; `seed`, `steps`, `guidance_scale` and
+        `negative_prompt` are extensions. n images share one pipeline call (seeds seed..seed+n-1
+        when a seed is given)."""
+        self.check_model("image", model)
+        count = _int("n", 1 if n is None else n, 1, self.settings.image_max_n)
+        if response_format not in (None, "url", "b64_json"):
+            raise InvalidInput(
+                f"`response_format` must be 'url' or 'b64_json'; got {response_format!r}",
+                param="response_format",
+            )
+        runner = self.pool.local("image")
+        width, height = parse_size(size, int(runner.native_size))
+        first = self.check_image(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            steps=steps,
+            width=width,
+            height=height,
+            guidance_scale=guidance_scale,
+            seed=seed,
+        )
+        if first.seed + count - 1 > MAX_SEED:
+            raise InvalidInput(f"`seed` + n - 1 must be at most {MAX_SEED}", param="seed")
+        tasks = [
+            first.model_copy(update={"task_id": secrets.token_hex(8), "seed": first.seed + i})
+            for i in range(count)
+        ]
+        admission = self.admission["image"]
+        admission.enter(count)
+        try:
+            results = await self.execute("image", tasks, [Control() for _ in tasks])
+        finally:
+            admission.leave(count)
+        data: list[ImageData] = []
+        for result in results:
+            assert result.file_path is not None  # these controls are never cancelled
+            if response_format == "b64_json":
+                path = self.outputs.resolve(result.file_path)
+                if path is None:
+                    raise RunnerUnavailable("a generated file vanished before it was read")
+                payload = await asyncio.to_thread(path.read_bytes)
+                self.outputs.delete(result.file_path)  # the caller has the bytes; keep nothing
+                data.append(ImageData(b64_json=base64.b64encode(payload).decode()))
+            else:
+                data.append(ImageData(url=base_url.rstrip("/") + result.file_path))
+        return ImagesResponse(created=int(time.time()), data=data)

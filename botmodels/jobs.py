@@ -1,0 +1,271 @@
+"""Jobs for long generations: submit (an id at once), poll (status, step n of N), fetch the result,
+cancel (the pipeline stops at its next step).
+
+Job records live in SQLite (`BOTMODELS_JOBS_DB`, WAL mode) so that they outlive the process: a
+finished job's result stays fetchable after a restart until `outputs_max_age_s` (the same
+retention as its file), and a job that was queued or running when the process stopped answers
+`interrupted` instead of vanishing. The work itself is in memory: an asyncio task per job that
+goes through the same admission, batching and runner as botserver's blocking routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from botmodels.errors import BotModelsError
+from botmodels.generation import Control, GenerationFrontend, ImageTask, Kind, VideoTask
+
+log = logging.getLogger("botmodels.jobs")
+
+JobStatus = Literal["queued", "running", "completed", "failed", "cancelled", "interrupted"]
+FINISHED: frozenset[str] = frozenset({"completed", "failed", "cancelled", "interrupted"})
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id          TEXT PRIMARY KEY,
+    kind        TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    request     TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    started_at  REAL,
+    finished_at REAL,
+    step        INTEGER NOT NULL DEFAULT 0,
+    total_steps INTEGER NOT NULL DEFAULT 0,
+    result      TEXT,
+    error       TEXT
+)
+"""
+
+
+@dataclass
+class JobRecord:
+    id: str
+    kind: str
+    status: str
+    request: dict[str, Any]
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    step: int = 0
+    total_steps: int = 0
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "generation.job",
+            "kind": self.kind,
+            "status": self.status,
+            "progress": {
+                "step": self.step,
+                "total_steps": self.total_steps,
+                "fraction": round(self.step / self.total_steps, 4) if self.total_steps else 0.0,
+            },
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "result": self.result,
+            "error": self.error,
+            "result_url": f"/api/jobs/{self.id}/result",
+        }
+
+
+class JobStore:
+    """SQLite job records. Thread-safe: one connection behind a lock (writes are tiny)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(_SCHEMA)
+            # Whatever was in flight when the last process stopped will never finish.
+            self._db.execute(
+                "UPDATE jobs SET status = 'interrupted', finished_at = ?, error = ? "
+                "WHERE status IN ('queued', 'running')",
+                (
+                    time.time(),
+                    json.dumps(
+                        {
+                            "message": "the server restarted before this job finished; "
+                            "submit it again",
+                            "type": "server_error",
+                            "code": "job_interrupted",
+                            "param": None,
+                        }
+                    ),
+                ),
+            )
+
+    def insert(self, job: JobRecord) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO jobs (id, kind, status, request, created_at) VALUES (?, ?, ?, ?, ?)",
+                (job.id, job.kind, job.status, json.dumps(job.request), job.created_at),
+            )
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        columns = {"status", "started_at", "finished_at", "step", "total_steps", "result", "error"}
+        unknown = set(fields) - columns
+        if unknown:
+            raise ValueError(f"not job columns: {sorted(unknown)}")
+        values = [json.dumps(v) if k in ("result", "error") else v for k, v in fields.items()]
+        assignments = ", ".join(f"{k} = ?" for k in fields)  # names from the fixed set above
+        with self._lock:
+            self._db.execute(
+                f"UPDATE jobs SET {assignments} WHERE id = ?",  # noqa: S608
+                (*values, job_id),
+            )
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id, kind, status, request, created_at, started_at, finished_at, step, "
+                "total_steps, result, error FROM jobs WHERE id = ?",
+                (job_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        return JobRecord(
+            id=row[0],
+            kind=row[1],
+            status=row[2],
+            request=json.loads(row[3]),
+            created_at=row[4],
+            started_at=row[5],
+            finished_at=row[6],
+            step=row[7],
+            total_steps=row[8],
+            result=json.loads(row[9]) if row[9] else None,
+            error=json.loads(row[10]) if row[10] else None,
+        )
+
+    def prune(self, max_age_s: float) -> int:
+        """Forget finished jobs older than the retention (their files go at the same age)."""
+        with self._lock:
+            cursor = self._db.execute(
+                "DELETE FROM jobs WHERE status IN ('completed', 'failed', 'cancelled', "
+                "'interrupted') AND COALESCE(finished_at, created_at) < ?",
+                (time.time() - max_age_s,),
+            )
+        return int(cursor.rowcount)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class JobManager:
+    def __init__(self, store: JobStore, frontend: GenerationFrontend, retention_s: float) -> None:
+        self.store = store
+        self.frontend = frontend
+        self.retention_s = retention_s
+        self._controls: dict[str, Control] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, kind: Kind, task: ImageTask | VideoTask) -> JobRecord:
+        admission = self.frontend.admission[kind]
+        admission.enter()  # 429 now rather than a job that waits forever
+        job = JobRecord(
+            id="job_" + secrets.token_hex(16),
+            kind=kind,
+            status="queued",
+            request=task.model_dump(exclude={"task_id"}),
+            created_at=time.time(),
+            total_steps=task.steps,
+        )
+        try:
+            await asyncio.to_thread(self._insert_and_prune, job)
+        except BaseException:
+            admission.leave()
+            raise
+        control = Control(on_progress=lambda step, total: self._progress(job.id, step, total))
+        control.on_start = lambda total: self._started(job.id, total)
+        self._controls[job.id] = control
+        runner = asyncio.create_task(self._run(job, task, control))
+        self._tasks.add(runner)  # a reference, or the loop may collect the task mid-run
+        runner.add_done_callback(self._tasks.discard)
+        return job
+
+    def _insert_and_prune(self, job: JobRecord) -> None:
+        self.store.insert(job)
+        self.store.prune(self.retention_s)
+
+    def _started(self, job_id: str, total: int) -> None:
+        control = self._controls.get(job_id)
+        if control is not None and control.cancelled():
+            return  # cancelled while queued: the record already says so
+        self.store.update(job_id, status="running", started_at=time.time(), total_steps=total)
+
+    def _progress(self, job_id: str, step: int, total: int) -> None:
+        control = self._controls.get(job_id)
+        if control is not None and control.cancelled():
+            return  # the record already says cancelled
+        self.store.update(job_id, step=step, total_steps=total)
+
+    async def _run(self, job: JobRecord, task: ImageTask | VideoTask, control: Control) -> None:
+        kind: Kind = "image" if isinstance(task, ImageTask) else "video"
+        started = time.perf_counter()
+        try:
+            (result,) = await self.frontend.execute(kind, [task], [control])
+            if result.status == "cancelled" or control.cancelled():
+                if result.file_path is not None:
+                    self.frontend.outputs.delete(result.file_path)
+                await self._finish(job.id, "cancelled")
+                return
+            response = self.frontend.response(task, result, time.perf_counter() - started, job.id)
+            await self._finish(job.id, "completed", result=response.model_dump(), step=task.steps)
+        except BotModelsError as exc:
+            await self._finish(job.id, "failed", error=exc.body()["error"])
+        except Exception as exc:
+            log.exception("job %s failed", job.id)
+            await self._finish(
+                job.id,
+                "failed",
+                error={
+                    "message": f"generation failed: {type(exc).__name__}",
+                    "type": "server_error",
+                    "code": "generation_failed",
+                    "param": None,
+                },
+            )
+        finally:
+            self.frontend.admission[kind].leave()
+            self._controls.pop(job.id, None)
+
+    async def _finish(self, job_id: str, status: JobStatus, **fields: Any) -> None:
+        await asyncio.to_thread(
+            self.store.update, job_id, status=status, finished_at=time.time(), **fields
+        )
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        return await asyncio.to_thread(self.store.get, job_id)
+
+    async def cancel(self, job_id: str) -> JobRecord | None:
+        """Cancel a queued or running job; a finished one is answered as it is."""
+        job = await self.get(job_id)
+        if job is None or job.status in FINISHED:
+            return job
+        control = self._controls.get(job_id)
+        if control is not None:
+            control.cancel()
+        await self._finish(job_id, "cancelled")
+        return await self.get(job_id)
+
+    async def wait_idle(self) -> None:
+        """Wait for every running job (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)

@@ -1,0 +1,289 @@
+"""Generation pieces without HTTP: the output store, job records across a restart, the tiny
+runners (grouping by shape, per-item seeds, cancellation at the next step, memory), the MP4."""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from botmodels.jobs import JobRecord, JobStore
+from botmodels.outputs import OutputStore
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    """The tiny pipelines are too small to split across threads: on this shared 2-core machine
+    two torch threads made each call ~4x slower than one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --- outputs -----------------------------------------------------------------------------------
+def test_output_names_are_random_and_resolve(tmp_path: Path) -> None:
+    store = OutputStore(tmp_path, max_age_s=60, max_total_bytes=10**6)
+    path, url = store.new_path("images", ".png")
+    _, other_url = store.new_path("images", ".png")
+    assert url != other_url
+    assert url == f"/outputs/images/{path.name}"
+    assert len(path.stem) == 32  # 128 bits of hex
+    path.write_bytes(b"png")
+    assert store.resolve(url) == path.resolve()
+    assert store.resolve(other_url) is None  # not written yet
+    with pytest.raises(ValueError, match="kind"):
+        store.new_path("../x", ".png")
+    with pytest.raises(ValueError, match="suffix"):
+        store.new_path("images", "/../.png")
+
+
+def test_resolve_refuses_traversal_and_links(tmp_path: Path) -> None:
+    root = tmp_path / "outputs"
+    store = OutputStore(root, max_age_s=60, max_total_bytes=10**6)
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"secret")
+    (root / "images").mkdir(parents=True)
+    link = root / "images" / ("a" * 32 + ".png")
+    link.symlink_to(secret)
+    for url in (
+        f"/outputs/images/{link.name}",  # a link out of the root
+        "/outputs/images/../../secret.png",
+        "/outputs/../secret.png",
+        "/outputs/images/" + "a" * 31 + ".png",
+        "/outputs/images/" + "a" * 32 + ".png/..",
+    ):
+        assert store.resolve(url) is None, url
+
+
+def test_prune_by_age_then_by_total_size(tmp_path: Path) -> None:
+    store = OutputStore(tmp_path, max_age_s=100, max_total_bytes=25)
+    made = []
+    for age in (500, 50, 40, 30):
+        path, url = store.new_path("images", ".png")
+        path.write_bytes(b"x" * 10)
+        os.utime(path, (time.time() - age, time.time() - age))
+        made.append(url)
+    store.prune()
+    # 500 s old: past the age limit; then 30 bytes > 25: the oldest of the rest (50 s) goes
+    assert [store.resolve(u) is not None for u in made] == [False, False, True, True]
+
+
+# --- job records -------------------------------------------------------------------------------
+def test_job_records_survive_a_restart(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.sqlite3"
+    store = JobStore(db)
+    now = time.time()
+    store.insert(JobRecord("job_done", "image", "queued", {"prompt": "a"}, now))
+    store.update("job_done", status="completed", finished_at=now, result={"file_path": "/x"})
+    store.insert(JobRecord("job_running", "video", "queued", {"prompt": "b"}, now))
+    store.update("job_running", status="running", step=3, total_steps=10)
+    store.insert(JobRecord("job_queued", "image", "queued", {"prompt": "c"}, now))
+    store.close()
+
+    reopened = JobStore(db)  # what a restarted process does
+    done = reopened.get("job_done")
+    assert done is not None
+    assert (done.status, done.result) == ("completed", {"file_path": "/x"})
+    for job_id in ("job_running", "job_queued"):
+        job = reopened.get(job_id)
+        assert job is not None
+        assert job.status == "interrupted"
+        assert job.error is not None
+        assert job.error["code"] == "job_interrupted"
+    running = reopened.get("job_running")
+    assert running is not None
+    assert (running.step, running.total_steps) == (3, 10)
+    assert reopened.get("job_nope") is None
+
+
+def test_job_retention(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    old = time.time() - 1000
+    store.insert(JobRecord("job_old", "image", "queued", {}, old))
+    store.update("job_old", status="completed", finished_at=old)
+    store.insert(JobRecord("job_new", "image", "queued", {}, time.time()))
+    store.update("job_new", status="completed", finished_at=time.time())
+    assert store.prune(max_age_s=500) == 1
+    assert store.get("job_old") is None
+    assert store.get("job_new") is not None
+    with pytest.raises(ValueError, match="not job columns"):
+        store.update("job_new", prompt="x")
+
+
+# --- runners -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def image_runner(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from runners.image import ImageRunner, build_tiny
+
+    folder = tmp_path_factory.mktemp("tiny-sd")
+    build_tiny(folder)
+    runner = ImageRunner(folder, quantization="none", device="cpu")
+    runner.load()
+    return runner
+
+
+class Recorder:
+    """A StepControl that records progress and cancels itself after `cancel_after` steps."""
+
+    def __init__(self, cancel_after: int | None = None) -> None:
+        self.steps: list[tuple[int, int]] = []
+        self.cancel_after = cancel_after
+
+    def cancelled(self) -> bool:
+        return self.cancel_after is not None and len(self.steps) >= self.cancel_after
+
+    def progress(self, step: int, total: int) -> None:
+        self.steps.append((step, total))
+
+
+def _spec(**changes: Any) -> Any:
+    from runners.image import ImageSpec
+
+    base: dict[str, Any] = {
+        "prompt": "a cat",
+        "width": 64,
+        "height": 64,
+        "steps": 2,
+        "guidance_scale": 5.0,
+        "seed": 1,
+    }
+    return ImageSpec(**{**base, **changes})
+
+
+def test_same_shape_requests_share_one_pipeline_call(image_runner: Any) -> None:
+    calls: list[int] = []
+    pipe = image_runner._pipe
+    original = type(pipe).__call__
+
+    def spy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(len(kwargs["prompt"]))
+        return original(self, *args, **kwargs)
+
+    specs = [_spec(seed=1), _spec(seed=2, width=96), _spec(seed=3), _spec(seed=4)]
+    type(pipe).__call__ = spy
+    try:
+        images = image_runner.generate(specs)
+    finally:
+        type(pipe).__call__ = original
+    assert calls == [3, 1]  # 64x64 x3 in one call, then 96x64
+    assert [im.size for im in images] == [(64, 64), (96, 64), (64, 64), (64, 64)]
+    # each item's noise comes from its own generator: batch mates do not change it
+    (alone,) = image_runner.generate([_spec(seed=3)])
+    np.testing.assert_allclose(np.asarray(alone, int), np.asarray(images[2], int), atol=1)
+
+
+def test_progress_and_cancel_at_the_next_step(image_runner: Any) -> None:
+    done = Recorder()
+    image_runner.generate([_spec(steps=3)], [done])
+    assert done.steps == [(1, 3), (2, 3), (3, 3)]
+
+    stop = Recorder(cancel_after=1)
+    (result,) = image_runner.generate([_spec(steps=50)], [stop])
+    assert result is None
+    assert stop.steps == [(1, 50)]  # stopped right after the step during which it was cancelled
+
+
+def test_a_request_cancelled_while_queued_never_runs(image_runner: Any) -> None:
+    queued = Recorder(cancel_after=0)
+    assert image_runner.generate([_spec()], [queued]) == [None]
+    assert queued.steps == []
+
+
+def test_one_cancelled_request_does_not_stop_its_batch_mates(image_runner: Any) -> None:
+    stop, keep = Recorder(cancel_after=1), Recorder()
+    results = image_runner.generate([_spec(seed=1), _spec(seed=2)], [stop, keep])
+    assert results[0] is None
+    assert results[1] is not None
+    assert len(keep.steps) == 2
+
+
+def test_no_memory_growth_over_50_generations(image_runner: Any) -> None:
+    psutil = pytest.importorskip("psutil")
+    process = psutil.Process()
+    small = {"width": 32, "height": 32, "steps": 1, "guidance_scale": 0.0}  # fast: 50 calls
+    for seed in range(5):  # warm-up: allocator pools, lazy kernels
+        image_runner.generate([_spec(seed=seed, **small)])
+    gc.collect()
+    before = process.memory_info().rss
+    for seed in range(50):
+        image_runner.generate([_spec(seed=seed, **small)])
+    gc.collect()
+    growth = process.memory_info().rss - before
+    # A leak of one 64x64 image plus activations per call would be >= 50 x ~1 MB.
+    assert growth < 20 * 2**20, f"RSS grew {growth / 2**20:.1f} MiB over 50 generations"
+
+
+def test_video_runner_and_mp4(tmp_path: Path) -> None:
+    av = pytest.importorskip("av")
+    from runners.video import VideoRunner, VideoSpec, build_tiny, write_mp4
+
+    build_tiny(tmp_path / "tiny")
+    runner = VideoRunner(tmp_path / "tiny", quantization="none", device="cpu")
+    runner.load()
+    spec = VideoSpec("a boat", 64, 64, num_frames=5, steps=2, guidance_scale=5.0, seed=9)
+    (frames,) = runner.generate([spec])
+    assert frames is not None
+    assert frames.shape == (5, 64, 64, 3)
+    assert frames.dtype == np.uint8
+    (again,) = runner.generate([spec])
+    assert again is not None
+    np.testing.assert_array_equal(frames, again)
+    out = tmp_path / "v.mp4"
+    write_mp4(frames, 24, out)
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264"
+        assert stream.average_rate == 24
+        assert len(list(container.decode(video=0))) == 5
+
+
+def test_mp4_keeps_the_pictures(tmp_path: Path) -> None:
+    """The random pipeline makes noise, H.264's worst case; a smooth moving gradient shows that
+    what comes back is the same picture, frame for frame."""
+    av = pytest.importorskip("av")
+    from runners.video import write_mp4
+
+    ramp = np.linspace(0, 255, 96, dtype=np.float64)
+    frames = np.stack(
+        [
+            np.stack(np.broadcast_arrays(ramp[None, :] + 8 * i, ramp[:, None], 128 + 0 * ramp), -1)
+            for i in range(7)
+        ]
+    )
+    frames = np.clip(frames[:, :64, :96], 0, 255).astype(np.uint8)
+    out = tmp_path / "ramp.mp4"
+    write_mp4(frames, 5, out)
+    with av.open(str(out)) as container:
+        assert container.streams.video[0].average_rate == 5
+        decoded = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    assert decoded.shape == (7, 64, 96, 3)
+    assert np.abs(decoded.astype(int) - frames.astype(int)).mean() < 3
+
+
+def test_4bit_on_cpu_is_refused_with_a_reason(tmp_path: Path) -> None:
+    from runners.image import ImageRunner, build_tiny
+
+    build_tiny(tmp_path)
+    runner = ImageRunner(tmp_path, quantization="4bit", device="cpu")
+    with pytest.raises(RuntimeError, match="4bit needs a CUDA GPU"):
+        runner.load()
+
+
+def test_int8_on_cpu_shrinks_the_weights(image_runner: Any) -> None:
+    from runners.image import ImageRunner
+
+    quantized = ImageRunner(image_runner.model_dir, quantization="int8", device="cpu")
+    quantized.load()
+    assert quantized.weight_bytes < image_runner.weight_bytes
+    (image,) = quantized.generate([_spec()])
+    assert image is not None
+    assert image.size == (64, 64)
