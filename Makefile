@@ -4,9 +4,21 @@ PY      := $(VENV)/bin/python
 PROFILE ?= $(or $(BOTMODELS_PROFILE),offline)
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
-.PHONY: serve test lint build bench import-models clean
+.PHONY: serve test lint build bench import-models clean system-deps
 
-$(VENV)/.runtime: requirements.txt scripts/install_torch.sh
+# OCR engine (Debian tesseract 5 + English/Portuguese/Spanish data): installed only when missing,
+# so repeated `make` runs never touch apt. Chosen over rapidocr by measurement (README, OCR).
+TESSERACT_PKGS := tesseract-ocr tesseract-ocr-eng tesseract-ocr-por tesseract-ocr-spa
+system-deps:
+	@missing=$$(for p in $(TESSERACT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing $$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.runtime: requirements.txt scripts/install_torch.sh | system-deps
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	scripts/install_torch.sh $(PY)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,7 +19,7 @@ import bentoml
 from pydantic import Field
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from botmodels import patches
@@ -33,7 +34,19 @@ from botmodels.pool import RunnerPool
 from botmodels.remote import RemoteRunner
 from botmodels.schemas import EmbeddedText, EmbeddingResponse, Pong
 from botmodels.store import load_manifest
+from botmodels.vision import (
+    CAPTION_ROUTE,
+    OCR_ROUTE,
+    VQA_ROUTE,
+    VisionFrontend,
+    answer_items,
+    caption_items,
+    ocr_items,
+)
+from botmodels.vision_schemas import OcrAnswerOut, OcrJobIn, VisionAnswerOut, VisionJobIn
 from runners.embeddings import EmbeddingsRunner
+from runners.ocr import OcrRunner
+from runners.vision import VisionRunner
 
 log = logging.getLogger("botmodels")
 patches.apply()
@@ -46,9 +59,35 @@ def _make_embeddings(path: Path, quantization: Quantization, device: Device) -> 
     return EmbeddingsRunner(path, quantization=quantization, device=device)
 
 
-FACTORIES = {"embeddings": _make_embeddings}
+_vision_runners: dict[Path, VisionRunner] = {}
+
+
+def _make_vision(path: Path, quantization: Quantization, device: Device) -> VisionRunner:
+    # vision.gpu and vqa.gpu name one stored BLIP-2: both kinds share one loaded copy.
+    if path not in _vision_runners:
+        _vision_runners[path] = VisionRunner(
+            path,
+            quantization=quantization,
+            device=device,
+            max_new_tokens=settings.vision_max_new_tokens,
+        )
+    return _vision_runners[path]
+
+
+def _make_ocr(path: Path, quantization: Quantization, device: Device) -> OcrRunner:
+    return OcrRunner(path, quantization=quantization, device=device)
+
+
+FACTORIES = {
+    "embeddings": _make_embeddings,
+    "vision": _make_vision,
+    "vqa": _make_vision,
+    "ocr": _make_ocr,
+}
 # Routes whose body must be JSON: anything else is a 415 before BentoML tries to parse it.
-JSON_ROUTES = frozenset({"/v1/embeddings", BATCH_ROUTE, "/api/ping"})
+JSON_ROUTES = frozenset(
+    {"/v1/embeddings", BATCH_ROUTE, "/api/ping", CAPTION_ROUTE, VQA_ROUTE, OCR_ROUTE}
+)
 
 
 def _authenticator() -> Authenticator:
@@ -104,11 +143,36 @@ async def api_models(_: Request) -> JSONResponse:
     return JSONResponse({"models": _service().models()})
 
 
+def _vision_route(name: str) -> Callable[[Request], Awaitable[Response]]:
+    """A vision route (botmodels/vision.py says why these are Starlette routes)."""
+
+    @json_errors
+    async def handler(request: Request) -> Response:
+        result = await getattr(_service().vision, name)(request)
+        return JSONResponse(result.model_dump(mode="json"))
+
+    handler.__name__ = f"vision_{name}"
+    return handler
+
+
+VISION_ROUTES = {
+    "/api/vision/describe": "describe",
+    "/api/vision/describe-video": "describe_video",
+    "/api/vision/describe_video": "describe_video",
+    "/api/vision/vqa": "vqa",
+    "/api/vision/qrcode": "qrcode",
+    "/api/vision/barcode": "barcode",
+    "/api/vision/ocr": "ocr",
+    "/ocr": "ocr",  # older botserver
+    "/api/vision/analyze": "analyze",
+}
+
 status_app = Starlette(
     routes=[
         Route("/api/health", api_health, methods=["GET"]),
         Route("/health", embeddings_health, methods=["GET", "HEAD"]),
         Route("/api/models", api_models, methods=["GET"]),
+        *(Route(p, _vision_route(n), methods=["POST"]) for p, n in VISION_ROUTES.items()),
     ]
 )
 
@@ -130,10 +194,24 @@ def _model_ref(kind: str) -> Any:
     http={"host": settings.host, "port": settings.port},
     traffic={"timeout": settings.request_timeout_s},
     logging={"access": {"enabled": False}},
-    tracing={"excluded_urls": ["/v1/embeddings", BATCH_ROUTE, "/livez", "/readyz", "/metrics"]},
+    tracing={
+        "excluded_urls": [
+            "/v1/embeddings",
+            BATCH_ROUTE,
+            CAPTION_ROUTE,
+            VQA_ROUTE,
+            OCR_ROUTE,
+            "/livez",
+            "/readyz",
+            "/metrics",
+        ]
+    },
 )
 class BotModels:
     embeddings_model = _model_ref("embeddings")
+    vision_model = _model_ref("vision")
+    vqa_model = _model_ref("vqa")
+    ocr_model = _model_ref("ocr")
 
     def __init__(self) -> None:
         global _instance
@@ -149,11 +227,13 @@ class BotModels:
         self.embeddings = EmbeddingsFrontend(
             self.settings, self.pool, self.remotes.get("embeddings")
         )
+        self.vision = VisionFrontend(self.settings, self.pool, self.remotes)
         _instance = self
 
     def bind_batch_infer(self, batch_infer: BatchInfer) -> None:
         """Called by botmodels.patches once BentoML's dispatchers exist (see its docstring)."""
         self.embeddings.batch_infer = batch_infer
+        self.vision.batch_infer = batch_infer
 
     @bentoml.on_startup
     def start_loading(self) -> None:
@@ -242,6 +322,38 @@ class BotModels:
         """OpenAI-compatible embeddings. `model` is accepted for compatibility; the response
         names the model actually used."""
         return await self.embeddings.create(input, encoding_format, dimensions)
+
+    # --- vision (public routes: VISION_ROUTES above) -----------------------------------------
+    @bentoml.api(
+        route=CAPTION_ROUTE,
+        batchable=True,
+        max_batch_size=settings.vision_max_batch_size,
+        max_latency_ms=settings.vision_max_latency_ms,
+    )
+    def caption_batch(self, items: list[VisionJobIn]) -> list[VisionAnswerOut]:
+        """The caption runner: one batch of images (and optional prompts) in, captions out.
+        In-process the items are runners.vision.VisionJob objects (no PNG round trip)."""
+        return caption_items(self.pool.local("vision"), items)
+
+    @bentoml.api(
+        route=VQA_ROUTE,
+        batchable=True,
+        max_batch_size=settings.vqa_max_batch_size,
+        max_latency_ms=settings.vqa_max_latency_ms,
+    )
+    def vqa_batch(self, items: list[VisionJobIn]) -> list[VisionAnswerOut]:
+        """The VQA runner: one batch of (image, question) in, answers out."""
+        return answer_items(self.pool.local("vqa"), items)
+
+    @bentoml.api(
+        route=OCR_ROUTE,
+        batchable=True,
+        max_batch_size=settings.ocr_max_batch_size,
+        max_latency_ms=settings.ocr_max_latency_ms,
+    )
+    def ocr_batch(self, items: list[OcrJobIn]) -> list[OcrAnswerOut]:
+        """The OCR runner: one batch of (PNG, language) in, text and confidences out."""
+        return ocr_items(self.pool.local("ocr"), items)
 
 
 # Outermost first. Errors are shaped last; credentials are checked before anything looks at the

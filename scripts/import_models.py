@@ -18,9 +18,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from botmodels.config import KNOWN_RUNNERS, get_settings
 from botmodels.store import ManifestError, TinyBuilder, import_spec, load_manifest
-from runners import embeddings
+from runners import embeddings, vision
 
-TINY_BUILDERS: dict[str, TinyBuilder] = {"embeddings": embeddings.build_tiny}
+TINY_BUILDERS: dict[str, TinyBuilder] = {
+    "embeddings": embeddings.build_tiny,
+    "vision": vision.build_tiny,
+    "vqa": vision.build_tiny_vqa,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
