@@ -22,7 +22,30 @@ from botmodels.errors import InvalidInput, UnsupportedMediaType
 
 # Formats PIL may open for us. Narrower than everything PIL knows: no PDF/EPS (Ghostscript),
 # no exotic formats with a history of decoder bugs.
-IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "ICO", "MPO")
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "ICO")
+# Containers we call video (FFmpeg's demuxer names); FFmpeg also "opens" a PNG or JPEG as a
+# one-frame video, which is not one.
+VIDEO_CONTAINERS = frozenset(
+    {"mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "mpeg", "mpegts",
+     "flv", "ogg", "asf"}
+)
+
+
+def _looks_like_image(data: bytes) -> bool:
+    """The signature of a format in IMAGE_FORMATS: what is left of it is truncated, not foreign."""
+    return data.startswith(
+        (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\0", b"MM\0*")
+    ) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
+def _looks_like_video(data: bytes) -> bool:
+    """A container signature: ISO-BMFF `ftyp` (mp4/mov), EBML (mkv/webm), RIFF AVI, Ogg."""
+    return (
+        data[4:8] == b"ftyp"
+        or data[:4] == b"\x1a\x45\xdf\xa3"
+        or (data[:4] == b"RIFF" and data[8:12] == b"AVI ")
+        or data[:4] == b"OggS"
+    )
 
 
 @dataclass
@@ -86,6 +109,12 @@ def decode_image(data: bytes, *, max_pixels: int) -> Any:
     try:
         image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)  # reads the header only
     except UnidentifiedImageError:
+        if _looks_like_image(data):
+            raise InvalidInput(
+                f"`file` is a truncated or corrupt image (its header is unreadable; "
+                f"{len(data)} bytes)",
+                param="file",
+            ) from None
         raise UnsupportedMediaType(
             f"`file` is not an image in a supported format ({', '.join(IMAGE_FORMATS)}); "
             f"its first bytes are {data[:8]!r}",
@@ -147,11 +176,22 @@ def decode_video_frames(
         try:
             container = av.open(io.BytesIO(data), mode="r")
         except av.FFmpegError as exc:
+            if _looks_like_video(data):  # e.g. an mp4 cut before its index ("moov atom")
+                raise InvalidInput(
+                    f"`file` is a truncated or corrupt video: {exc}", param="file"
+                ) from None
             raise UnsupportedMediaType(
                 f"`file` is not a video in a container FFmpeg reads (mp4, webm, mov, mkv, avi…): "
                 f"{exc}",
                 param="file",
             ) from None
+        if not set(container.format.name.split(",")) & VIDEO_CONTAINERS:
+            container.close()
+            raise UnsupportedMediaType(
+                f"`file` is not a video (FFmpeg reads it as {container.format.name}); "
+                f"send mp4, webm, mov, mkv or avi",
+                param="file",
+            )
         if not container.streams.video:
             container.close()
             raise UnsupportedMediaType(
