@@ -75,7 +75,9 @@ def read_codes(image: Any, *, only_qr: bool = False) -> list[CodeFound]:
     """Every symbol in an RGB PIL image, in zxing's reading order (top-left first)."""
     import zxingcpp
 
-    formats = zxingcpp.BarcodeFormat.QRCode if only_qr else zxingcpp.BarcodeFormat.All
+    formats = zxingcpp.BarcodeFormats(
+        zxingcpp.BarcodeFormat.QRCode if only_qr else zxingcpp.BarcodeFormat.All
+    )
     found: list[CodeFound] = []
     for barcode in zxingcpp.read_barcodes(image, formats=formats, try_rotate=True):
         if not barcode.valid:

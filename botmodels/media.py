@@ -26,8 +26,22 @@ IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "ICO")
 # Containers we call video (FFmpeg's demuxer names); FFmpeg also "opens" a PNG or JPEG as a
 # one-frame video, which is not one.
 VIDEO_CONTAINERS = frozenset(
-    {"mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "mpeg", "mpegts",
-     "flv", "ogg", "asf"}
+    {
+        "mov",
+        "mp4",
+        "m4a",
+        "3gp",
+        "3g2",
+        "mj2",
+        "matroska",
+        "webm",
+        "avi",
+        "mpeg",
+        "mpegts",
+        "flv",
+        "ogg",
+        "asf",
+    }
 )
 
 
@@ -64,7 +78,7 @@ async def read_upload(request: Request, *, raw_allowed: bool) -> Upload:
         except ClientDisconnect:
             # The client went away, or LimitsMiddleware cut an oversized body (it answers 413).
             raise InvalidInput("the request body ended early", param="file") from None
-        except Exception as exc:  # noqa: BLE001 - python-multipart raises several kinds
+        except Exception as exc:
             raise InvalidInput(
                 f"malformed multipart body: {type(exc).__name__}: {exc}", param="file"
             ) from exc

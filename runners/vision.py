@@ -71,7 +71,10 @@ class VisionRunner:
 
     @property
     def can_caption(self) -> bool:
-        return self.architecture in ("BlipForConditionalGeneration", "Blip2ForConditionalGeneration")
+        return self.architecture in (
+            "BlipForConditionalGeneration",
+            "Blip2ForConditionalGeneration",
+        )
 
     @property
     def can_answer(self) -> bool:
@@ -167,9 +170,11 @@ class VisionRunner:
         # The scores cover only the generated tokens: they are the last len(scores) positions.
         steps = len(out.scores)
         generated = sequences[:, -steps:] if steps else sequences[:, :0]
-        logprobs = torch.stack(
-            [torch.log_softmax(s.float(), dim=-1) for s in out.scores], dim=1
-        ) if steps else None
+        logprobs = (
+            torch.stack([torch.log_softmax(s.float(), dim=-1) for s in out.scores], dim=1)
+            if steps
+            else None
+        )
         pad = self._processor.tokenizer.pad_token_id
         answers: list[VisionAnswer] = []
         for row in range(sequences.shape[0]):
@@ -235,8 +240,11 @@ def _tiny(folder: Path, architecture: str) -> None:
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", *_WORDS.split()]
     # transformers 5: `vocab` (a dict), not `vocab_file`, which is silently ignored
+    # "[DEC]" is BLIP's decoder start token, not a secret
     tokenizer = BertTokenizer(
-        vocab={word: i for i, word in enumerate(vocab)}, do_lower_case=True, bos_token="[DEC]"
+        vocab={word: i for i, word in enumerate(vocab)},
+        do_lower_case=True,
+        bos_token="[DEC]",  # noqa: S106
     )
     tokenizer.model_max_length = 64
     image_processor = BlipImageProcessor(size={"height": 32, "width": 32})

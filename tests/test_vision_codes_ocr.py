@@ -13,7 +13,12 @@ from tests.vision_media import png_bytes, symbol_image, text_image
 
 # (zxing writer format, text written, type reported, text read back)
 SYMBOLS = [
-    ("QRCode", "https://pragmatismo.com.br/?q=ação", "QRCODE", "https://pragmatismo.com.br/?q=ação"),
+    (
+        "QRCode",
+        "https://pragmatismo.com.br/?q=ação",
+        "QRCODE",
+        "https://pragmatismo.com.br/?q=ação",
+    ),
     ("DataMatrix", "DM-2024-117", "DATAMATRIX", "DM-2024-117"),
     ("PDF417", "PDF417 shipping label 42", "PDF417", "PDF417 shipping label 42"),
     ("EAN13", "4006381333931", "EAN13", "4006381333931"),

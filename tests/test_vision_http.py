@@ -76,8 +76,13 @@ def test_vqa_shape(client: Any) -> None:
 
 @pytest.mark.parametrize(
     ("container", "codec"),
-    [("mp4", "libx264"), ("webm", "libvpx"), ("mov", "mpeg4"), ("matroska", "mpeg4"),
-     ("avi", "mjpeg")],
+    [
+        ("mp4", "libx264"),
+        ("webm", "libvpx"),
+        ("mov", "mpeg4"),
+        ("matroska", "mpeg4"),
+        ("avi", "mjpeg"),
+    ],
 )
 def test_describe_video_containers(client: Any, container: str, codec: str) -> None:
     data = video_bytes(container, codec, frames=12)
@@ -260,7 +265,7 @@ def test_wrong_body_shapes(client: Any) -> None:
     # a broken multipart body
     broken = client.post(
         "/api/vision/barcode",
-        content=b"--xyz\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nabc",
+        content=b'--xyz\r\nContent-Disposition: form-data; name="file"\r\n\r\nabc',
         headers={**auth(), "content-type": "multipart/form-data; boundary=xyz"},
     )
     assert broken.status_code == 400
@@ -272,6 +277,7 @@ def test_wrong_body_shapes(client: Any) -> None:
 def test_still_serving_after_bad_inputs(client: Any) -> None:
     for data in (b"", png_bomb(), _truncated_png()):
         client.post("/api/vision/describe", headers=auth(), **_file(data))
-    ok = client.post("/api/vision/qrcode", headers=auth(), **_file(png_bytes(symbol_image(
-        "QRCode", "alive"))))
+    ok = client.post(
+        "/api/vision/qrcode", headers=auth(), **_file(png_bytes(symbol_image("QRCode", "alive")))
+    )
     assert ok.json()["data"] == "alive"

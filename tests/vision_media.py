@@ -49,7 +49,7 @@ def video_bytes(
 
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format=container) as out:
-        stream = out.add_stream(codec, rate=8)
+        stream: Any = out.add_stream(codec, rate=8)
         stream.width, stream.height = size
         stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
         for i in range(frames):
@@ -77,8 +77,5 @@ def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
     compressor = zlib.compressobj()
     data = compressor.compress(b"\0" * 100_000) + compressor.flush(zlib.Z_SYNC_FLUSH)
     return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", data)
-        + chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
     )
