@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from bentoml.exceptions import BentoMLException
+from bentoml.exceptions import BentoMLException, InvalidArgument
 from starlette.requests import Request
 
 from botmodels.codes import read_codes
@@ -91,9 +91,12 @@ def ocr_items(runner: OcrRunner, items: Sequence[OcrJobIn | tuple[bytes, str]]) 
         if isinstance(item, tuple):  # in-process: (png bytes, resolved language)
             pngs.append(item[0])
             languages.append(item[1])
-        else:
+        else:  # over HTTP from another botmodels: a bad code is the caller's 400
             pngs.append(base64.b64decode(item.image_png_b64))
-            languages.append(runner.resolve_language(item.language))
+            try:
+                languages.append(runner.resolve_language(item.language))
+            except UnknownLanguage as exc:
+                raise InvalidArgument(str(exc)) from None
     return [
         OcrAnswerOut(text=r.text, confidence=r.confidence, words=r.words, language=r.language)
         for r in runner.recognize(pngs, languages)

@@ -281,3 +281,36 @@ def test_still_serving_after_bad_inputs(client: Any) -> None:
         "/api/vision/qrcode", headers=auth(), **_file(png_bytes(symbol_image("QRCode", "alive")))
     )
     assert ok.json()["data"] == "alive"
+
+
+def test_batch_routes_over_http(client: Any) -> None:
+    """What a botmodels configured with BOTMODELS_VISION_URL / _OCR_URL sends to this one."""
+    import base64
+
+    image = base64.b64encode(_photo()).decode()
+    captions = client.post(
+        "/runners/vision/caption",
+        json={
+            "items": [{"image_png_b64": image}, {"image_png_b64": image, "prompt": "a photo of"}]
+        },
+        headers=auth(),
+    )
+    assert captions.status_code == 200, captions.text
+    first, second = captions.json()
+    assert set(first) == {"text", "confidence"}
+    assert second["text"].startswith("a photo of")
+    words = base64.b64encode(png_bytes(text_image(["Olá mundo"]))).decode()
+    ocr = client.post(
+        "/runners/ocr/recognize",
+        json={"items": [{"image_png_b64": words, "language": "pt"}]},
+        headers=auth(),
+    )
+    assert ocr.status_code == 200, ocr.text
+    assert ocr.json()[0]["text"] == "Olá mundo"
+    assert ocr.json()[0]["language"] == "por"
+    bad = client.post(
+        "/runners/ocr/recognize",
+        json={"items": [{"image_png_b64": words, "language": "xx"}]},
+        headers=auth(),
+    )
+    assert "xx" in assert_error(bad, 400)["message"]
