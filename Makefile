@@ -10,7 +10,12 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 # so repeated `make` runs never touch apt. Chosen over rapidocr by measurement (README, OCR).
 TESSERACT_PKGS := tesseract-ocr tesseract-ocr-eng tesseract-ocr-por tesseract-ocr-spa
 system-deps:
-	@missing=$$(for p in $(TESSERACT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@if ! command -v dpkg >/dev/null 2>&1; then \
+		command -v tesseract >/dev/null 2>&1 || \
+			echo "warning: install tesseract 5 (+ eng/por/spa data) for the OCR runner"; \
+		exit 0; \
+	fi; \
+	missing=$$(for p in $(TESSERACT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing $$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -48,6 +53,7 @@ build: import-models
 
 bench: $(VENV)/.dev
 	$(PY) scripts/bench_embeddings.py
+	$(PY) scripts/bench_vision.py
 	$(PY) scripts/bench_overhead.py
 
 clean:

@@ -173,7 +173,7 @@ class VideoFrames:
 
 
 def decode_video_frames(
-    data: bytes, num_frames: int, *, max_pixels: int, max_packets: int
+    data: bytes, num_frames: int, *, max_pixels: int, max_packets: int, max_side: int = 768
 ) -> VideoFrames:
     """`num_frames` frames sampled evenly over the video (fewer if it has fewer).
 
@@ -254,7 +254,10 @@ def decode_video_frames(
             for frame in container.decode(stream):
                 index += 1
                 if index in wanted:
-                    frames.append(frame.to_image())
+                    # shrink at once: num_frames full-size 4K frames would be ~1 GB
+                    image = frame.to_image()
+                    image.thumbnail((max_side, max_side))
+                    frames.append(image)
                 if index >= wanted[-1]:
                     break
         except av.FFmpegError:

@@ -280,6 +280,7 @@ class VisionFrontend:
             num_frames,
             max_pixels=self.settings.vision_max_image_pixels,
             max_packets=self.settings.vision_max_video_packets,
+            max_side=MODEL_SIDE,
         )
         jobs = [VisionJob(self._for_model(frame)) for frame in video.frames]
         answers = await self._captions(jobs)
