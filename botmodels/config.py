@@ -106,7 +106,8 @@ class Settings(BaseSettings):
     vision_quantization: Quantization | None = Field(
         None, description="Override the manifest's: on CUDA int8/4bit are bitsandbytes."
     )
-    vision_max_batch_size: int = Field(16, ge=1, le=256, description="Images per caption batch.")
+    # BentoML refuses a batchable API with max_batch_size 1 (at start-up): hence ge=2.
+    vision_max_batch_size: int = Field(16, ge=2, le=256, description="Images per caption batch.")
     vision_max_latency_ms: int = Field(120_000, ge=10)
     vision_max_new_tokens: int = Field(30, ge=1, le=200, description="Caption/answer length.")
     vision_max_image_pixels: int = Field(
@@ -125,10 +126,10 @@ class Settings(BaseSettings):
     )
     vqa_url: AnyHttpUrl | None = Field(None, description="Remote botmodels serving VQA.")
     vqa_quantization: Quantization | None = Field(None)
-    vqa_max_batch_size: int = Field(16, ge=1, le=256)
+    vqa_max_batch_size: int = Field(16, ge=2, le=256)
     vqa_max_latency_ms: int = Field(120_000, ge=10)
     ocr_url: AnyHttpUrl | None = Field(None, description="Remote botmodels serving OCR.")
-    ocr_max_batch_size: int = Field(8, ge=1, le=256, description="Images per OCR batch.")
+    ocr_max_batch_size: int = Field(8, ge=2, le=256, description="Images per OCR batch.")
     ocr_max_latency_ms: int = Field(120_000, ge=10)
     ocr_default_language: str = Field("eng", description="tesseract code used when none is sent.")
 
