@@ -314,3 +314,16 @@ def test_batch_routes_over_http(client: Any) -> None:
         headers=auth(),
     )
     assert "xx" in assert_error(bad, 400)["message"]
+
+
+def test_models_and_health_list_the_vision_runners(client: Any) -> None:
+    models = {m["runner"]: m for m in client.get("/api/models", headers=auth()).json()["models"]}
+    assert models["vision"]["synthetic"] is True  # tiny random BLIP: no package ships BLIP
+    assert models["vision"]["store_tag"].startswith("vision-tiny-blip-caption:")
+    assert models["vqa"]["synthetic"] is True
+    assert models["ocr"]["synthetic"] is False
+    assert models["ocr"]["source"] == "local:/usr/share/tesseract-ocr/5/tessdata"
+    assert all(models[k]["loaded"] for k in ("vision", "vqa", "ocr"))
+    health = client.get("/api/health").json()
+    for kind in ("vision", "vqa", "ocr"):
+        assert health["runners"][kind] == {"state": "ready", "healthy": True}
