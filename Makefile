@@ -4,9 +4,26 @@ PY      := $(VENV)/bin/python
 PROFILE ?= $(or $(BOTMODELS_PROFILE),offline)
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
-.PHONY: serve test lint build bench import-models clean
+.PHONY: serve test lint build bench import-models clean system-deps
 
-$(VENV)/.runtime: requirements.txt scripts/install_torch.sh
+# OCR engine (Debian tesseract 5 + English/Portuguese/Spanish data): installed only when missing,
+# so repeated `make` runs never touch apt. Chosen over rapidocr by measurement (README, OCR).
+TESSERACT_PKGS := tesseract-ocr tesseract-ocr-eng tesseract-ocr-por tesseract-ocr-spa
+system-deps:
+	@if ! command -v dpkg >/dev/null 2>&1; then \
+		command -v tesseract >/dev/null 2>&1 || \
+			echo "warning: install tesseract 5 (+ eng/por/spa data) for the OCR runner"; \
+		exit 0; \
+	fi; \
+	missing=$$(for p in $(TESSERACT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing $$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.runtime: requirements.txt scripts/install_torch.sh | system-deps
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	scripts/install_torch.sh $(PY)
@@ -36,6 +53,7 @@ build: import-models
 
 bench: $(VENV)/.dev
 	$(PY) scripts/bench_embeddings.py
+	$(PY) scripts/bench_vision.py
 	$(PY) scripts/bench_overhead.py
 	$(PY) scripts/bench_generation.py
 

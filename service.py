@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -46,9 +47,21 @@ from botmodels.pool import RunnerPool
 from botmodels.remote import RemoteRunner
 from botmodels.schemas import EmbeddedText, EmbeddingResponse, Pong
 from botmodels.store import find_stored, load_manifest
+from botmodels.vision import (
+    CAPTION_ROUTE,
+    OCR_ROUTE,
+    VQA_ROUTE,
+    VisionFrontend,
+    answer_items,
+    caption_items,
+    ocr_items,
+)
+from botmodels.vision_schemas import OcrAnswerOut, OcrJobIn, VisionAnswerOut, VisionJobIn
 from runners.embeddings import EmbeddingsRunner
 from runners.image import ImageRunner
+from runners.ocr import OcrRunner
 from runners.video import VideoRunner
+from runners.vision import VisionRunner
 
 log = logging.getLogger("botmodels")
 patches.apply()
@@ -69,7 +82,33 @@ def _make_video(path: Path, quantization: Quantization, device: Device) -> Video
     return VideoRunner(path, quantization=quantization, device=device)
 
 
-FACTORIES = {"embeddings": _make_embeddings, "image": _make_image, "video": _make_video}
+_vision_runners: dict[Path, VisionRunner] = {}
+
+
+def _make_vision(path: Path, quantization: Quantization, device: Device) -> VisionRunner:
+    # vision.gpu and vqa.gpu name one stored BLIP-2: both kinds share one loaded copy.
+    if path not in _vision_runners:
+        _vision_runners[path] = VisionRunner(
+            path,
+            quantization=quantization,
+            device=device,
+            max_new_tokens=settings.vision_max_new_tokens,
+        )
+    return _vision_runners[path]
+
+
+def _make_ocr(path: Path, quantization: Quantization, device: Device) -> OcrRunner:
+    return OcrRunner(path, quantization=quantization, device=device)
+
+
+FACTORIES = {
+    "embeddings": _make_embeddings,
+    "vision": _make_vision,
+    "vqa": _make_vision,
+    "ocr": _make_ocr,
+    "image": _make_image,
+    "video": _make_video,
+}
 GENERATION_ROUTES = {
     "/api/image/generate",
     "/api/video/generate",
@@ -80,7 +119,17 @@ GENERATION_ROUTES = {
     VIDEO_BATCH_ROUTE,
 }
 # Routes whose body must be JSON: anything else is a 415 before BentoML tries to parse it.
-JSON_ROUTES = frozenset({"/v1/embeddings", BATCH_ROUTE, "/api/ping", *GENERATION_ROUTES})
+JSON_ROUTES = frozenset(
+    {
+        "/v1/embeddings",
+        BATCH_ROUTE,
+        "/api/ping",
+        CAPTION_ROUTE,
+        VQA_ROUTE,
+        OCR_ROUTE,
+        *GENERATION_ROUTES,
+    }
+)
 
 
 def _authenticator() -> Authenticator:
@@ -193,6 +242,30 @@ async def cancel_job(request: Request) -> Response:
     return JSONResponse(job.public())
 
 
+def _vision_route(name: str) -> Callable[[Request], Awaitable[Response]]:
+    """A vision route (botmodels/vision.py says why these are Starlette routes)."""
+
+    @json_errors
+    async def handler(request: Request) -> Response:
+        result = await getattr(_service().vision, name)(request)
+        return JSONResponse(result.model_dump(mode="json"))
+
+    handler.__name__ = f"vision_{name}"
+    return handler
+
+
+VISION_ROUTES = {
+    "/api/vision/describe": "describe",
+    "/api/vision/describe-video": "describe_video",
+    "/api/vision/describe_video": "describe_video",
+    "/api/vision/vqa": "vqa",
+    "/api/vision/qrcode": "qrcode",
+    "/api/vision/barcode": "barcode",
+    "/api/vision/ocr": "ocr",
+    "/ocr": "ocr",  # older botserver
+    "/api/vision/analyze": "analyze",
+}
+
 status_app = Starlette(
     routes=[
         Route("/api/health", api_health, methods=["GET"]),
@@ -203,6 +276,7 @@ status_app = Starlette(
         Route("/api/jobs/{job_id}", cancel_job, methods=["DELETE"]),
         Route("/api/jobs/{job_id}/result", get_job_result, methods=["GET"]),
         Route("/api/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
+        *(Route(p, _vision_route(n), methods=["POST"]) for p, n in VISION_ROUTES.items()),
     ],
     exception_handlers={BotModelsError: _botmodels_error},
 )
@@ -237,6 +311,9 @@ def _model_ref(kind: str) -> Any:
             "/v1/embeddings",
             BATCH_ROUTE,
             "/api/ping",
+            CAPTION_ROUTE,
+            VQA_ROUTE,
+            OCR_ROUTE,
             "/livez",
             "/readyz",
             "/metrics",
@@ -247,6 +324,9 @@ class BotModels:
     embeddings_model = _model_ref("embeddings")
     image_model = _model_ref("image")
     video_model = _model_ref("video")
+    vision_model = _model_ref("vision")
+    vqa_model = _model_ref("vqa")
+    ocr_model = _model_ref("ocr")
 
     def __init__(self) -> None:
         global _instance
@@ -271,6 +351,7 @@ class BotModels:
         self.jobs = JobManager(
             JobStore(self.settings.jobs_path), self.generation, self.settings.outputs_max_age_s
         )
+        self.vision = VisionFrontend(self.settings, self.pool, self.remotes)
         _instance = self
 
     def bind_batch_infer(self, batch_infer: BatchInfer) -> None:
@@ -278,6 +359,7 @@ class BotModels:
         if self.settings.embeddings_batching:
             self.embeddings.batch_infer = batch_infer
         self.generation.batch_infer = batch_infer
+        self.vision.batch_infer = batch_infer
 
     @bentoml.on_startup
     def start_loading(self) -> None:
@@ -366,6 +448,38 @@ class BotModels:
         """OpenAI-compatible embeddings. `model` is accepted for compatibility; the response
         names the model actually used."""
         return await self.embeddings.create(input, encoding_format, dimensions)
+
+    # --- vision (public routes: VISION_ROUTES above) -----------------------------------------
+    @bentoml.api(
+        route=CAPTION_ROUTE,
+        batchable=True,
+        max_batch_size=settings.vision_max_batch_size,
+        max_latency_ms=settings.vision_max_latency_ms,
+    )
+    def caption_batch(self, items: list[VisionJobIn]) -> list[VisionAnswerOut]:
+        """The caption runner: one batch of images (and optional prompts) in, captions out.
+        In-process the items are runners.vision.VisionJob objects (no PNG round trip)."""
+        return caption_items(self.pool.local("vision"), items)
+
+    @bentoml.api(
+        route=VQA_ROUTE,
+        batchable=True,
+        max_batch_size=settings.vqa_max_batch_size,
+        max_latency_ms=settings.vqa_max_latency_ms,
+    )
+    def vqa_batch(self, items: list[VisionJobIn]) -> list[VisionAnswerOut]:
+        """The VQA runner: one batch of (image, question) in, answers out."""
+        return answer_items(self.pool.local("vqa"), items)
+
+    @bentoml.api(
+        route=OCR_ROUTE,
+        batchable=True,
+        max_batch_size=settings.ocr_max_batch_size,
+        max_latency_ms=settings.ocr_max_latency_ms,
+    )
+    def ocr_batch(self, items: list[OcrJobIn]) -> list[OcrAnswerOut]:
+        """The OCR runner: one batch of (PNG, language) in, text and confidences out."""
+        return ocr_items(self.pool.local("ocr"), items)
 
     # --- image and video generation ------------------------------------------------------------
     @bentoml.api(

@@ -17,7 +17,7 @@ Profile = Literal["offline", "cpu", "gpu", "tiny"]
 Quantization = Literal["none", "int8", "4bit"]
 
 # Every runner kind the bundle knows. A kind that is not enabled loads nothing.
-KNOWN_RUNNERS: tuple[str, ...] = ("embeddings", "image", "video")
+KNOWN_RUNNERS: tuple[str, ...] = ("embeddings", "vision", "vqa", "ocr", "image", "video")
 
 
 def _available_cpus() -> int:
@@ -161,6 +161,39 @@ class Settings(BaseSettings):
     video_default_fps: int = Field(8, ge=1)
     video_default_steps: int = Field(25, ge=1)
     video_default_guidance: float = Field(9.0, ge=0)
+    # --- vision runners: captions (vision), visual questions (vqa), OCR (ocr) -----------------
+    vision_url: AnyHttpUrl | None = Field(
+        None, description="Serve captions from a remote botmodels at this URL instead."
+    )
+    vision_quantization: Quantization | None = Field(
+        None, description="Override the manifest's: on CUDA int8/4bit are bitsandbytes."
+    )
+    # BentoML refuses a batchable API with max_batch_size 1 (at start-up): hence ge=2.
+    vision_max_batch_size: int = Field(16, ge=2, le=256, description="Images per caption batch.")
+    vision_max_latency_ms: int = Field(120_000, ge=10)
+    vision_max_new_tokens: int = Field(30, ge=1, le=200, description="Caption/answer length.")
+    vision_max_image_pixels: int = Field(
+        40_000_000,
+        ge=1024,
+        description="Largest image (width x height) any vision route decodes; checked from the "
+        "header before decoding, so image bombs cost nothing.",
+    )
+    vision_max_prompt_chars: int = Field(
+        500, ge=1, description="Longest `prompt` or `question`, in characters."
+    )
+    vision_default_video_frames: int = Field(8, ge=1, description="`num_frames` when not sent.")
+    vision_max_video_frames: int = Field(32, ge=1, le=256, description="Largest `num_frames`.")
+    vision_max_video_packets: int = Field(
+        200_000, ge=1, description="Most video frames scanned in one upload (bounds CPU time)."
+    )
+    vqa_url: AnyHttpUrl | None = Field(None, description="Remote botmodels serving VQA.")
+    vqa_quantization: Quantization | None = Field(None)
+    vqa_max_batch_size: int = Field(16, ge=2, le=256)
+    vqa_max_latency_ms: int = Field(120_000, ge=10)
+    ocr_url: AnyHttpUrl | None = Field(None, description="Remote botmodels serving OCR.")
+    ocr_max_batch_size: int = Field(8, ge=2, le=256, description="Images per OCR batch.")
+    ocr_max_latency_ms: int = Field(120_000, ge=10)
+    ocr_default_language: str = Field("eng", description="tesseract code used when none is sent.")
 
     @field_validator("runners", mode="before")
     @classmethod

@@ -18,12 +18,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from botmodels.config import KNOWN_RUNNERS, get_settings
 from botmodels.store import ManifestError, TinyBuilder, import_spec, load_manifest
-from runners import embeddings, image, video
+from runners import embeddings, image, video, vision
 
 TINY_BUILDERS: dict[str, TinyBuilder] = {
     "embeddings": embeddings.build_tiny,
     "image": image.build_tiny,
     "video": video.build_tiny,
+    "vision": vision.build_tiny,
+    "vqa": vision.build_tiny_vqa,
 }
 
 

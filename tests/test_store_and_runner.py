@@ -42,9 +42,10 @@ def test_manifest_has_every_profile_for_every_runner() -> None:
         assert set(manifest[runner]) >= {"offline", "cpu", "gpu", "tiny"}, runner
         for profile in ("cpu", "gpu"):
             spec = manifest[runner][profile]
-            assert spec.source == "hub"
-            assert spec.repo
-            assert spec.revision
+            assert spec.source != "tiny", (runner, profile)  # real models only
+            if spec.source == "hub":
+                assert spec.repo
+                assert spec.revision
 
 
 def test_manifest_errors_name_the_entry(tmp_path: Path) -> None:

@@ -1,0 +1,381 @@
+"""The vision routes: captions, visual questions, video description, OCR, QR codes and barcodes.
+
+Why these are Starlette routes (in service.py's mounted `status_app`) and not `@bentoml.api`s:
+botserver sends `/api/vision/qrcode` and `/api/vision/ocr` either as multipart field `file` or,
+from older clients, as a raw `application/octet-stream` body, and a BentoML API declares one body
+shape. Keeping every vision route here gives them one upload reader (`botmodels.media`: size,
+format sniffing, image-bomb checks) and one set of rules; they still pass through the same ASGI
+middleware as every other route (auth, limits, the one error shape). Only the public routes live
+here: the model work goes through the batchable BentoML APIs of service.py (`caption_batch`,
+`vqa_batch`, `ocr_batch`), reached through BentoML's own dispatcher (`batch_infer`), so
+concurrent requests are batched exactly as the embeddings route's are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from bentoml.exceptions import BentoMLException, InvalidArgument
+from starlette.requests import Request
+
+from botmodels.codes import read_codes
+from botmodels.config import Settings
+from botmodels.errors import BotModelsError, InvalidInput, RunnerUnavailable
+from botmodels.media import decode_image, decode_video_frames, encode_png, read_upload
+from botmodels.pool import RunnerPool
+from botmodels.remote import RemoteRunner
+from botmodels.vision_schemas import (
+    AnalyzeResponse,
+    BarcodeItem,
+    BarcodeResponse,
+    DescribeResponse,
+    OcrAnswerOut,
+    OcrJobIn,
+    OcrResponse,
+    QrCodeResponse,
+    VideoDescribeResponse,
+    VisionAnswerOut,
+    VisionJobIn,
+    VqaResponse,
+)
+from runners.ocr import OcrResult, OcrRunner, UnknownLanguage
+from runners.vision import VisionAnswer, VisionJob, VisionRunner
+
+BatchInfer = Callable[[str, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
+
+CAPTION_API, CAPTION_ROUTE = "caption_batch", "/runners/vision/caption"
+VQA_API, VQA_ROUTE = "vqa_batch", "/runners/vqa/answer"
+OCR_API, OCR_ROUTE = "ocr_batch", "/runners/ocr/recognize"
+NO_QR = "No QR code found in image"
+NO_BARCODE = "No barcode found in image"
+# BLIP reads 384x384; keeping at most this many pixels a side bounds what waits in the queue.
+MODEL_SIDE = 768
+
+
+# --- the batch side (called by service.py's batchable APIs) -----------------------------------
+def _to_job(item: VisionJobIn | VisionJob) -> VisionJob:
+    if isinstance(item, VisionJob):  # in-process: BentoML passes our objects through untouched
+        return item
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(base64.b64decode(item.image_png_b64))).convert("RGB")
+    return VisionJob(image=image, prompt=item.prompt, question=item.question)
+
+
+def _to_wire(job: VisionJob) -> VisionJobIn:
+    png = base64.b64encode(encode_png(job.image)).decode()
+    return VisionJobIn(image_png_b64=png, prompt=job.prompt, question=job.question)
+
+
+def caption_items(runner: VisionRunner, items: Sequence[VisionJobIn | VisionJob]) -> list[Any]:
+    return _out(runner.caption([_to_job(i) for i in items]))
+
+
+def answer_items(runner: VisionRunner, items: Sequence[VisionJobIn | VisionJob]) -> list[Any]:
+    return _out(runner.answer([_to_job(i) for i in items]))
+
+
+def _out(answers: list[VisionAnswer]) -> list[Any]:
+    return [VisionAnswerOut(text=a.text, confidence=a.confidence) for a in answers]
+
+
+def ocr_items(runner: OcrRunner, items: Sequence[OcrJobIn | tuple[bytes, str]]) -> list[Any]:
+    pngs: list[bytes] = []
+    languages: list[str] = []
+    for item in items:
+        if isinstance(item, tuple):  # in-process: (png bytes, resolved language)
+            pngs.append(item[0])
+            languages.append(item[1])
+        else:  # over HTTP from another botmodels: a bad code is the caller's 400
+            pngs.append(base64.b64decode(item.image_png_b64))
+            try:
+                languages.append(runner.resolve_language(item.language))
+            except UnknownLanguage as exc:
+                raise InvalidArgument(str(exc)) from None
+    return [
+        OcrAnswerOut(text=r.text, confidence=r.confidence, words=r.words, language=r.language)
+        for r in runner.recognize(pngs, languages)
+    ]
+
+
+# --- request checks --------------------------------------------------------------------------
+def _text_field(form: dict[str, str], name: str, limit: int) -> str | None:
+    value = form.get(name)
+    if value is None or not value.strip():
+        return None
+    if len(value) > limit:
+        raise InvalidInput(
+            f"`{name}` has {len(value)} characters; the limit is {limit}", param=name
+        )
+    return value.strip()
+
+
+def _int_field(form: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = form.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise InvalidInput(f"`{name}` must be an integer, got {raw[:40]!r}", param=name) from None
+    if not low <= value <= high:
+        raise InvalidInput(f"`{name}` must be between {low} and {high}, got {value}", param=name)
+    return value
+
+
+def _merge_captions(captions: list[str]) -> str:
+    """Frame captions, in order, without repeats: "a dog on grass. Then a dog running"."""
+    unique: list[str] = []
+    for caption in captions:
+        if caption and caption not in unique:
+            unique.append(caption)
+    if not unique:
+        return ""
+    return ". Then ".join(unique)
+
+
+class VisionFrontend:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: RunnerPool,
+        remotes: dict[str, RemoteRunner],
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.remotes = remotes
+        self.batch_infer: BatchInfer | None = None
+
+    # 1. Run work on a runner: remote, dispatcher (batched), or in-process ---------------------
+    async def _run(
+        self,
+        kind: str,
+        api: str,
+        route: str,
+        items: list[Any],
+        local: Callable[[Any, list[Any]], list[Any]],
+        wire: Callable[[Any], Any],
+        max_batch: int,
+    ) -> list[Any]:
+        chunks = [items[i : i + max_batch] for i in range(0, len(items), max_batch)]
+        remote = self.remotes.get(kind)
+
+        async def one(chunk: list[Any]) -> list[Any]:
+            if remote is not None:
+                payload = {"items": [wire(i).model_dump() for i in chunk]}
+                return list(await remote.post(route, payload))
+            runner = self.pool.local(kind)  # 503 now, before queueing, if not ready
+            if self.batch_infer is None:  # direct instantiation (tests): no dispatcher
+                return await asyncio.to_thread(local, runner, chunk)
+            try:
+                return list(await self.batch_infer(api, (chunk,), {}))
+            except BentoMLException as exc:  # the dispatcher's "process is overloaded"
+                raise RunnerUnavailable(
+                    f"{kind} runner overloaded: {exc}", headers={"Retry-After": "1"}
+                ) from exc
+
+        results = await asyncio.gather(*(one(c) for c in chunks))
+        return [_as_dict(item) for chunk in results for item in chunk]
+
+    async def _captions(self, jobs: list[VisionJob]) -> list[dict[str, Any]]:
+        return await self._run(
+            "vision",
+            CAPTION_API,
+            CAPTION_ROUTE,
+            jobs,
+            caption_items,
+            _to_wire,
+            self.settings.vision_max_batch_size,
+        )
+
+    async def _answers(self, jobs: list[VisionJob]) -> list[dict[str, Any]]:
+        return await self._run(
+            "vqa",
+            VQA_API,
+            VQA_ROUTE,
+            jobs,
+            answer_items,
+            _to_wire,
+            self.settings.vqa_max_batch_size,
+        )
+
+    async def _ocr(self, image: Any, language: str) -> OcrResult:
+        if self.remotes.get("ocr") is None:
+            runner: OcrRunner = self.pool.local("ocr")
+            try:
+                language = runner.resolve_language(language)
+            except UnknownLanguage as exc:
+                raise InvalidInput(str(exc), param="language") from None
+        png = await asyncio.to_thread(encode_png, image)
+        (out,) = await self._run(
+            "ocr",
+            OCR_API,
+            OCR_ROUTE,
+            [(png, language)],
+            ocr_items,
+            lambda item: OcrJobIn(
+                image_png_b64=base64.b64encode(item[0]).decode(), language=item[1]
+            ),
+            self.settings.ocr_max_batch_size,
+        )
+        return OcrResult(
+            text=out["text"],
+            confidence=float(out["confidence"]),
+            words=int(out["words"]),
+            language=out["language"],
+        )
+
+    # 2. Read and check the upload -----------------------------------------------------------
+    async def _image(self, request: Request, *, raw_allowed: bool) -> tuple[Any, dict[str, str]]:
+        upload = await read_upload(request, raw_allowed=raw_allowed)
+        image = await asyncio.to_thread(
+            decode_image, upload.data, max_pixels=self.settings.vision_max_image_pixels
+        )
+        return image, upload.form
+
+    @staticmethod
+    def _for_model(image: Any) -> Any:
+        if max(image.size) > MODEL_SIDE:
+            image = image.copy()
+            image.thumbnail((MODEL_SIDE, MODEL_SIDE))
+        return image
+
+    # 3. Routes ------------------------------------------------------------------------------
+    async def describe(self, request: Request) -> DescribeResponse:
+        image, form = await self._image(request, raw_allowed=False)
+        prompt = _text_field(form, "prompt", self.settings.vision_max_prompt_chars)
+        (answer,) = await self._captions([VisionJob(self._for_model(image), prompt=prompt)])
+        return DescribeResponse(description=answer["text"], confidence=answer["confidence"])
+
+    async def vqa(self, request: Request) -> VqaResponse:
+        image, form = await self._image(request, raw_allowed=False)
+        question = _text_field(form, "question", self.settings.vision_max_prompt_chars)
+        if question is None:
+            raise InvalidInput("form field `question` is required", param="question")
+        (answer,) = await self._answers([VisionJob(self._for_model(image), question=question)])
+        return VqaResponse(
+            description=answer["text"],
+            answer=answer["text"],
+            question=question,
+            confidence=answer["confidence"],
+        )
+
+    async def describe_video(self, request: Request) -> VideoDescribeResponse:
+        upload = await read_upload(request, raw_allowed=False)
+        num_frames = _int_field(
+            upload.form,
+            "num_frames",
+            self.settings.vision_default_video_frames,
+            1,
+            self.settings.vision_max_video_frames,
+        )
+        video = await asyncio.to_thread(
+            decode_video_frames,
+            upload.data,
+            num_frames,
+            max_pixels=self.settings.vision_max_image_pixels,
+            max_packets=self.settings.vision_max_video_packets,
+            max_side=MODEL_SIDE,
+        )
+        jobs = [VisionJob(self._for_model(frame)) for frame in video.frames]
+        answers = await self._captions(jobs)
+        captions = [a["text"] for a in answers]
+        confidence = sum(a["confidence"] for a in answers) / len(answers)
+        return VideoDescribeResponse(
+            description=_merge_captions(captions),
+            frame_count=len(answers),
+            confidence=round(confidence, 4),
+            frame_captions=captions,
+        )
+
+    async def qrcode(self, request: Request) -> QrCodeResponse:
+        image, _ = await self._image(request, raw_allowed=True)
+        codes = await asyncio.to_thread(read_codes, image, only_qr=True)
+        if not codes:
+            return QrCodeResponse(success=False, data=None, codes=[], count=0, error=NO_QR)
+        return QrCodeResponse(success=True, data=codes[0].data, codes=codes, count=len(codes))
+
+    async def barcode(self, request: Request) -> BarcodeResponse:
+        image, _ = await self._image(request, raw_allowed=False)
+        codes = await asyncio.to_thread(read_codes, image)
+        items = [BarcodeItem(data=c.data, type=c.type, rect=c.rect) for c in codes]
+        if not items:
+            return BarcodeResponse(success=False, barcodes=[], count=0, error=NO_BARCODE)
+        return BarcodeResponse(success=True, barcodes=items, count=len(items))
+
+    def _language(self, request: Request, form: dict[str, str]) -> str:
+        # multipart: form field; raw body: the query string (?language=por)
+        raw = form.get("language") or request.query_params.get("language") or ""
+        if len(raw) > 64:
+            raise InvalidInput(f"`language` is {len(raw)} characters long", param="language")
+        return raw.strip() or self.settings.ocr_default_language
+
+    async def ocr(self, request: Request) -> OcrResponse:
+        image, form = await self._image(request, raw_allowed=True)
+        result = await self._ocr(image, self._language(request, form))
+        return OcrResponse(
+            success=True,
+            text=result.text,
+            confidence=result.confidence,
+            language=result.language,
+            word_count=result.words,
+        )
+
+    async def analyze(self, request: Request) -> AnalyzeResponse:
+        """Caption, OCR and codes at once. A part whose runner is unavailable is reported in
+        `error` (and `success: false`) while the other parts are still answered."""
+        started = time.perf_counter()
+        upload = await read_upload(request, raw_allowed=False)
+        image = await asyncio.to_thread(
+            decode_image, upload.data, max_pixels=self.settings.vision_max_image_pixels
+        )
+        language = self._language(request, upload.form)
+        caption, ocr, codes = await asyncio.gather(
+            self._captions([VisionJob(self._for_model(image))]),
+            self._ocr(image, language),
+            asyncio.to_thread(read_codes, image),
+            return_exceptions=True,
+        )
+        errors: list[str] = []
+        for part, value in (("description", caption), ("text", ocr), ("codes", codes)):
+            if isinstance(value, InvalidInput):
+                raise value  # the request itself is wrong (e.g. language): 4xx as usual
+            if isinstance(value, BotModelsError):
+                errors.append(f"{part}: {value.message}")
+            elif isinstance(value, BaseException):
+                raise value
+        description = caption[0]["text"] if isinstance(caption, list) else None
+        text = ocr.text if isinstance(ocr, OcrResult) else None
+        found = codes if isinstance(codes, list) else []
+        metadata: dict[str, Any] = {
+            "format": image.info.get("source_format"),
+            "width": image.size[0],
+            "height": image.size[1],
+            "bytes": len(upload.data),
+            "caption_confidence": caption[0]["confidence"] if isinstance(caption, list) else None,
+            "ocr_confidence": ocr.confidence if isinstance(ocr, OcrResult) else None,
+            "ocr_language": ocr.language if isinstance(ocr, OcrResult) else None,
+            "word_count": ocr.words if isinstance(ocr, OcrResult) else None,
+            "code_count": len(found),
+            "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
+        }
+        return AnalyzeResponse(
+            success=not errors,
+            description=description,
+            text=text,
+            codes=found,
+            metadata=metadata,
+            error="; ".join(errors) or None,
+        )
+
+
+def _as_dict(item: Any) -> dict[str, Any]:
+    if isinstance(item, dict):
+        return item
+    dumped: dict[str, Any] = item.model_dump()
+    return dumped

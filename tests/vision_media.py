@@ -1,0 +1,81 @@
+"""Media made in the tests: rendered text, generated symbols, small videos, broken files."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+
+
+def png_bytes(image: Any, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def text_image(lines: list[str], size: int = 32) -> Any:
+    font = ImageFont.truetype(str(FONT), size)
+    width = 40 + max(int(font.getlength(line)) for line in lines)
+    image = Image.new("RGB", (width, 2 * size * len(lines) + 40), "white")
+    draw = ImageDraw.Draw(image)
+    for i, line in enumerate(lines):
+        draw.text((20, 20 + 2 * size * i), line, font=font, fill="black")
+    return image
+
+
+def symbol_image(fmt: str, text: str, scale: int = 3, margin: int = 30) -> Any:
+    """A symbol drawn by zxing-cpp's writer, pasted on a larger white page."""
+    import zxingcpp
+
+    barcode = zxingcpp.create_barcode(text, getattr(zxingcpp.BarcodeFormat, fmt))
+    symbol = Image.fromarray(np.asarray(barcode.to_image(scale=scale))).convert("RGB")
+    page = Image.new("RGB", (symbol.width + 2 * margin, symbol.height + 2 * margin), "white")
+    page.paste(symbol, (margin, margin))
+    return page
+
+
+def video_bytes(
+    container: str, codec: str, frames: int = 12, size: tuple[int, int] = (64, 48)
+) -> bytes:
+    """A short clip whose frames fade from red to blue."""
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=container) as out:
+        stream: Any = out.add_stream(codec, rate=8)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        for i in range(frames):
+            shade = int(255 * i / max(1, frames - 1))
+            array = np.zeros((size[1], size[0], 3), dtype=np.uint8)
+            array[..., 0] = 255 - shade
+            array[..., 2] = shade
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buffer.getvalue()
+
+
+def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A valid PNG header declaring width x height pixels, and one tiny IDAT: a few hundred
+    bytes that would decompress to gigabytes."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    compressor = zlib.compressobj()
+    data = compressor.compress(b"\0" * 100_000) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    )
