@@ -173,8 +173,8 @@ def build_tiny(folder: Path) -> None:
     words = "the a cat dog kitten sits on mat rug rests stocks market fell rose today is are"
     words += " and of to in it was hello world botmodels embeddings test"
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words.split()]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizer(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    # transformers 5 ignores `vocab_file=` here (every word became [UNK]); `vocab=` is honoured.
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
     tokenizer.model_max_length = 128
     tokenizer.save_pretrained(folder)
     torch.manual_seed(0)

@@ -173,6 +173,13 @@ def test_runner_mean_pooling_and_normalisation_are_exact(tiny_runner: Embeddings
     np.testing.assert_allclose(batch.vectors[0], alone, atol=1e-5)
 
 
+def test_tiny_tokenizer_knows_its_words(tiny_runner: EmbeddingsRunner) -> None:
+    words = ["hello", "world", "the", "cat"]
+    assert tiny_runner._tokenizer.tokenize(" ".join(words)) == words
+    different = tiny_runner.embed(["cat", "stocks"]).vectors
+    assert not np.allclose(different[0], different[1])
+
+
 def test_runner_truncates_to_max_seq_length(tiny_runner: EmbeddingsRunner) -> None:
     long_text = "cat " * 1000
     batch = tiny_runner.embed([long_text])
