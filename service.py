@@ -18,7 +18,7 @@ import bentoml
 from pydantic import Field
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from botmodels import patches
@@ -32,8 +32,13 @@ from botmodels.keys import load_api_keys
 from botmodels.pool import RunnerPool
 from botmodels.remote import RemoteRunner
 from botmodels.schemas import EmbeddedText, EmbeddingResponse, Pong
+from botmodels.outputs import OutputStore, serve_output
+from botmodels.speech import STT_ROUTE, TTS_ROUTE, SpeechFrontend
+from botmodels.speech_schemas import SttJob, SttResult, TtsJob, TtsResult
 from botmodels.store import load_manifest
 from runners.embeddings import EmbeddingsRunner
+from runners.stt import SttRunner
+from runners.tts import TtsRunner
 
 log = logging.getLogger("botmodels")
 patches.apply()
@@ -46,9 +51,22 @@ def _make_embeddings(path: Path, quantization: Quantization, device: Device) -> 
     return EmbeddingsRunner(path, quantization=quantization, device=device)
 
 
-FACTORIES = {"embeddings": _make_embeddings}
+def _make_stt(path: Path, quantization: Quantization, device: Device) -> SttRunner:
+    return SttRunner(path, quantization=quantization, device=device)
+
+
+def _make_tts(path: Path, quantization: Quantization, device: Device) -> TtsRunner:
+    return TtsRunner(path, quantization=quantization, device=device)
+
+
+FACTORIES = {"embeddings": _make_embeddings, "stt": _make_stt, "tts": _make_tts}
 # Routes whose body must be JSON: anything else is a 415 before BentoML tries to parse it.
-JSON_ROUTES = frozenset({"/v1/embeddings", BATCH_ROUTE, "/api/ping"})
+JSON_ROUTES = frozenset({"/v1/embeddings", BATCH_ROUTE, "/api/ping"}) | {
+    "/api/speech/generate",
+    "/v1/audio/speech",
+    STT_ROUTE,
+    TTS_ROUTE,
+}
 
 
 def _authenticator() -> Authenticator:
@@ -104,11 +122,53 @@ async def api_models(_: Request) -> JSONResponse:
     return JSONResponse({"models": _service().models()})
 
 
+# --- speech (Starlette routes: multipart *or* raw body, binary answers; see botmodels/speech.py)
+@json_errors
+async def speech_to_text(request: Request) -> Response:
+    return await _service().speech.api_to_text(request)
+
+
+@json_errors
+async def speech_detect_language(request: Request) -> Response:
+    return await _service().speech.api_detect_language(request)
+
+
+@json_errors
+async def speech_generate(request: Request) -> Response:
+    return await _service().speech.api_generate(request)
+
+
+@json_errors
+async def audio_transcriptions(request: Request) -> Response:
+    return await _service().speech.openai_transcriptions(request)
+
+
+@json_errors
+async def audio_speech(request: Request) -> Response:
+    return await _service().speech.openai_speech(request)
+
+
+async def speech_voices(_: Request) -> JSONResponse:
+    return JSONResponse({"voices": _service().speech.voices()})
+
+
+async def outputs(request: Request) -> Response:
+    return await serve_output(request, _service().outputs)
+
+
 status_app = Starlette(
     routes=[
         Route("/api/health", api_health, methods=["GET"]),
         Route("/health", embeddings_health, methods=["GET", "HEAD"]),
         Route("/api/models", api_models, methods=["GET"]),
+        Route("/api/speech/totext", speech_to_text, methods=["POST"]),
+        Route("/api/speech/to-text", speech_to_text, methods=["POST"]),
+        Route("/api/speech/detect_language", speech_detect_language, methods=["POST"]),
+        Route("/api/speech/generate", speech_generate, methods=["POST"]),
+        Route("/api/speech/voices", speech_voices, methods=["GET"]),
+        Route("/v1/audio/transcriptions", audio_transcriptions, methods=["POST"]),
+        Route("/v1/audio/speech", audio_speech, methods=["POST"]),
+        Route("/outputs/{kind}/{name}", outputs, methods=["GET", "HEAD"]),
     ]
 )
 
@@ -134,6 +194,8 @@ def _model_ref(kind: str) -> Any:
 )
 class BotModels:
     embeddings_model = _model_ref("embeddings")
+    stt_model = _model_ref("stt")
+    tts_model = _model_ref("tts")
 
     def __init__(self) -> None:
         global _instance
@@ -149,11 +211,18 @@ class BotModels:
         self.embeddings = EmbeddingsFrontend(
             self.settings, self.pool, self.remotes.get("embeddings")
         )
+        self.outputs = OutputStore(
+            self.settings.outputs_dir or self.settings.home / "outputs",
+            max_age_s=self.settings.outputs_max_age_s,
+            max_bytes=self.settings.outputs_max_bytes,
+        )
+        self.speech = SpeechFrontend(self.settings, self.pool, self.outputs, self.remotes)
         _instance = self
 
     def bind_batch_infer(self, batch_infer: BatchInfer) -> None:
         """Called by botmodels.patches once BentoML's dispatchers exist (see its docstring)."""
         self.embeddings.batch_infer = batch_infer
+        self.speech.batch_infer = batch_infer
 
     @bentoml.on_startup
     def start_loading(self) -> None:
@@ -242,6 +311,30 @@ class BotModels:
         """OpenAI-compatible embeddings. `model` is accepted for compatibility; the response
         names the model actually used."""
         return await self.embeddings.create(input, encoding_format, dimensions)
+
+
+    # --- speech ------------------------------------------------------------------------------
+    @bentoml.api(
+        route=STT_ROUTE,
+        batchable=True,
+        max_batch_size=settings.stt_max_batch_size,
+        max_latency_ms=settings.stt_max_latency_ms,
+    )
+    def transcribe_batch(self, jobs: list[SttJob]) -> list[SttResult]:
+        """The speech-to-text runner: one batch of jobs in, one result per job out."""
+        runner: SttRunner = self.pool.local("stt")
+        return runner.transcribe(jobs)
+
+    @bentoml.api(
+        route=TTS_ROUTE,
+        batchable=True,
+        max_batch_size=settings.tts_max_batch_size,
+        max_latency_ms=settings.tts_max_latency_ms,
+    )
+    def synthesize_batch(self, jobs: list[TtsJob]) -> list[TtsResult]:
+        """The text-to-speech runner: one batch of jobs in, one audio per job out."""
+        runner: TtsRunner = self.pool.local("tts")
+        return runner.synthesize(jobs)
 
 
 # Outermost first. Errors are shaped last; credentials are checked before anything looks at the

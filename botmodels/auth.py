@@ -42,7 +42,8 @@ OPEN_PATHS = frozenset(
         "/schema.json",
     }
 )
-OPEN_PREFIXES = ("/static_content/", "/assets/")
+# /outputs/: generated files botserver fetches later with no key; 128-bit names (outputs.py).
+OPEN_PREFIXES = ("/static_content/", "/assets/", "/outputs/")
 
 
 def is_open_path(path: str) -> bool:

@@ -17,7 +17,7 @@ Profile = Literal["offline", "cpu", "gpu", "tiny"]
 Quantization = Literal["none", "int8", "4bit"]
 
 # Every runner kind the bundle knows. A kind that is not enabled loads nothing.
-KNOWN_RUNNERS: tuple[str, ...] = ("embeddings",)
+KNOWN_RUNNERS: tuple[str, ...] = ("embeddings", "stt", "tts")
 
 
 def _available_cpus() -> int:
@@ -97,6 +97,39 @@ class Settings(BaseSettings):
     embeddings_max_inputs: int = Field(2048, ge=1, description="Inputs per request (OpenAI's).")
     embeddings_max_chars: int = Field(
         100_000, ge=1, description="Characters per input; longer inputs are rejected."
+    )
+
+    # --- speech-to-text runner (Whisper) ----------------------------------------------------
+    stt_url: AnyHttpUrl | None = Field(
+        None, description="Serve speech-to-text from a remote botmodels at this URL instead."
+    )
+    stt_quantization: Quantization | None = Field(
+        None, description="Override the manifest's quantization: none, int8 or 4bit."
+    )
+    stt_max_batch_size: int = Field(8, ge=1, le=64, description="Transcriptions per batch.")
+    stt_max_latency_ms: int = Field(120_000, ge=100)
+    stt_max_audio_s: float = Field(
+        1800.0, gt=0, description="Longest audio accepted (after decoding), in seconds."
+    )
+
+    # --- text-to-speech runner (Piper / VITS) ------------------------------------------------
+    tts_url: AnyHttpUrl | None = Field(
+        None, description="Serve text-to-speech from a remote botmodels at this URL instead."
+    )
+    tts_quantization: Quantization | None = Field(None)
+    tts_max_batch_size: int = Field(8, ge=1, le=64)
+    tts_max_latency_ms: int = Field(120_000, ge=100)
+    tts_max_chars: int = Field(4096, ge=1, description="Longest text to speak (OpenAI's limit).")
+
+    # --- generated files (/outputs/…) -------------------------------------------------------
+    outputs_dir: Path | None = Field(
+        None, description="Where generated files are kept; default <home>/outputs."
+    )
+    outputs_max_age_s: float = Field(
+        24 * 3600.0, gt=0, description="Generated files older than this are deleted."
+    )
+    outputs_max_bytes: int = Field(
+        2 * 1024**3, ge=1024, description="Oldest generated files go past this total size."
     )
 
     @field_validator("runners", mode="before")

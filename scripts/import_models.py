@@ -18,9 +18,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from botmodels.config import KNOWN_RUNNERS, get_settings
 from botmodels.store import ManifestError, TinyBuilder, import_spec, load_manifest
-from runners import embeddings
+from runners import embeddings, stt, tts
 
-TINY_BUILDERS: dict[str, TinyBuilder] = {"embeddings": embeddings.build_tiny}
+TINY_BUILDERS: dict[str, TinyBuilder] = {
+    "embeddings": embeddings.build_tiny,
+    "stt": stt.build_tiny,
+    "tts": tts.build_tiny,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
