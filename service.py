@@ -29,10 +29,10 @@ from botmodels.device import Device
 from botmodels.embeddings import BATCH_ROUTE, BatchInfer, EmbeddingsFrontend, encode_batch
 from botmodels.http import ErrorShapeMiddleware, LimitsMiddleware
 from botmodels.keys import load_api_keys
+from botmodels.outputs import OutputStore, serve_output
 from botmodels.pool import RunnerPool
 from botmodels.remote import RemoteRunner
 from botmodels.schemas import EmbeddedText, EmbeddingResponse, Pong
-from botmodels.outputs import OutputStore, serve_output
 from botmodels.speech import STT_ROUTE, TTS_ROUTE, SpeechFrontend
 from botmodels.speech_schemas import SttJob, SttResult, TtsJob, TtsResult
 from botmodels.store import load_manifest
@@ -52,7 +52,14 @@ def _make_embeddings(path: Path, quantization: Quantization, device: Device) -> 
 
 
 def _make_stt(path: Path, quantization: Quantization, device: Device) -> SttRunner:
-    return SttRunner(path, quantization=quantization, device=device)
+    current = get_settings()
+    return SttRunner(
+        path,
+        quantization=quantization,
+        device=device,
+        max_batch_chunks=2 * current.stt_max_batch_size,
+        beam_size=current.stt_beam_size,
+    )
 
 
 def _make_tts(path: Path, quantization: Quantization, device: Device) -> TtsRunner:
@@ -311,7 +318,6 @@ class BotModels:
         """OpenAI-compatible embeddings. `model` is accepted for compatibility; the response
         names the model actually used."""
         return await self.embeddings.create(input, encoding_format, dimensions)
-
 
     # --- speech ------------------------------------------------------------------------------
     @bentoml.api(

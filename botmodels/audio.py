@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import wave
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -84,7 +84,8 @@ def decode(
 
 
 def _int16(audio: npt.NDArray[np.float32]) -> npt.NDArray[np.int16]:
-    return np.clip(audio * 32767.0, -32768, 32767).astype("<i2")
+    samples: npt.NDArray[np.int16] = np.clip(audio * 32767.0, -32768, 32767).astype("<i2")
+    return samples
 
 
 def resample(audio: npt.NDArray[np.float32], src: int, dst: int) -> npt.NDArray[np.float32]:
@@ -128,7 +129,7 @@ def encode(audio: npt.NDArray[np.float32], rate: int, fmt: AudioFormat) -> bytes
     samples = resample(audio, rate, out_rate)
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format=container_name) as container:
-        stream = container.add_stream(codec, rate=out_rate, layout="mono")
+        stream: Any = container.add_stream(codec, rate=out_rate, layout="mono")
         frame = av.AudioFrame.from_ndarray(
             _int16(samples).reshape(1, -1), format="s16", layout="mono"
         )

@@ -14,6 +14,7 @@ Image and video generation use the same store with `kind="images"` / `"videos"`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -118,10 +119,8 @@ class OutputStore:
                 stale_part = path.name.startswith(".") and now - mtime > 60
                 if not (expired or stale_part or total > self.max_bytes):
                     continue
-                try:
+                with contextlib.suppress(FileNotFoundError):  # another worker pruned it
                     path.unlink()
-                except FileNotFoundError:
-                    pass
                 total -= size
                 removed += 1
         if removed:

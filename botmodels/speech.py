@@ -243,8 +243,7 @@ class SpeechFrontend:
             raise InvalidInput(f"`{param}` is empty; send the text to speak", param=param)
         if len(text) > self.settings.tts_max_chars:
             raise InvalidInput(
-                f"`{param}` has {len(text)} characters; the limit is "
-                f"{self.settings.tts_max_chars}",
+                f"`{param}` has {len(text)} characters; the limit is {self.settings.tts_max_chars}",
                 param=param,
                 code="text_too_long",
             )
@@ -367,8 +366,10 @@ class SpeechFrontend:
                 param="response_format",
             )
         speed = body.get("speed", 1.0)
-        if isinstance(speed, bool) or not isinstance(speed, int | float) or not (
-            0.25 <= speed <= 4.0
+        if (
+            isinstance(speed, bool)
+            or not isinstance(speed, int | float)
+            or not (0.25 <= speed <= 4.0)
         ):
             raise InvalidInput(
                 f"`speed` must be a number from 0.25 to 4.0, got {speed!r}", param="speed"

@@ -29,7 +29,7 @@ class SttJob(BaseModel):
 
     @classmethod
     def from_array(cls, audio: npt.NDArray[np.float32], **options: object) -> SttJob:
-        return cls(audio=audio.astype("<f4", copy=False).tobytes(), **options)  # type: ignore[arg-type]
+        return cls(audio=audio.astype("<f4", copy=False).tobytes(), **options)
 
     def samples(self) -> npt.NDArray[np.float32]:
         return np.frombuffer(self.audio, dtype="<f4")

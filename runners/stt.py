@@ -37,6 +37,9 @@ VAD_FILE = "vad/silero_vad.onnx"
 CHUNK_SECONDS = 30  # Whisper's window
 NO_SPEECH_PROB = 0.6  # Whisper's own rule for a window with no speech
 LOGPROB_FLOOR = -1.0
+# faster-whisper's defaults: punctuation merged into the neighbouring word's timestamps.
+PREPEND_PUNCTUATION = "\"'\u201c\u00bf([{-"
+APPEND_PUNCTUATION = "\"'.\u3002,\uff0c!\uff01?\uff1f:\uff1a\u201d)]}\u3001"
 
 
 @dataclass
@@ -64,7 +67,7 @@ class Vad:
         with self._lock:
             self._model.reset_states()
             spans = get_speech_timestamps(
-                torch.from_numpy(np.ascontiguousarray(audio)),
+                torch.from_numpy(audio.copy()),  # frombuffer arrays are read-only
                 self._model,
                 sampling_rate=SAMPLE_RATE,
                 min_silence_duration_ms=1000,  # keep phrases whole: Whisper wants context
@@ -106,7 +109,7 @@ def _restore(segments: list[SegmentOut], spans: list[dict[str, int]]) -> list[Se
 
 def _group_key(job: SttJob) -> tuple[Any, ...]:
     # Jobs that share decoding options decode together; language is per item, not per group.
-    return (job.task == "translate", job.prompt, job.temperature, job.word_timestamps)
+    return (job.task, job.prompt, job.temperature, job.word_timestamps)
 
 
 class SttRunner:
@@ -119,11 +122,13 @@ class SttRunner:
         quantization: Quantization,
         device: Device,
         max_batch_chunks: int = 16,
+        beam_size: int = 5,
     ) -> None:
         self.model_dir = model_dir
         self.quantization = quantization
         self.device = device
         self.max_batch_chunks = max_batch_chunks
+        self.beam_size = beam_size
         self.engine = "ctranslate2" if (model_dir / "model.bin").is_file() else "transformers"
         self.dtype = "float32"
         self._lock = threading.Lock()  # one batch at a time: the engine already uses every core
@@ -192,7 +197,7 @@ class SttRunner:
             kwargs["dtype"] = torch.float16
             self.dtype = "float16"
         self._processor = WhisperProcessor.from_pretrained(self.model_dir)
-        model = WhisperForConditionalGeneration.from_pretrained(self.model_dir, **kwargs)
+        model: Any = WhisperForConditionalGeneration.from_pretrained(self.model_dir, **kwargs)
         if "device_map" not in kwargs:
             model = model.to(self.device)
         if self.device == "cpu" and self.quantization == "int8":
@@ -286,7 +291,9 @@ class SttRunner:
 
         task = "translate" if first.task == "translate" else "transcribe"
         tokenizers = {
-            lang: Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task=task, language=lang)
+            lang: Tokenizer(
+                model.hf_tokenizer, model.model.is_multilingual, task=task, language=lang
+            )
             for lang, _ in languages
         }
         base = tokenizers[languages[0][0]]
@@ -299,7 +306,7 @@ class SttRunner:
         results = model.model.generate(
             encoder_output,
             prompts,
-            beam_size=1 if sampling else 5,
+            beam_size=1 if sampling else self.beam_size,
             patience=1.0,
             length_penalty=1.0,
             max_length=model.max_length,
@@ -345,8 +352,8 @@ class SttRunner:
                 base,
                 encoder_output,
                 sizes,
-                "\"'“¿([{-",
-                "\"'.。,，!！?？:：”)]}、",
+                PREPEND_PUNCTUATION,
+                APPEND_PUNCTUATION,
                 0.0,
             )
         for chunk, (lang, probability), subs in zip(part, languages, per_chunk, strict=True):
@@ -423,6 +430,8 @@ class SttRunner:
                 kwargs["prompt_ids"] = processor.get_prompt_ids(first.prompt, return_tensors="pt")
             if first.temperature > 0:
                 kwargs.update(do_sample=True, temperature=first.temperature)
+            else:
+                kwargs["num_beams"] = self.beam_size
             generated = model.generate(input_features=features, **kwargs)
             scores = model.compute_transition_scores(
                 generated.sequences, generated.scores, normalize_logits=True
@@ -460,7 +469,7 @@ def build_tiny(folder: Path) -> None:
         WhisperFeatureExtractor,
         WhisperForConditionalGeneration,
         WhisperProcessor,
-        WhisperTokenizerFast,
+        WhisperTokenizer,
     )
 
     languages = ["en", "pt", "es", "de"]
@@ -487,14 +496,18 @@ def build_tiny(folder: Path) -> None:
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         ),
     )
-    tokenizer = WhisperTokenizerFast(
+    tokenizer = WhisperTokenizer(
         tokenizer_object=bpe,
-        unk_token="<|endoftext|>",
-        bos_token="<|endoftext|>",
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",  # noqa: S106 - a token, not a password
+        bos_token="<|endoftext|>",  # noqa: S106
+        eos_token="<|endoftext|>",  # noqa: S106
+        pad_token="<|endoftext|>",  # noqa: S106
     )
-    ids = {token: bpe.token_to_id(token) for token in specials}
+    ids: dict[str, int] = {}
+    for token in specials:
+        token_id = bpe.token_to_id(token)
+        assert token_id is not None, token
+        ids[token] = token_id
     torch.manual_seed(0)
     config = WhisperConfig(
         vocab_size=bpe.get_vocab_size(),

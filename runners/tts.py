@@ -98,7 +98,9 @@ class TtsRunner:
             if config.get("model_type") == "vits":
                 self._add(self._load_vits(config_path.parent))
         if not self.voices:
-            raise FileNotFoundError(f"no Piper (.onnx + .onnx.json) or VITS voice in {self.model_dir}")
+            raise FileNotFoundError(
+                f"no Piper (.onnx + .onnx.json) or VITS voice in {self.model_dir}"
+            )
         log.info(
             "tts voices %s loaded in %.1f s",
             [v.describe() for v in self.voices.values()],
@@ -121,7 +123,14 @@ class TtsRunner:
         name = str(config.get("dataset") or onnx.stem)
         # onnxruntime sessions are thread-safe; espeak-ng phonemization is not.
         return Voice(
-            name, language, "piper", onnx, int(config["audio"]["sample_rate"]), model, None, threading.Lock()
+            name,
+            language,
+            "piper",
+            onnx,
+            int(config["audio"]["sample_rate"]),
+            model,
+            None,
+            threading.Lock(),
         )
 
     def _load_vits(self, folder: Path) -> Voice:
@@ -129,7 +138,7 @@ class TtsRunner:
         from transformers import AutoTokenizer, VitsModel
 
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = VitsModel.from_pretrained(folder)
+        model: Any = VitsModel.from_pretrained(folder)
         if self.device in ("cuda", "mps"):
             model = model.to(self.device)
         if self.device == "cpu" and self.quantization == "int8":
@@ -218,7 +227,8 @@ class TtsRunner:
         torch.manual_seed(0)  # VITS samples its durations: same text, same audio
         with torch.inference_mode():
             waveform = voice.model(**inputs).waveform[0]
-        return waveform.float().cpu().numpy().astype(np.float32)
+        samples: npt.NDArray[np.float32] = waveform.float().cpu().numpy().astype(np.float32)
+        return samples
 
 
 def build_tiny(folder: Path) -> None:
