@@ -229,7 +229,6 @@ class BotModels:
     def bind_batch_infer(self, batch_infer: BatchInfer) -> None:
         """Called by botmodels.patches once BentoML's dispatchers exist (see its docstring)."""
         self.embeddings.batch_infer = batch_infer
-        self.speech.batch_infer = batch_infer
 
     @bentoml.on_startup
     def start_loading(self) -> None:

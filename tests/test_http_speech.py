@@ -386,3 +386,31 @@ def test_openai_transcriptions_bad_input(client: Any) -> None:
         with pytest.raises(openai.BadRequestError) as caught:
             api.audio.transcriptions.create(model="whisper-1", file=("a.wav", data), **kwargs)
         assert needle in str(caught.value)
+
+
+def test_chunked_upload_over_the_size_limit_is_413(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import service
+
+    limits: Any = None
+    node: Any = client.app.middleware_stack  # built at start-up: the middleware chain
+    while node is not None and limits is None:
+        if type(node).__name__ == "_Limits":
+            limits = node
+        node = getattr(node, "app", None)
+    assert limits is not None, "the limits middleware is not in the stack"
+    monkeypatch.setattr(limits, "max_upload_bytes", 4096)
+    monkeypatch.setattr(service._service().speech.settings, "max_upload_bytes", 4096)
+    big = audio.wav_bytes(np.zeros(16_000, dtype=np.float32), 16_000)
+
+    def chunks() -> Any:  # no Content-Length: the limit is enforced while reading
+        for start in range(0, len(big), 1024):
+            yield big[start : start + 1024]
+
+    response = client.post(
+        "/api/speech/totext",
+        content=chunks(),
+        headers={**auth(), "Content-Type": "application/octet-stream"},
+    )
+    assert_error(response, 413)
