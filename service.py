@@ -46,6 +46,8 @@ from botmodels.outputs import OutputStore, content_type
 from botmodels.pool import RunnerPool
 from botmodels.remote import RemoteRunner
 from botmodels.schemas import EmbeddedText, EmbeddingResponse, Pong
+from botmodels.speech import STT_ROUTE, TTS_ROUTE, SpeechFrontend
+from botmodels.speech_schemas import SttJob, SttResult, TtsJob, TtsResult
 from botmodels.store import find_stored, load_manifest
 from botmodels.vision import (
     CAPTION_ROUTE,
@@ -60,6 +62,8 @@ from botmodels.vision_schemas import OcrAnswerOut, OcrJobIn, VisionAnswerOut, Vi
 from runners.embeddings import EmbeddingsRunner
 from runners.image import ImageRunner
 from runners.ocr import OcrRunner
+from runners.stt import SttRunner
+from runners.tts import TtsRunner
 from runners.video import VideoRunner
 from runners.vision import VisionRunner
 
@@ -101,11 +105,28 @@ def _make_ocr(path: Path, quantization: Quantization, device: Device) -> OcrRunn
     return OcrRunner(path, quantization=quantization, device=device)
 
 
+def _make_stt(path: Path, quantization: Quantization, device: Device) -> SttRunner:
+    current = get_settings()
+    return SttRunner(
+        path,
+        quantization=quantization,
+        device=device,
+        max_batch_chunks=2 * current.stt_max_batch_size,
+        beam_size=current.stt_beam_size,
+    )
+
+
+def _make_tts(path: Path, quantization: Quantization, device: Device) -> TtsRunner:
+    return TtsRunner(path, quantization=quantization, device=device)
+
+
 FACTORIES = {
     "embeddings": _make_embeddings,
     "vision": _make_vision,
     "vqa": _make_vision,
     "ocr": _make_ocr,
+    "stt": _make_stt,
+    "tts": _make_tts,
     "image": _make_image,
     "video": _make_video,
 }
@@ -128,6 +149,10 @@ JSON_ROUTES = frozenset(
         VQA_ROUTE,
         OCR_ROUTE,
         *GENERATION_ROUTES,
+        "/api/speech/generate",
+        "/v1/audio/speech",
+        STT_ROUTE,
+        TTS_ROUTE,
     }
 )
 
@@ -266,6 +291,37 @@ VISION_ROUTES = {
     "/api/vision/analyze": "analyze",
 }
 
+
+# --- speech (Starlette routes: multipart *or* raw body, binary answers; see botmodels/speech.py)
+@json_errors
+async def speech_to_text(request: Request) -> Response:
+    return await _service().speech.api_to_text(request)
+
+
+@json_errors
+async def speech_detect_language(request: Request) -> Response:
+    return await _service().speech.api_detect_language(request)
+
+
+@json_errors
+async def speech_generate(request: Request) -> Response:
+    return await _service().speech.api_generate(request)
+
+
+@json_errors
+async def audio_transcriptions(request: Request) -> Response:
+    return await _service().speech.openai_transcriptions(request)
+
+
+@json_errors
+async def audio_speech(request: Request) -> Response:
+    return await _service().speech.openai_speech(request)
+
+
+async def speech_voices(_: Request) -> JSONResponse:
+    return JSONResponse({"voices": _service().speech.voices()})
+
+
 status_app = Starlette(
     routes=[
         Route("/api/health", api_health, methods=["GET"]),
@@ -277,6 +333,13 @@ status_app = Starlette(
         Route("/api/jobs/{job_id}/result", get_job_result, methods=["GET"]),
         Route("/api/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
         *(Route(p, _vision_route(n), methods=["POST"]) for p, n in VISION_ROUTES.items()),
+        Route("/api/speech/totext", speech_to_text, methods=["POST"]),
+        Route("/api/speech/to-text", speech_to_text, methods=["POST"]),
+        Route("/api/speech/detect_language", speech_detect_language, methods=["POST"]),
+        Route("/api/speech/generate", speech_generate, methods=["POST"]),
+        Route("/api/speech/voices", speech_voices, methods=["GET"]),
+        Route("/v1/audio/transcriptions", audio_transcriptions, methods=["POST"]),
+        Route("/v1/audio/speech", audio_speech, methods=["POST"]),
     ],
     exception_handlers={BotModelsError: _botmodels_error},
 )
@@ -327,6 +390,8 @@ class BotModels:
     vision_model = _model_ref("vision")
     vqa_model = _model_ref("vqa")
     ocr_model = _model_ref("ocr")
+    stt_model = _model_ref("stt")
+    tts_model = _model_ref("tts")
 
     def __init__(self) -> None:
         global _instance
@@ -352,6 +417,7 @@ class BotModels:
             JobStore(self.settings.jobs_path), self.generation, self.settings.outputs_max_age_s
         )
         self.vision = VisionFrontend(self.settings, self.pool, self.remotes)
+        self.speech = SpeechFrontend(self.settings, self.pool, self.outputs, self.remotes)
         _instance = self
 
     def bind_batch_infer(self, batch_infer: BatchInfer) -> None:
@@ -656,6 +722,29 @@ class BotModels:
             negative_prompt=negative_prompt,
             base_url=base,
         )
+
+    # --- speech ------------------------------------------------------------------------------
+    @bentoml.api(
+        route=STT_ROUTE,
+        batchable=True,
+        max_batch_size=settings.stt_max_batch_size,
+        max_latency_ms=settings.stt_max_latency_ms,
+    )
+    def transcribe_batch(self, jobs: list[SttJob]) -> list[SttResult]:
+        """The speech-to-text runner: one batch of jobs in, one result per job out."""
+        runner: SttRunner = self.pool.local("stt")
+        return runner.transcribe(jobs)
+
+    @bentoml.api(
+        route=TTS_ROUTE,
+        batchable=True,
+        max_batch_size=settings.tts_max_batch_size,
+        max_latency_ms=settings.tts_max_latency_ms,
+    )
+    def synthesize_batch(self, jobs: list[TtsJob]) -> list[TtsResult]:
+        """The text-to-speech runner: one batch of jobs in, one audio per job out."""
+        runner: TtsRunner = self.pool.local("tts")
+        return runner.synthesize(jobs)
 
 
 # Outermost first. Errors are shaped last; credentials are checked before anything looks at the

@@ -43,6 +43,7 @@ OPEN_PATHS = frozenset(
         "/schema.json",
     }
 )
+# /outputs/: generated files botserver fetches later with no key; 128-bit names (outputs.py).
 OPEN_PREFIXES = ("/static_content/", "/assets/", "/outputs/")
 
 

@@ -17,7 +17,16 @@ Profile = Literal["offline", "cpu", "gpu", "tiny"]
 Quantization = Literal["none", "int8", "4bit"]
 
 # Every runner kind the bundle knows. A kind that is not enabled loads nothing.
-KNOWN_RUNNERS: tuple[str, ...] = ("embeddings", "vision", "vqa", "ocr", "image", "video")
+KNOWN_RUNNERS: tuple[str, ...] = (
+    "embeddings",
+    "vision",
+    "vqa",
+    "ocr",
+    "stt",
+    "tts",
+    "image",
+    "video",
+)
 
 
 def _available_cpus() -> int:
@@ -101,6 +110,29 @@ class Settings(BaseSettings):
     embeddings_max_chars: int = Field(
         100_000, ge=1, description="Characters per input; longer inputs are rejected."
     )
+
+    # --- speech-to-text runner (Whisper) ----------------------------------------------------
+    stt_url: AnyHttpUrl | None = Field(
+        None, description="Serve speech-to-text from a remote botmodels at this URL instead."
+    )
+    stt_quantization: Quantization | None = Field(
+        None, description="Override the manifest's quantization: none, int8 or 4bit."
+    )
+    stt_max_batch_size: int = Field(8, ge=1, le=64, description="Transcriptions per batch.")
+    stt_beam_size: int = Field(5, ge=1, le=10, description="Beam width at temperature 0.")
+    stt_max_latency_ms: int = Field(120_000, ge=100)
+    stt_max_audio_s: float = Field(
+        1800.0, gt=0, description="Longest audio accepted (after decoding), in seconds."
+    )
+
+    # --- text-to-speech runner (Piper / VITS) ------------------------------------------------
+    tts_url: AnyHttpUrl | None = Field(
+        None, description="Serve text-to-speech from a remote botmodels at this URL instead."
+    )
+    tts_quantization: Quantization | None = Field(None)
+    tts_max_batch_size: int = Field(8, ge=1, le=64)
+    tts_max_latency_ms: int = Field(120_000, ge=100)
+    tts_max_chars: int = Field(4096, ge=1, description="Longest text to speak (OpenAI's limit).")
 
     # --- generated files (/outputs) and jobs -------------------------------------------------
     outputs_dir: Path | None = Field(

@@ -13,6 +13,7 @@ import re
 import secrets
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger("botmodels.outputs")
@@ -26,11 +27,22 @@ CONTENT_TYPES = {
     ".png": "image/png",
     ".jpg": "image/jpeg",
     ".webp": "image/webp",
+    ".gif": "image/gif",
     ".mp4": "video/mp4",
+    ".webm": "video/webm",
     ".wav": "audio/wav",
     ".mp3": "audio/mpeg",
+    ".flac": "audio/flac",
+    ".opus": "audio/ogg",
     ".ogg": "audio/ogg",
+    ".aac": "audio/aac",
 }
+
+
+@dataclass(frozen=True)
+class SavedOutput:
+    path: Path
+    url_path: str  # what goes in `file_path`: "/outputs/audio/<hex>.wav"
 
 
 class OutputStore:
@@ -51,6 +63,15 @@ class OutputStore:
         name = secrets.token_hex(16) + suffix  # 128 random bits
         return folder / name, f"/outputs/{kind}/{name}"
 
+    def save(self, kind: str, data: bytes, ext: str) -> SavedOutput:
+        """Write `data` as a new output, atomically (a reader never sees half a file)."""
+        path, url_path = self.new_path(kind, "." + ext)
+        partial = path.with_name(f".{path.name}.part")  # never served: the URL shape rejects it
+        partial.write_bytes(data)
+        os.replace(partial, path)
+        self.prune()
+        return SavedOutput(path, url_path)
+
     def resolve(self, url_path: str) -> Path | None:
         """The file a URL path names, or None: anything but the exact shape new_path() makes
         (dots, slashes, encoded characters, other folders) names nothing."""
@@ -64,6 +85,8 @@ class OutputStore:
             return None
         if not resolved.is_relative_to(self.root.resolve()) or not resolved.is_file():
             return None
+        if time.time() - resolved.stat().st_mtime > self.max_age_s:
+            return None  # expired: not served even before the next prune removes it
         return resolved
 
     def delete(self, url_path: str) -> None:

