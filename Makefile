@@ -56,6 +56,7 @@ bench: $(VENV)/.dev
 	$(PY) scripts/bench_vision.py
 	$(PY) scripts/bench_overhead.py
 	$(PY) scripts/bench_generation.py
+	$(PY) scripts/bench_speech.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
