@@ -113,6 +113,7 @@ def _make_stt(path: Path, quantization: Quantization, device: Device) -> SttRunn
         device=device,
         max_batch_chunks=2 * current.stt_max_batch_size,
         beam_size=current.stt_beam_size,
+        pack=current.stt_pack,
     )
 
 

@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     )
     stt_max_batch_size: int = Field(8, ge=1, le=64, description="Transcriptions per batch.")
     stt_beam_size: int = Field(5, ge=1, le=10, description="Beam width at temperature 0.")
+    stt_pack: bool = Field(
+        True,
+        description="On CPU, decode short clips of a batch several to one 30 s Whisper window.",
+    )
     stt_max_latency_ms: int = Field(120_000, ge=100)
     stt_max_audio_s: float = Field(
         1800.0, gt=0, description="Longest audio accepted (after decoding), in seconds."

@@ -5,6 +5,9 @@ Two engines, chosen by what the store folder holds:
     float32 on CPU, float16 / int8_float16 on CUDA. Requests are batched for real: the speech
     chunks of every job in a batch are encoded in one call and decoded in one `generate` call,
     each with its own prompt (language, task).
+    On CPU, short clips of a batch are also *packed*: several clips, with 0.5 s of silence
+    between them, share one 30 s window (see `_decode_packed`), because there the encoder's full
+    window, not decoding, is most of the cost of a short clip.
   * transformers (`config.json` with `model_type = "whisper"`): any hub Whisper; bitsandbytes
     8-bit / 4-bit on CUDA (written for it, not run here: no GPU), torch dynamic int8 on CPU.
 
@@ -37,6 +40,15 @@ VAD_FILE = "vad/silero_vad.onnx"
 CHUNK_SECONDS = 30  # Whisper's window
 NO_SPEECH_PROB = 0.6  # Whisper's own rule for a window with no speech
 LOGPROB_FLOOR = -1.0
+# Packing (CPU): clips up to 15 s share a window, 0.5 s of silence apart. A clip keeps a packed
+# result only if every segment Whisper returns sits inside one clip (within the tolerance) and
+# every clip got text; anything else is decoded again on its own. Auto-detected languages come
+# from the clip's own frames and must be confident, or the clip is decoded on its own.
+PACK_MAX_FRAMES = 1500
+PACK_GAP_FRAMES = 50
+PACK_TOLERANCE_S = 0.2
+PACK_DETECT_CONFIDENCE = 0.9
+TIME_PRECISION = 0.02  # seconds per Whisper timestamp token
 # faster-whisper's defaults: punctuation merged into the neighbouring word's timestamps.
 PREPEND_PUNCTUATION = "\"'\u201c\u00bf([{-"
 APPEND_PUNCTUATION = "\"'.\u3002,\uff0c!\uff01?\uff1f:\uff1a\u201d)]}\u3001"
@@ -74,6 +86,10 @@ class Vad:
                 speech_pad_ms=200,
             )
         return [{"start": int(s["start"]), "end": int(s["end"])} for s in spans]
+
+
+# A clip in a packed window: (chunk, its mel frames, language probability, first frame).
+_Packed = tuple[_Chunk, npt.NDArray[np.float32], float, int]
 
 
 def _chunks(
@@ -123,12 +139,15 @@ class SttRunner:
         device: Device,
         max_batch_chunks: int = 16,
         beam_size: int = 5,
+        pack: bool = True,
     ) -> None:
         self.model_dir = model_dir
         self.quantization = quantization
         self.device = device
         self.max_batch_chunks = max_batch_chunks
         self.beam_size = beam_size
+        self.pack = pack
+        self.packed_clips = 0  # clips whose packed result was kept (tests and logs read it)
         self.engine = "ctranslate2" if (model_dir / "model.bin").is_file() else "transformers"
         self.dtype = "float32"
         self._lock = threading.Lock()  # one batch at a time: the engine already uses every core
@@ -233,18 +252,19 @@ class SttRunner:
         for chunk in chunks:
             groups.setdefault(_group_key(jobs[chunk.job]), []).append(chunk)
 
-        segments: dict[int, list[SegmentOut]] = {i: [] for i in range(len(jobs))}
+        decoded: list[tuple[_Chunk, str, float, list[SegmentOut]]] = []
         with self._lock:
             for group in groups.values():
-                for start in range(0, len(group), self.max_batch_chunks):
-                    part = group[start : start + self.max_batch_chunks]
-                    decode = self._decode_ct2 if self.engine == "ctranslate2" else self._decode_hf
-                    for chunk, language, probability, found in decode(part, jobs):
-                        result = results[chunk.job]
-                        if result.language is None:  # the job's first chunk decides
-                            result.language = language
-                            result.language_probability = round(probability, 4)
-                        segments[chunk.job].extend(found)
+                decoded.extend(self._decode_group(group, jobs))
+        # Packing can decode a job's chunks out of order: the job's first chunk decides.
+        decoded.sort(key=lambda item: (item[0].job, item[0].offset))
+        segments: dict[int, list[SegmentOut]] = {i: [] for i in range(len(jobs))}
+        for chunk, language, probability, found in decoded:
+            result = results[chunk.job]
+            if result.language is None:
+                result.language = language
+                result.language_probability = round(probability, 4)
+            segments[chunk.job].extend(found)
 
         for index, result in enumerate(results):
             found = [s for s in segments[index] if s.text.strip()]
@@ -256,12 +276,154 @@ class SttRunner:
                 result.language = jobs[index].language
         return results
 
+    def _decode_group(
+        self, group: list[_Chunk], jobs: list[SttJob]
+    ) -> list[tuple[_Chunk, str, float, list[SegmentOut]]]:
+        out: list[tuple[_Chunk, str, float, list[SegmentOut]]] = []
+        rest = group
+        if len(group) > 1 and self._packs(jobs[group[0].job]):
+            out, rest = self._decode_packed(group, jobs)
+        decode = self._decode_ct2 if self.engine == "ctranslate2" else self._decode_hf
+        for start in range(0, len(rest), self.max_batch_chunks):
+            out.extend(decode(rest[start : start + self.max_batch_chunks], jobs))
+        return out
+
+    def _packs(self, job: SttJob) -> bool:
+        # Only CPU: a GPU runs a batch of windows in parallel, so packing would only add risk.
+        # Word timestamps need the per-clip alignment pass, which packing does not do.
+        return (
+            self.pack
+            and self.engine == "ctranslate2"
+            and self.device == "cpu"
+            and job.task in ("transcribe", "translate")
+            and not job.word_timestamps
+        )
+
+    def _pack_language(
+        self, chunk: _Chunk, jobs: list[SttJob], mel: npt.NDArray[np.float32]
+    ) -> tuple[str, float] | None:
+        """The chunk's language for packing, or None when it must be decoded on its own."""
+        model = self._model
+        wanted = jobs[chunk.job].language
+        if wanted:
+            return wanted, 1.0
+        if not model.model.is_multilingual:
+            return "en", 1.0
+        from faster_whisper.audio import pad_or_trim
+
+        # The encoder over the clip's own frames (CTranslate2 takes any even length): about
+        # 1/20 of a 30 s window for a 3 s clip, and the same language as the full window
+        # whenever it is confident (measured on the benchmark clips).
+        frames = mel.shape[-1] + mel.shape[-1] % 2
+        encoded = model.encode(pad_or_trim(mel, frames)[None].astype(np.float32))
+        token, probability = model.model.detect_language(encoded)[0][0]
+        if probability < PACK_DETECT_CONFIDENCE:
+            return None
+        return str(token)[2:-2], float(probability)
+
+    def _decode_packed(
+        self, group: list[_Chunk], jobs: list[SttJob]
+    ) -> tuple[list[tuple[_Chunk, str, float, list[SegmentOut]]], list[_Chunk]]:
+        """Decode short clips several to a 30 s window. Returns (results, clips left over)."""
+        from faster_whisper.tokenizer import Tokenizer
+
+        model = self._model
+        window_frames = int(model.feature_extractor.nb_max_frames)
+        left: list[_Chunk] = []
+        by_language: dict[str, list[tuple[_Chunk, npt.NDArray[np.float32], float]]] = {}
+        for chunk in group:
+            mel = model.feature_extractor(chunk.audio)[..., :-1]  # exactly as for one clip
+            detected = (
+                self._pack_language(chunk, jobs, mel) if mel.shape[-1] <= PACK_MAX_FRAMES else None
+            )
+            if detected is None:
+                left.append(chunk)
+            else:
+                by_language.setdefault(detected[0], []).append((chunk, mel, detected[1]))
+
+        windows: list[tuple[str, list[_Packed]]] = []
+        for language, candidates in by_language.items():
+            current: list[_Packed] = []
+            position = 0
+            for chunk, mel, probability in candidates:
+                if current and position + mel.shape[-1] > window_frames:
+                    windows.append((language, current))
+                    current, position = [], 0
+                current.append((chunk, mel, probability, position))
+                position += mel.shape[-1] + PACK_GAP_FRAMES
+            windows.append((language, current))
+        left.extend(w[1][0][0] for w in windows if len(w[1]) == 1)  # alone: the usual path
+        windows = [w for w in windows if len(w[1]) > 1]
+        out: list[tuple[_Chunk, str, float, list[SegmentOut]]] = []
+        for start in range(0, len(windows), self.max_batch_chunks):
+            part = windows[start : start + self.max_batch_chunks]
+            features = np.zeros(
+                (len(part), part[0][1][0][1].shape[0], window_frames), dtype=np.float32
+            )
+            for row, (_, items) in enumerate(part):
+                for _, mel, _, position in items:
+                    features[row, :, position : position + mel.shape[-1]] = mel
+            first = jobs[part[0][1][0][0].job]
+            task = "translate" if first.task == "translate" else "transcribe"
+            tokenizers = {
+                lang: Tokenizer(
+                    model.hf_tokenizer, model.model.is_multilingual, task=task, language=lang
+                )
+                for lang, _ in part
+            }
+            encoder_output = model.encode(features)
+            generated = self._generate_ct2(encoder_output, [w[0] for w in part], tokenizers, first)
+            for (lang, items), result in zip(part, generated, strict=True):
+                found = _split_packed(tokenizers[lang], result, items, first)
+                if found is None:
+                    left.extend(item[0] for item in items)
+                    continue
+                self.packed_clips += len(items)
+                for (chunk, _, probability, _), segments in zip(items, found, strict=True):
+                    out.append((chunk, lang, probability, segments))
+        return out, left
+
+    def _generate_ct2(
+        self,
+        encoder_output: Any,
+        languages: list[str],
+        tokenizers: dict[str, Any],
+        job: SttJob,
+    ) -> list[Any]:
+        """One `generate` call: a prompt per row (its language), the job's decoding options."""
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        model = self._model
+        base = tokenizers[languages[0]]
+        previous = base.encode(" " + job.prompt.strip()) if job.prompt else []
+        prompts = [
+            model.get_prompt(tokenizers[lang], previous_tokens=previous, without_timestamps=False)
+            for lang in languages
+        ]
+        sampling = job.temperature > 0
+        return list(
+            model.model.generate(
+                encoder_output,
+                prompts,
+                beam_size=1 if sampling else self.beam_size,
+                patience=1.0,
+                length_penalty=1.0,
+                max_length=model.max_length,
+                suppress_blank=True,
+                suppress_tokens=get_suppressed_tokens(base, [-1]),
+                return_scores=True,
+                return_no_speech_prob=True,
+                sampling_temperature=job.temperature if sampling else 1.0,
+                sampling_topk=0 if sampling else 1,
+            )
+        )
+
     def _decode_ct2(
         self, part: list[_Chunk], jobs: list[SttJob]
     ) -> list[tuple[_Chunk, str, float, list[SegmentOut]]]:
         from faster_whisper.audio import pad_or_trim
         from faster_whisper.tokenizer import Tokenizer
-        from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
+        from faster_whisper.transcribe import get_compression_ratio
 
         model = self._model
         first = jobs[part[0].job]
@@ -297,25 +459,8 @@ class SttRunner:
             for lang, _ in languages
         }
         base = tokenizers[languages[0][0]]
-        previous = base.encode(" " + first.prompt.strip()) if first.prompt else []
-        prompts = [
-            model.get_prompt(tokenizers[lang], previous_tokens=previous, without_timestamps=False)
-            for lang, _ in languages
-        ]
-        sampling = first.temperature > 0
-        results = model.model.generate(
-            encoder_output,
-            prompts,
-            beam_size=1 if sampling else self.beam_size,
-            patience=1.0,
-            length_penalty=1.0,
-            max_length=model.max_length,
-            suppress_blank=True,
-            suppress_tokens=get_suppressed_tokens(base, [-1]),
-            return_scores=True,
-            return_no_speech_prob=True,
-            sampling_temperature=first.temperature if sampling else 1.0,
-            sampling_topk=0 if sampling else 1,
+        results = self._generate_ct2(
+            encoder_output, [lang for lang, _ in languages], tokenizers, first
         )
         per_chunk: list[list[dict[str, Any]]] = []
         sizes: list[int] = []
@@ -456,6 +601,80 @@ class SttRunner:
             )
             out.append((chunk, lang, probability, [segment]))
         return out
+
+
+def _split_packed(
+    tokenizer: Any,
+    result: Any,
+    items: list[_Packed],
+    job: SttJob,
+) -> list[list[SegmentOut]] | None:
+    """Give each clip its own segments, or None when any segment cannot be placed."""
+    from faster_whisper.transcribe import get_compression_ratio
+
+    tokens: list[int] = list(result.sequences_ids[0])
+    avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+    if result.no_speech_prob > NO_SPEECH_PROB and avg_logprob < LOGPROB_FLOOR:
+        return None  # the usual path applies Whisper's silence rule per clip
+    timed = _timed_segments(tokens, tokenizer.timestamp_begin)
+    if timed is None:
+        return None
+    spans = [(position / 100, (position + mel.shape[-1]) / 100) for _, mel, _, position in items]
+    found: list[list[SegmentOut]] = [[] for _ in items]
+    for start, end, text_tokens in timed:
+        # Whisper ends a segment where the next begins, inside the gap: each segment goes to
+        # the clip it overlaps most, and must not reach more than the tolerance into another
+        # (the VAD leaves 0.2 s of padding at each clip's edges: no word fits in it).
+        overlaps = sorted(
+            (
+                (min(end, finish) - max(start, begin), index)
+                for index, (begin, finish) in enumerate(spans)
+            ),
+            reverse=True,
+        )
+        if overlaps[0][0] <= 0 or (len(overlaps) > 1 and overlaps[1][0] > PACK_TOLERANCE_S):
+            return None  # in the gap only, or across two clips: never mix jobs' text
+        index = overlaps[0][1]
+        chunk, begin = items[index][0], spans[index][0]
+        text = tokenizer.decode(text_tokens)
+        found[index].append(
+            SegmentOut(
+                id=0,
+                seek=int(chunk.offset * 100),
+                start=round(chunk.offset + max(0.0, start - begin), 3),
+                end=round(chunk.offset + min(chunk.duration, end - begin), 3),
+                text=text,
+                tokens=text_tokens,
+                temperature=job.temperature,
+                avg_logprob=float(avg_logprob),
+                compression_ratio=get_compression_ratio(text),
+                no_speech_prob=float(result.no_speech_prob),
+            )
+        )
+    if not all(any(s.text.strip() for s in segments) for segments in found):
+        return None
+    return found
+
+
+def _timed_segments(
+    tokens: list[int], timestamp_begin: int
+) -> list[tuple[float, float, list[int]]] | None:
+    """Whisper's `<|t0|> text <|t1|><|t1|> text <|t2|>` -> [(t0, t1, text tokens), …];
+    None when a segment has no start or no end time (its place in the window is unknown)."""
+    segments: list[tuple[float, float, list[int]]] = []
+    start: float | None = None
+    text: list[int] = []
+    for token in tokens:
+        if token < timestamp_begin:
+            if start is None:
+                return None
+            text.append(token)
+        elif start is None or not text:
+            start = (token - timestamp_begin) * TIME_PRECISION
+        else:
+            segments.append((start, (token - timestamp_begin) * TIME_PRECISION, text))
+            start, text = None, []
+    return None if text else segments
 
 
 def build_tiny(folder: Path) -> None:

@@ -1,0 +1,149 @@
+"""Packing short clips into one Whisper window (CPU), with the real offline Whisper base
+(CTranslate2 int8) and Piper's `joe` voice: each job gets its own sentence back and nothing of
+another job's, and whatever cannot be placed safely is decoded on its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from botmodels import audio
+from botmodels.speech_schemas import SttJob, TtsJob
+from runners.stt import PACK_GAP_FRAMES, _Chunk, _split_packed, _timed_segments
+from tests.speech_helpers import wer, words
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Please send the invoice to the finance team before Friday.",
+    "Our meeting has been moved to half past three in the afternoon.",
+    "Can you tell me how much the delivery to Lisbon costs?",
+]
+TS = 1000  # a made-up timestamp_begin for the parsing tests
+
+
+def _stored(tag: str) -> Path:
+    import bentoml
+
+    return Path(bentoml.models.get(tag).path)
+
+
+@pytest.fixture(scope="module")
+def clips(offline_store: None) -> list[npt.NDArray[np.float32]]:
+    from runners.tts import TtsRunner
+
+    tts = TtsRunner(_stored("tts-piper-joe-en-us:latest"), quantization="none", device="cpu")
+    tts.load()
+    spoken = [tts.synthesize([TtsJob(text=s)])[0] for s in SENTENCES]
+    return [audio.resample(r.samples(), r.sample_rate, 16_000) for r in spoken]
+
+
+@pytest.fixture(scope="module")
+def whisper(offline_store: None) -> Any:
+    from runners.stt import SttRunner
+
+    runner = SttRunner(_stored("stt-whisper-base-ct2:latest"), quantization="int8", device="cpu")
+    runner.load()
+    return runner
+
+
+def test_packed_batch_gives_each_job_its_own_sentence(
+    whisper: Any, clips: list[npt.NDArray[np.float32]]
+) -> None:
+    silence = np.zeros(16_000, dtype=np.float32)
+    jobs = [SttJob.from_array(c) for c in clips[:3]]
+    jobs.append(SttJob.from_array(clips[3], language="en"))
+    jobs.append(SttJob.from_array(silence))
+    before = whisper.packed_clips
+    results = whisper.transcribe(jobs)
+    # At least the explicit-language clip and two confidently detected ones shared a window.
+    assert whisper.packed_clips - before >= 3
+    for index, (sentence, result) in enumerate(zip(SENTENCES, results, strict=False)):
+        assert wer(sentence, result.text) <= 0.2, (sentence, result.text)
+        others = {w for s in SENTENCES if s != sentence for w in words(s)} - set(words(sentence))
+        assert not others & set(words(result.text)), (sentence, result.text)
+        assert result.language == "en"
+        assert result.language_probability >= 0.9 if index < 3 else result.language_probability == 1
+        assert result.segments
+        for segment in result.segments:
+            assert 0.0 <= segment.start < segment.end <= result.duration + 0.01
+    assert results[4].text == ""
+    assert results[4].language is None
+
+
+def test_packing_off_decodes_each_clip_alone_with_the_same_words(
+    whisper: Any, clips: list[npt.NDArray[np.float32]]
+) -> None:
+    jobs = [SttJob.from_array(c) for c in clips[:2]]
+    packed = whisper.transcribe(jobs)
+    whisper.pack = False
+    try:
+        before = whisper.packed_clips
+        alone = whisper.transcribe(jobs)
+        assert whisper.packed_clips == before
+    finally:
+        whisper.pack = True
+    for one, other in zip(packed, alone, strict=True):
+        assert words(one.text) == words(other.text)
+
+
+def test_long_clips_and_word_timestamps_are_not_packed(
+    whisper: Any, clips: list[npt.NDArray[np.float32]]
+) -> None:
+    before = whisper.packed_clips
+    long_clip = np.concatenate([*clips, clips[0], clips[1]])  # ~18 s: past the 15 s limit
+    results = whisper.transcribe([SttJob.from_array(long_clip), SttJob.from_array(clips[1])])
+    assert whisper.packed_clips == before
+    assert wer(" ".join([*SENTENCES, *SENTENCES[:2]]), results[0].text) <= 0.2
+    worded = whisper.transcribe([SttJob.from_array(c, word_timestamps=True) for c in clips[:2]])
+    assert whisper.packed_clips == before
+    assert all(s.words for r in worded for s in r.segments)
+
+
+def test_timed_segments_parses_and_refuses_unplaceable_text() -> None:
+    tokens = [TS, 1, 2, TS + 150, TS + 150, 3, TS + 300]
+    assert _timed_segments(tokens, TS) == [(0.0, 3.0, [1, 2]), (3.0, 6.0, [3])]
+    assert _timed_segments([TS, 1, 2], TS) is None  # no end time
+    assert _timed_segments([1, TS + 10], TS) is None  # no start time
+    assert _timed_segments([], TS) == []
+
+
+def _packed_items(*frames: int) -> list[tuple[_Chunk, Any, float, int]]:
+    items: list[tuple[_Chunk, Any, float, int]] = []
+    position = 0
+    for count in frames:
+        chunk = _Chunk(
+            job=len(items),
+            audio=np.zeros(count * 160, np.float32),
+            offset=0.0,
+            duration=count / 100,
+        )
+        items.append((chunk, np.zeros((80, count), np.float32), 0.99, position))
+        position += count + PACK_GAP_FRAMES
+    return items
+
+
+def _result(tokens: list[int]) -> Any:
+    return SimpleNamespace(sequences_ids=[tokens], scores=[-0.1], no_speech_prob=0.01)
+
+
+def test_split_packed_places_segments_and_refuses_any_that_cross_clips() -> None:
+    tokenizer = SimpleNamespace(timestamp_begin=TS, decode=lambda t: " " + " ".join(map(str, t)))
+    job = SttJob.from_array(np.zeros(10, np.float32))
+    items = _packed_items(200, 300)  # clip 0: 0-2 s, gap, clip 1: 2.5-5.5 s
+    # Whisper ends the first segment where the second starts, inside the gap: accepted.
+    placed = _split_packed(tokenizer, _result([TS, 5, TS + 125, TS + 125, 6, TS + 270]), items, job)
+    assert placed is not None
+    assert [[s.text for s in c] for c in placed] == [[" 5"], [" 6"]]
+    assert (placed[1][0].start, placed[1][0].end) == (0.0, 2.9)  # times within clip 1
+    # One segment over both clips: the window is refused, never split between jobs.
+    assert _split_packed(tokenizer, _result([TS, 5, 6, TS + 270]), items, job) is None
+    # A clip that got no text: refused too (it is decoded on its own).
+    assert _split_packed(tokenizer, _result([TS, 5, TS + 100]), items, job) is None
+    # Text only in the gap: refused.
+    assert _split_packed(tokenizer, _result([TS + 105, 5, TS + 120]), items, job) is None
