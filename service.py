@@ -27,7 +27,7 @@ from botmodels.api import error_response, json_errors
 from botmodels.auth import Authenticator, AuthMiddleware
 from botmodels.config import Quantization, get_settings
 from botmodels.device import Device
-from botmodels.embeddings import BATCH_ROUTE, BatchInfer, EmbeddingsFrontend, encode_batch
+from botmodels.embeddings import BATCH_ROUTE, BatchInfer, EmbeddingsFrontend
 from botmodels.errors import BotModelsError, NotFoundError, RunnerUnavailable
 from botmodels.generation import (
     IMAGE_BATCH_ROUTE,
@@ -75,7 +75,12 @@ VERSION = "0.1.0"  # pyproject.toml's version; tests/test_config.py keeps them e
 
 
 def _make_embeddings(path: Path, quantization: Quantization, device: Device) -> EmbeddingsRunner:
-    return EmbeddingsRunner(path, quantization=quantization, device=device)
+    return EmbeddingsRunner(
+        path,
+        quantization=quantization,
+        device=device,
+        torchscript=get_settings().embeddings_torchscript,
+    )
 
 
 def _make_image(path: Path, quantization: Quantization, device: Device) -> ImageRunner:
@@ -497,10 +502,9 @@ class BotModels:
         max_batch_size=settings.embeddings_max_batch_size,
         max_latency_ms=settings.embeddings_max_latency_ms,
     )
-    def embed_batch(self, texts: list[str]) -> list[EmbeddedText]:
+    async def embed_batch(self, texts: list[str]) -> list[EmbeddedText]:
         """The embeddings runner: one batch of texts in, one vector per text out."""
-        runner: EmbeddingsRunner = self.pool.local("embeddings")
-        return encode_batch(runner.embed(texts))
+        return await self.embeddings.run_local(texts)
 
     @bentoml.api(route="/v1/embeddings")
     @json_errors

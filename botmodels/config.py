@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     embeddings_batching: bool = Field(
         True, description="Adaptive batching; false runs each request alone (a baseline)."
     )
+    embeddings_torchscript: bool = Field(
+        True, description="Run the encoder as a TorchScript trace (checked against eager at load)."
+    )
     embeddings_max_batch_size: int = Field(32, ge=2, le=1024)
     embeddings_max_latency_ms: int = Field(10_000, ge=10)
     embeddings_max_inputs: int = Field(2048, ge=1, description="Inputs per request (OpenAI's).")

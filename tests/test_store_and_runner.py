@@ -276,3 +276,32 @@ def test_settings_reject_unknown_runner() -> None:
     with pytest.raises(ValidationError, match="unknown runner"):
         Settings(runners="embeddings,telepathy")
     assert Settings(runners="embeddings, embeddings").runners == ["embeddings"]
+
+
+def test_runner_uses_a_checked_torchscript_trace_of_the_real_model(offline_store: None) -> None:
+    stored = find_stored("embeddings-all-minilm-l6-v2:latest")
+    assert stored is not None
+    traced = EmbeddingsRunner(Path(stored.path), quantization="none", device="cpu")
+    traced.load()
+    eager = EmbeddingsRunner(
+        Path(stored.path), quantization="none", device="cpu", torchscript=False
+    )
+    eager.load()
+    assert (traced.graph, eager.graph) == ("torchscript", "eager")
+    # shapes the trace never saw: one word, and a padded batch with a long text in it
+    for texts in (["cat"], ["hello there", "word " * 200, "A kitten rests on a rug."]):
+        got, want = traced.embed(texts), eager.embed(texts)
+        np.testing.assert_allclose(got.vectors, want.vectors, atol=1e-5)
+        assert got.tokens == want.tokens
+
+
+def test_int8_runner_is_traced_too(tiny_runner: EmbeddingsRunner) -> None:
+    runner = EmbeddingsRunner(tiny_runner.model_dir, quantization="int8", device="cpu")
+    runner.load()
+    assert runner.graph == "torchscript"
+    eager = EmbeddingsRunner(
+        tiny_runner.model_dir, quantization="int8", device="cpu", torchscript=False
+    )
+    eager.load()
+    texts = ["hello world", "the cat sits on the mat today"]
+    np.testing.assert_allclose(runner.embed(texts).vectors, eager.embed(texts).vectors, atol=1e-5)
