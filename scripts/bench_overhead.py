@@ -23,7 +23,7 @@ def measure(requests: int, env: dict[str, str]) -> list[tuple[str, float, float,
     import psutil
 
     key = os.environ.get("BOTMODELS_API_KEYS", "").split(",")[0] or "bench-key-0123456789abcdef"
-    server = Server({"BOTMODELS_API_KEYS": key, **env})
+    server = Server({"BOTMODELS_API_KEYS": key, "BOTMODELS_RUNNERS": "embeddings", **env})
     rows = []
     try:
         server.wait_ready()
