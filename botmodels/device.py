@@ -35,6 +35,7 @@ def set_threads(threads: int) -> None:
     """torch intra-op threads = the CPUs this worker may use. BentoML's new SDK sets none."""
     global _threads_set
     if _threads_set:
+        keep_threads(threads)
         return
     import torch
 
@@ -44,3 +45,18 @@ def set_threads(threads: int) -> None:
     with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(max(1, min(2, threads)))
     _threads_set = True
+
+
+def keep_threads(threads: int) -> None:
+    """Put torch's intra-op thread count back after a library changed it.
+
+    Why: importing `silero_vad` (the STT runner's VAD) runs `torch.set_num_threads(1)`, which is
+    process-wide: with STT enabled every torch runner in the worker ran on one core (measured:
+    embeddings at 64 clients 115-131/s instead of 169-175/s). Called after each runner loads
+    (threads that start later begin with this value) and when the embeddings thread starts.
+    """
+    import torch
+
+    # Unconditionally: torch.get_num_threads() answers for the calling thread only, while the
+    # value a new thread starts with is process-wide and may have been changed from another.
+    torch.set_num_threads(threads)

@@ -18,6 +18,7 @@ import numpy as np
 from bentoml.exceptions import BentoMLException
 
 from botmodels.config import Settings
+from botmodels.device import keep_threads
 from botmodels.errors import InvalidInput, RunnerUnavailable
 from botmodels.pool import RunnerPool
 from botmodels.remote import RemoteRunner
@@ -89,7 +90,12 @@ class EmbeddingsFrontend:
         # Every batch on one OS thread: torch keeps an OpenMP team per calling thread, and the
         # submission is synchronous, so a batch started by the dispatcher reaches the model
         # without waiting for another turn of the event loop.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="botmodels-embed")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="botmodels-embed",
+            initializer=keep_threads,
+            initargs=(settings.threads,),
+        )
 
     async def run_local(self, texts: list[str]) -> list[EmbeddedText]:
         """The runner's batch, on the model's thread (the batchable API's body)."""

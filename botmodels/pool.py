@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from botmodels.config import Quantization, Settings
-from botmodels.device import Device, pick_device, set_threads
+from botmodels.device import Device, keep_threads, pick_device, set_threads
 from botmodels.errors import RunnerUnavailable
 from botmodels.store import ManifestError, find_stored, load_manifest, spec_for
 
@@ -101,6 +101,7 @@ class RunnerPool:
                 set_threads(self.settings.threads)
             for slot in pending:
                 self._load(slot)
+                keep_threads(self.settings.threads)  # a runner's imports may have changed it
         self._done.set()
 
     def _load(self, slot: RunnerSlot) -> None:

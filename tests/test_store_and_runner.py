@@ -305,3 +305,38 @@ def test_int8_runner_is_traced_too(tiny_runner: EmbeddingsRunner) -> None:
     eager.load()
     texts = ["hello world", "the cat sits on the mat today"]
     np.testing.assert_allclose(runner.embed(texts).vectors, eager.embed(texts).vectors, atol=1e-5)
+
+
+class OneThreadRunner(GoodRunner):
+    def load(self) -> None:
+        import torch
+
+        torch.set_num_threads(1)  # what `import silero_vad` does, process-wide
+
+
+def test_pool_restores_torch_threads_a_runner_import_changed(
+    tmp_path: Path, offline_store: None
+) -> None:
+    import torch
+
+    manifest = (
+        '[good.offline]\nname = "embeddings-tiny-bert"\nsource = "tiny"\nquantization = "none"\n'
+        '[bad.offline]\nname = "embeddings-tiny-bert"\nsource = "tiny"\nquantization = "none"\n'
+    )
+    before = torch.get_num_threads()
+    settings = _pool_settings(tmp_path, manifest, threads=2)
+    pool = RunnerPool(settings, {"good": OneThreadRunner, "bad": GoodRunner})
+    try:
+        pool.load_all()
+        assert pool.slots["good"].state == "ready"
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_importing_silero_vad_really_sets_one_thread() -> None:
+    # The reason for keep_threads: if silero-vad stops doing this, the guard can go.
+    import silero_vad
+
+    source = (Path(silero_vad.__file__).parent / "model.py").read_text()
+    assert "torch.set_num_threads(1)" in source
