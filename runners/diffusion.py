@@ -16,7 +16,9 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import time
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -95,6 +97,47 @@ def load_pipeline(model_dir: Path, quantization: Quantization, device: Device) -
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe, "float16" if half else "float32"
+
+
+@dataclass(frozen=True)
+class LoadedPipeline:
+    pipe: Any
+    dtype: str
+    scale: int  # pixels per latent cell: 8 for real VAEs, 2 for the tiny one
+    native_size: int  # the size the denoiser was trained at, in pixels
+    pipeline_class: str
+    weight_bytes: int
+
+
+def load_runner_pipeline(
+    kind: str, model_dir: Path, quantization: Quantization, device: Device, default_sample: int
+) -> LoadedPipeline:
+    """`load_pipeline` plus what the image and video runners read from it, logged."""
+    started = time.perf_counter()
+    pipe, dtype = load_pipeline(model_dir, quantization, device)
+    scale = int(getattr(pipe, "vae_scale_factor", 8))
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    sample = getattr(denoiser.config, "sample_size", default_sample) if denoiser else default_sample
+    sample = sample[0] if isinstance(sample, list | tuple) else sample
+    loaded = LoadedPipeline(
+        pipe=pipe,
+        dtype=dtype,
+        scale=scale,
+        native_size=int(sample) * scale,
+        pipeline_class=type(pipe).__name__,
+        weight_bytes=state_dict_bytes(pipe),
+    )
+    log.info(
+        "%s pipeline %s loaded on %s (%s, quantization %s, %d MB) in %.1f s",
+        kind,
+        loaded.pipeline_class,
+        device,
+        dtype,
+        quantization,
+        loaded.weight_bytes // 2**20,
+        time.perf_counter() - started,
+    )
+    return loaded
 
 
 def state_dict_bytes(pipe: Any) -> int:

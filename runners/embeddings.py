@@ -61,7 +61,6 @@ class EmbeddingsRunner:
         self._model: Any = None
         self._tokenizer: Any = None
         self._graph: Any = None
-        self.graph = "eager"
 
     # 1. Load --------------------------------------------------------------------------------
     def load(self) -> None:
@@ -117,7 +116,6 @@ class EmbeddingsRunner:
         self.dim = int(model.config.hidden_size)
         traceable = self.torchscript and "quantization_config" not in kwargs  # not bitsandbytes
         self._graph = self._trace(model) if traceable else None
-        self.graph = "torchscript" if self._graph is not None else "eager"
         log.info(
             "embeddings model %s loaded on %s (%s, quantization %s, %s) in %.1f s",
             self.model_dir.name,
@@ -127,6 +125,11 @@ class EmbeddingsRunner:
             self.graph,
             time.perf_counter() - started,
         )
+
+    @property
+    def graph(self) -> str:
+        """How the encoder runs: "torchscript" (the checked trace) or "eager"."""
+        return "torchscript" if self._graph is not None else "eager"
 
     def _trace(self, model: Any) -> Any:
         """A TorchScript trace of the encoder, or None. Why: the traced forward runs in C++
@@ -145,9 +148,8 @@ class EmbeddingsRunner:
         ]
         try:
             with warnings.catch_warnings(), torch.inference_mode():
-                warnings.simplefilter(
-                    "ignore"
-                )  # TracerWarning: shape checks baked in, probed below
+                # TracerWarning: shape checks are baked into the trace; the probes test them.
+                warnings.simplefilter("ignore")
                 example = self._encode(probes[1])
                 graph = torch.jit.trace(model, example_kwarg_inputs=dict(example), strict=False)
                 for texts in probes:

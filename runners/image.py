@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,7 @@ from runners.diffusion import (
     StepControl,
     free_memory,
     group_by,
-    load_pipeline,
-    state_dict_bytes,
+    load_runner_pipeline,
     step_kwargs,
     tiny_clip_parts,
     tiny_scheduler,
@@ -66,25 +64,12 @@ class ImageRunner:
 
     # 1. Load --------------------------------------------------------------------------------
     def load(self) -> None:
-        started = time.perf_counter()
-        self._pipe, self.dtype = load_pipeline(self.model_dir, self.quantization, self.device)
-        # Pixels per latent cell: 8 for real VAEs, 2 for the tiny one.
-        self.scale = int(getattr(self._pipe, "vae_scale_factor", 8))
-        unet = getattr(self._pipe, "unet", None) or getattr(self._pipe, "transformer", None)
-        sample = getattr(unet.config, "sample_size", 64) if unet is not None else 64
-        sample = sample[0] if isinstance(sample, list | tuple) else sample
-        self.native_size = int(sample) * self.scale
-        self.pipeline_class = type(self._pipe).__name__
-        self.weight_bytes = state_dict_bytes(self._pipe)
-        log.info(
-            "image pipeline %s loaded on %s (%s, quantization %s, %d MB) in %.1f s",
-            self.pipeline_class,
-            self.device,
-            self.dtype,
-            self.quantization,
-            self.weight_bytes // 2**20,
-            time.perf_counter() - started,
+        loaded = load_runner_pipeline(
+            "image", self.model_dir, self.quantization, self.device, default_sample=64
         )
+        self._pipe, self.dtype = loaded.pipe, loaded.dtype
+        self.scale, self.native_size = loaded.scale, loaded.native_size
+        self.pipeline_class, self.weight_bytes = loaded.pipeline_class, loaded.weight_bytes
 
     # 2. Check inputs ------------------------------------------------------------------------
     @property

@@ -325,8 +325,6 @@ class SttRunner:
         self, group: list[_Chunk], jobs: list[SttJob]
     ) -> tuple[list[tuple[_Chunk, str, float, list[SegmentOut]]], list[_Chunk]]:
         """Decode short clips several to a 30 s window. Returns (results, clips left over)."""
-        from faster_whisper.tokenizer import Tokenizer
-
         model = self._model
         window_frames = int(model.feature_extractor.nb_max_frames)
         left: list[_Chunk] = []
@@ -364,13 +362,7 @@ class SttRunner:
                 for _, mel, _, position in items:
                     features[row, :, position : position + mel.shape[-1]] = mel
             first = jobs[part[0][1][0][0].job]
-            task = "translate" if first.task == "translate" else "transcribe"
-            tokenizers = {
-                lang: Tokenizer(
-                    model.hf_tokenizer, model.model.is_multilingual, task=task, language=lang
-                )
-                for lang, _ in part
-            }
+            tokenizers = self._tokenizers([lang for lang, _ in part], first)
             encoder_output = model.encode(features)
             generated = self._generate_ct2(encoder_output, [w[0] for w in part], tokenizers, first)
             for (lang, items), result in zip(part, generated, strict=True):
@@ -382,6 +374,21 @@ class SttRunner:
                 for (chunk, _, probability, _), segments in zip(items, found, strict=True):
                     out.append((chunk, lang, probability, segments))
         return out, left
+
+    def _tokenizers(self, languages: list[str], job: SttJob) -> dict[str, Any]:
+        """One faster-whisper tokenizer per language, for the job's task."""
+        from faster_whisper.tokenizer import Tokenizer
+
+        task = "translate" if job.task == "translate" else "transcribe"
+        return {
+            lang: Tokenizer(
+                self._model.hf_tokenizer,
+                self._model.model.is_multilingual,
+                task=task,
+                language=lang,
+            )
+            for lang in languages
+        }
 
     def _generate_ct2(
         self,
@@ -422,7 +429,6 @@ class SttRunner:
         self, part: list[_Chunk], jobs: list[SttJob]
     ) -> list[tuple[_Chunk, str, float, list[SegmentOut]]]:
         from faster_whisper.audio import pad_or_trim
-        from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_compression_ratio
 
         model = self._model
@@ -451,13 +457,7 @@ class SttRunner:
         if first.task == "detect":
             return [(c, lang, p, []) for c, (lang, p) in zip(part, languages, strict=True)]
 
-        task = "translate" if first.task == "translate" else "transcribe"
-        tokenizers = {
-            lang: Tokenizer(
-                model.hf_tokenizer, model.model.is_multilingual, task=task, language=lang
-            )
-            for lang, _ in languages
-        }
+        tokenizers = self._tokenizers([lang for lang, _ in languages], first)
         base = tokenizers[languages[0][0]]
         results = self._generate_ct2(
             encoder_output, [lang for lang, _ in languages], tokenizers, first

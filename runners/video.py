@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -28,8 +27,7 @@ from runners.diffusion import (
     StepControl,
     free_memory,
     group_by,
-    load_pipeline,
-    state_dict_bytes,
+    load_runner_pipeline,
     step_kwargs,
     tiny_clip_parts,
     tiny_scheduler,
@@ -72,24 +70,12 @@ class VideoRunner:
 
     # 1. Load --------------------------------------------------------------------------------
     def load(self) -> None:
-        started = time.perf_counter()
-        self._pipe, self.dtype = load_pipeline(self.model_dir, self.quantization, self.device)
-        self.scale = int(getattr(self._pipe, "vae_scale_factor", 8))
-        unet = getattr(self._pipe, "unet", None) or getattr(self._pipe, "transformer", None)
-        sample = getattr(unet.config, "sample_size", 32) if unet is not None else 32
-        sample = sample[0] if isinstance(sample, list | tuple) else sample
-        self.native_size = int(sample) * self.scale
-        self.pipeline_class = type(self._pipe).__name__
-        self.weight_bytes = state_dict_bytes(self._pipe)
-        log.info(
-            "video pipeline %s loaded on %s (%s, quantization %s, %d MB) in %.1f s",
-            self.pipeline_class,
-            self.device,
-            self.dtype,
-            self.quantization,
-            self.weight_bytes // 2**20,
-            time.perf_counter() - started,
+        loaded = load_runner_pipeline(
+            "video", self.model_dir, self.quantization, self.device, default_sample=32
         )
+        self._pipe, self.dtype = loaded.pipe, loaded.dtype
+        self.scale, self.native_size = loaded.scale, loaded.native_size
+        self.pipeline_class, self.weight_bytes = loaded.pipeline_class, loaded.weight_bytes
 
     # 2. Check inputs ------------------------------------------------------------------------
     @property
