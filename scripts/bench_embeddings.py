@@ -169,6 +169,13 @@ def main() -> int:
     parser.add_argument("--in-process", choices=["none", "int8", "4bit"])
     parser.add_argument("--only-batch32", action="store_true")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="setting for the batched server, e.g. BOTMODELS_EMBEDDINGS_TORCHSCRIPT=false (A/B)",
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "bench-results" / "embeddings.json")
     args = parser.parse_args()
     if args.in_process:
@@ -188,7 +195,8 @@ def main() -> int:
     for row in quant.values():
         cos = (np.array(row.pop("vectors")) * reference).sum(axis=1)
         row["cos_mean"], row["cos_min"] = float(cos.mean()), float(cos.min())
-    batched, rounds = served(args.requests, {}, [1, 16, 64], args.rounds, args.seconds)
+    extra = dict(item.split("=", 1) for item in args.env)
+    batched, rounds = served(args.requests, extra, [1, 16, 64], args.rounds, args.seconds)
     unbatched, _ = served(args.requests, {"BOTMODELS_EMBEDDINGS_BATCHING": "false"}, [64])
 
     inproc32 = quant["none"]["batch32_per_s"]
