@@ -19,10 +19,7 @@ import argparse
 import asyncio
 import gc
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from botmodels.config import Quantization
+from scripts.serverproc import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 SENTENCES = [
@@ -124,50 +122,25 @@ def in_process(
     }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def served(clips: list[npt.NDArray[np.float32]], repeats: int) -> dict[str, Any]:
     import httpx
 
     from botmodels import audio
 
-    port = free_port()
-    env = {
-        **os.environ,
-        "BOTMODELS_PORT": str(port),
-        "BOTMODELS_API_KEYS": KEY,
-        "BOTMODELS_RUNNERS": "stt,tts",
-        "BOTMODELS_PROFILE": "offline",
-        "BOTMODELS_HOME": tempfile.mkdtemp(prefix="bench-speech-"),
-    }
-    log = tempfile.NamedTemporaryFile(prefix="bench-speech-", suffix=".log", delete=False)  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "service:BotModels", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    server = Server(
+        {
+            "BOTMODELS_API_KEYS": KEY,
+            "BOTMODELS_RUNNERS": "stt,tts",
+            "BOTMODELS_PROFILE": "offline",
+            "BOTMODELS_HOME": tempfile.mkdtemp(prefix="bench-speech-"),
+        }
     )
-    url = f"http://127.0.0.1:{port}"
+    url = server.url
     headers = {"X-API-Key": KEY}
     wavs = [audio.wav_bytes(c, 16_000) for c in clips]
     audio_s = sum(c.size for c in clips) / 16_000
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(Path(log.name).read_text()[-3000:])
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        server.wait_ready(timeout=300)
         with httpx.Client(base_url=url, headers=headers, timeout=600) as client:
 
             def post(data: bytes) -> str:
@@ -228,13 +201,7 @@ def served(clips: list[npt.NDArray[np.float32]], repeats: int) -> dict[str, Any]
             "tts_rtf": tts_compute / tts_audio,
         }
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        Path(log.name).unlink(missing_ok=True)
+        server.stop()
 
 
 def main() -> int:

@@ -19,8 +19,6 @@ import asyncio
 import io
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +29,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from scripts.serverproc import Server, batch_histogram  # noqa: E402
 
 KEY = "bench-key-0123456789abcdef"
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
@@ -193,13 +193,7 @@ def ocr_engines() -> dict[str, Any]:
 
 
 # 3. Served ------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def serve(model: Path, home: Path, tokens: int, batch: int) -> tuple[subprocess.Popen[bytes], str]:
+def serve(model: Path, home: Path, tokens: int, batch: int) -> Server:
     manifest = home / "models.toml"
     manifest.write_text(
         f'[vision.offline]\nname = "bench-vision"\nsource = "local"\npath = "{model}"\n'
@@ -208,7 +202,6 @@ def serve(model: Path, home: Path, tokens: int, batch: int) -> tuple[subprocess.
         encoding="utf-8",
     )
     env = {
-        **os.environ,
         "BENTOML_HOME": str(home / "bentoml"),
         "BOTMODELS_HOME": str(home),
         "BOTMODELS_MANIFEST": str(manifest),
@@ -222,35 +215,7 @@ def serve(model: Path, home: Path, tokens: int, batch: int) -> tuple[subprocess.
 
     if import_main(["offline", "--runners", "vision,ocr", "--manifest", str(manifest)]) != 0:
         raise SystemExit("model import failed")
-    port = free_port()
-    env["BOTMODELS_PORT"] = str(port)
-    log = (home / "serve.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "service:BotModels", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    return proc, f"http://127.0.0.1:{port}"
-
-
-async def wait_ready(url: str, proc: subprocess.Popen[bytes], limit_s: float = 300) -> None:
-    import httpx
-
-    deadline = time.monotonic() + limit_s
-    async with httpx.AsyncClient() as client:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise SystemExit("server exited; see its serve.log")
-            try:
-                if (await client.get(url + "/readyz", timeout=2)).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.5)
-    raise SystemExit("server not ready in time")
+    return Server(env)
 
 
 async def post_many(
@@ -290,15 +255,7 @@ async def batch_sizes(url: str) -> tuple[float, float]:
 
     async with httpx.AsyncClient() as client:
         text = (await client.get(url + "/metrics", timeout=10)).text
-    total = count = 0.0
-    for line in text.splitlines():
-        if 'method_name="caption_batch"' not in line:
-            continue
-        if line.startswith("bentoml_service_adaptive_batch_size_sum"):
-            total += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("bentoml_service_adaptive_batch_size_count"):
-            count += float(line.rsplit(" ", 1)[1])
-    return total, count
+    return batch_histogram(text, "caption_batch")
 
 
 async def served(url: str, requests: int) -> dict[str, Any]:
@@ -360,14 +317,13 @@ def main() -> int:
         print("OCR engines…", flush=True)
         report["ocr_engines"] = ocr_engines()
         print(json.dumps(report["ocr_engines"]), flush=True)
-        proc, url = serve(model, home, args.tokens, args.batch)
+        server = serve(model, home, args.tokens, args.batch)
         try:
-            asyncio.run(wait_ready(url, proc))
+            server.wait_ready(timeout=300)
             print("served…", flush=True)
-            report["served"] = asyncio.run(served(url, args.requests))
+            report["served"] = asyncio.run(served(server.url, args.requests))
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)  # the arbiter's group: no orphan workers
-            proc.wait(30)
+            server.stop()
     batched = report["in_process"]["batched_per_s"]
     c16 = report["served"]["describe_c16"]["per_s"]
     report["served_c16_vs_in_process"] = c16 / batched

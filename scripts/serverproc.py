@@ -77,3 +77,16 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
         Path(self.log.name).unlink(missing_ok=True)
+
+
+def batch_histogram(metrics: str, method: str) -> tuple[float, float]:
+    """(sum, count) of BentoML's adaptive batch sizes for one batchable API, from /metrics."""
+    total = count = 0.0
+    for line in metrics.splitlines():
+        if f'method_name="{method}"' not in line:
+            continue
+        if line.startswith("bentoml_service_adaptive_batch_size_sum"):
+            total += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("bentoml_service_adaptive_batch_size_count"):
+            count += float(line.rsplit(" ", 1)[1])
+    return total, count

@@ -10,6 +10,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from scripts.serverproc import batch_histogram
 from tests.conftest import KEY, Server
 
 
@@ -17,18 +18,6 @@ def _png(shade: int) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (64, 48), (shade, 100, 200)).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _batch_histogram(metrics: str) -> tuple[float, float]:
-    total = count = 0.0
-    for line in metrics.splitlines():
-        if 'method_name="caption_batch"' not in line:
-            continue
-        if line.startswith("bentoml_service_adaptive_batch_size_sum"):
-            total += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("bentoml_service_adaptive_batch_size_count"):
-            count += float(line.rsplit(" ", 1)[1])
-    return total, count
 
 
 async def _describe_all(url: str, n: int) -> list[int]:
@@ -52,9 +41,9 @@ def test_concurrent_captions_are_batched(offline_store: None) -> None:
         server.wait_ready()
         # BentoML's dispatcher runs its first ~18 calls one by one while it learns the latency
         assert asyncio.run(_describe_all(server.url, 24)) == [200] * 24
-        before = _batch_histogram(httpx.get(server.url + "/metrics").text)
+        before = batch_histogram(httpx.get(server.url + "/metrics").text, "caption_batch")
         assert asyncio.run(_describe_all(server.url, 32)) == [200] * 32
-        after = _batch_histogram(httpx.get(server.url + "/metrics").text)
+        after = batch_histogram(httpx.get(server.url + "/metrics").text, "caption_batch")
     finally:
         server.stop()
     items, calls = after[0] - before[0], after[1] - before[1]
