@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from prometheus_client import Counter
 
 from botmodels.config import Quantization
 from botmodels.device import Device
@@ -40,14 +41,17 @@ VAD_FILE = "vad/silero_vad.onnx"
 CHUNK_SECONDS = 30  # Whisper's window
 NO_SPEECH_PROB = 0.6  # Whisper's own rule for a window with no speech
 LOGPROB_FLOOR = -1.0
-# Packing (CPU): clips up to 15 s share a window, 0.5 s of silence apart. A clip keeps a packed
-# result only if every segment Whisper returns sits inside one clip (within the tolerance) and
-# every clip got text; anything else is decoded again on its own. Auto-detected languages come
-# from the clip's own frames and must be confident, or the clip is decoded on its own.
+# Packing (CPU): clips up to 15 s share a window, 0.5 s of silence apart, and a throw-away
+# copy of the shortest ends the window. A clip keeps its packed result only if each of its
+# segments sits inside it (within the tolerance) and it got text; a clip in doubt is decoded
+# again on its own, the others keep theirs (`_split_packed`). Auto-detected languages come from
+# the clip's own frames (padded on a second try) and must be confident, or the clip is decoded
+# on its own.
 PACK_MAX_FRAMES = 1500
 PACK_GAP_FRAMES = 50
 PACK_TOLERANCE_S = 0.2
 PACK_DETECT_CONFIDENCE = 0.9
+PACK_DETECT_RETRY_FRAMES = 1000
 TIME_PRECISION = 0.02  # seconds per Whisper timestamp token
 # faster-whisper's defaults: punctuation merged into the neighbouring word's timestamps.
 PREPEND_PUNCTUATION = "\"'\u201c\u00bf([{-"
@@ -88,8 +92,23 @@ class Vad:
         return [{"start": int(s["start"]), "end": int(s["end"])} for s in spans]
 
 
+PACKED_CLIPS = Counter(
+    "botmodels_stt_packed_clips",
+    "Short clips offered for a shared Whisper window (CPU), by outcome: kept; refused (a "
+    "segment could not be placed, decoded again alone); unsure (language detection under "
+    f"{PACK_DETECT_CONFIDENCE}, decoded alone)",
+    ["outcome"],
+)
+
+
 # A clip in a packed window: (chunk, its mel frames, language probability, first frame).
 _Packed = tuple[_Chunk, npt.NDArray[np.float32], float, int]
+
+
+def _tail(items: list[_Packed], position: int) -> _Packed:
+    """A copy of the shortest clip, placed at `position`: the window's throw-away last clip."""
+    chunk, mel, probability, _ = min(items, key=lambda item: item[1].shape[-1])
+    return chunk, mel, probability, position
 
 
 def _chunks(
@@ -147,7 +166,8 @@ class SttRunner:
         self.max_batch_chunks = max_batch_chunks
         self.beam_size = beam_size
         self.pack = pack
-        self.packed_clips = 0  # clips whose packed result was kept (tests and logs read it)
+        # Clips offered for packing, by outcome (also on /metrics: PACKED_CLIPS).
+        self.pack_outcomes = {"kept": 0, "refused": 0, "unsure": 0}
         self.engine = "ctranslate2" if (model_dir / "model.bin").is_file() else "transformers"
         self.dtype = "float32"
         self._lock = threading.Lock()  # one batch at a time: the engine already uses every core
@@ -313,13 +333,17 @@ class SttRunner:
 
         # The encoder over the clip's own frames (CTranslate2 takes any even length): about
         # 1/20 of a 30 s window for a 3 s clip, and the same language as the full window
-        # whenever it is confident (measured on the benchmark clips).
-        frames = mel.shape[-1] + mel.shape[-1] % 2
-        encoded = model.encode(pad_or_trim(mel, frames)[None].astype(np.float32))
-        token, probability = model.model.detect_language(encoded)[0][0]
-        if probability < PACK_DETECT_CONFIDENCE:
-            return None
-        return str(token)[2:-2], float(probability)
+        # whenever it is confident (measured on the benchmark clips). Unsure on its own
+        # frames, it is asked again with the clip padded to PACK_DETECT_RETRY_FRAMES: one
+        # synthetic English clip gave Latvian at 0.25 on its own frames and English at 0.999
+        # padded to 10 s, and that costs a third of the window a clip decoded alone needs.
+        own = mel.shape[-1] + mel.shape[-1] % 2
+        for frames in [own] if own >= PACK_DETECT_RETRY_FRAMES else [own, PACK_DETECT_RETRY_FRAMES]:
+            encoded = model.encode(pad_or_trim(mel, frames)[None].astype(np.float32))
+            token, probability = model.model.detect_language(encoded)[0][0]
+            if probability >= PACK_DETECT_CONFIDENCE:
+                return str(token)[2:-2], float(probability)
+        return None
 
     def _decode_packed(
         self, group: list[_Chunk], jobs: list[SttJob]
@@ -335,21 +359,29 @@ class SttRunner:
                 self._pack_language(chunk, jobs, mel) if mel.shape[-1] <= PACK_MAX_FRAMES else None
             )
             if detected is None:
+                if mel.shape[-1] <= PACK_MAX_FRAMES:
+                    self._count("unsure", 1)
                 left.append(chunk)
             else:
                 by_language.setdefault(detected[0], []).append((chunk, mel, detected[1]))
 
-        windows: list[tuple[str, list[_Packed]]] = []
+        # Each window ends with a copy of its shortest clip, whose text is thrown away: Whisper
+        # often stops before a window's last utterance (it learnt to leave one that may be cut
+        # at the window's edge to the next window), and the copy takes that place. Without it,
+        # the last clip of nearly every window was decoded again on its own.
+        windows: list[tuple[str, list[_Packed], _Packed]] = []
         for language, candidates in by_language.items():
             current: list[_Packed] = []
             position = 0
             for chunk, mel, probability in candidates:
-                if current and position + mel.shape[-1] > window_frames:
-                    windows.append((language, current))
+                frames = mel.shape[-1]
+                shortest = min([frames, *(item[1].shape[-1] for item in current)])
+                if current and position + frames + PACK_GAP_FRAMES + shortest > window_frames:
+                    windows.append((language, current, _tail(current, position)))
                     current, position = [], 0
                 current.append((chunk, mel, probability, position))
-                position += mel.shape[-1] + PACK_GAP_FRAMES
-            windows.append((language, current))
+                position += frames + PACK_GAP_FRAMES
+            windows.append((language, current, _tail(current, position)))
         left.extend(w[1][0][0] for w in windows if len(w[1]) == 1)  # alone: the usual path
         windows = [w for w in windows if len(w[1]) > 1]
         out: list[tuple[_Chunk, str, float, list[SegmentOut]]] = []
@@ -358,22 +390,28 @@ class SttRunner:
             features = np.zeros(
                 (len(part), part[0][1][0][1].shape[0], window_frames), dtype=np.float32
             )
-            for row, (_, items) in enumerate(part):
-                for _, mel, _, position in items:
+            for row, (_, items, tail) in enumerate(part):
+                for _, mel, _, position in [*items, tail]:
                     features[row, :, position : position + mel.shape[-1]] = mel
             first = jobs[part[0][1][0][0].job]
-            tokenizers = self._tokenizers([lang for lang, _ in part], first)
+            tokenizers = self._tokenizers([w[0] for w in part], first)
             encoder_output = model.encode(features)
             generated = self._generate_ct2(encoder_output, [w[0] for w in part], tokenizers, first)
-            for (lang, items), result in zip(part, generated, strict=True):
-                found = _split_packed(tokenizers[lang], result, items, first)
-                if found is None:
-                    left.extend(item[0] for item in items)
-                    continue
-                self.packed_clips += len(items)
+            for (lang, items, tail), result in zip(part, generated, strict=True):
+                found = _split_packed(tokenizers[lang], result, items, first, tail=tail)
                 for (chunk, _, probability, _), segments in zip(items, found, strict=True):
-                    out.append((chunk, lang, probability, segments))
+                    if segments is None:
+                        left.append(chunk)
+                    else:
+                        out.append((chunk, lang, probability, segments))
+                kept = sum(segments is not None for segments in found)
+                self._count("kept", kept)
+                self._count("refused", len(items) - kept)
         return out, left
+
+    def _count(self, outcome: str, clips: int) -> None:
+        self.pack_outcomes[outcome] += clips
+        PACKED_CLIPS.labels(outcome=outcome).inc(clips)
 
     def _tokenizers(self, languages: list[str], job: SttJob) -> dict[str, Any]:
         """One faster-whisper tokenizer per language, for the job's task."""
@@ -608,33 +646,48 @@ def _split_packed(
     result: Any,
     items: list[_Packed],
     job: SttJob,
-) -> list[list[SegmentOut]] | None:
-    """Give each clip its own segments, or None when any segment cannot be placed."""
+    *,
+    tail: _Packed | None = None,
+) -> list[list[SegmentOut] | None]:
+    """Give each clip its own segments; None for a clip whose text cannot be placed safely.
+
+    A refused clip is decoded again on its own; the others keep their packed result. Refusing
+    only the clips that a doubtful segment touches keeps the batching gain: refusing the whole
+    window cost the window plus every clip alone, slower than not packing at all.
+    `tail` is the window's throw-away last clip: its text is dropped, and a segment that
+    reaches into it from the last clip puts that clip in doubt like any other neighbour.
+    """
     from faster_whisper.transcribe import get_compression_ratio
 
     tokens: list[int] = list(result.sequences_ids[0])
     avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+    refused: list[list[SegmentOut] | None] = [None for _ in items]
     if result.no_speech_prob > NO_SPEECH_PROB and avg_logprob < LOGPROB_FLOOR:
-        return None  # the usual path applies Whisper's silence rule per clip
+        return refused  # the usual path applies Whisper's silence rule per clip
     timed = _timed_segments(tokens, tokenizer.timestamp_begin)
     if timed is None:
-        return None
-    spans = [(position / 100, (position + mel.shape[-1]) / 100) for _, mel, _, position in items]
-    found: list[list[SegmentOut]] = [[] for _ in items]
+        return refused  # text with no place in the window: it could be anyone's
+    placed = [*items, tail] if tail is not None else items
+    spans = [(position / 100, (position + mel.shape[-1]) / 100) for _, mel, _, position in placed]
+    found: list[list[SegmentOut]] = [[] for _ in placed]
+    doubtful: set[int] = set()
     for start, end, text_tokens in timed:
         # Whisper ends a segment where the next begins, inside the gap: each segment goes to
         # the clip it overlaps most, and must not reach more than the tolerance into another
         # (the VAD leaves 0.2 s of padding at each clip's edges: no word fits in it).
-        overlaps = sorted(
-            (
-                (min(end, finish) - max(start, begin), index)
-                for index, (begin, finish) in enumerate(spans)
-            ),
-            reverse=True,
-        )
-        if overlaps[0][0] <= 0 or (len(overlaps) > 1 and overlaps[1][0] > PACK_TOLERANCE_S):
-            return None  # in the gap only, or across two clips: never mix jobs' text
-        index = overlaps[0][1]
+        overlaps = [min(end, finish) - max(start, begin) for begin, finish in spans]
+        # (Whisper's times are multiples of 0.02 s: 1e-6 keeps 0.2 from failing as 0.2000001.)
+        touched = [i for i, overlap in enumerate(overlaps) if overlap > PACK_TOLERANCE_S + 1e-6]
+        if len(touched) > 1:
+            doubtful.update(touched)  # across clips: never split one segment between jobs
+            continue
+        index = max(range(len(spans)), key=lambda i: overlaps[i])
+        if overlaps[index] <= 0:
+            # In a gap only: the clips on either side of it are in doubt.
+            doubtful.update(i for i in (index - 1, index, index + 1) if 0 <= i < len(spans))
+            continue
+        if index == len(items):
+            continue  # the throw-away tail's own text
         chunk, begin = items[index][0], spans[index][0]
         text = tokenizer.decode(text_tokens)
         found[index].append(
@@ -651,9 +704,24 @@ def _split_packed(
                 no_speech_prob=float(result.no_speech_prob),
             )
         )
-    if not all(any(s.text.strip() for s in segments) for segments in found):
-        return None
-    return found
+    found = found[: len(items)]
+    empty = [
+        i
+        for i, segments in enumerate(found)
+        if i not in doubtful and not any(s.text.strip() for s in segments)
+    ]
+    last_placed = max((i for i, segments in enumerate(found) if segments), default=-1)
+    for index in empty:
+        if index > last_placed:
+            # Whisper often stops before a window's last utterance (it learnt to leave one
+            # that may be cut at the window's edge to the next window): the clips after the
+            # last placed segment are decoded alone, their neighbours' text stands.
+            doubtful.add(index)
+            continue
+        # A clip with no text between others: Whisper skipped it, or gave its words a
+        # neighbour's times.
+        doubtful.update(i for i in (index - 1, index, index + 1) if 0 <= i < len(found))
+    return [None if i in doubtful else segments for i, segments in enumerate(found)]
 
 
 def _timed_segments(
