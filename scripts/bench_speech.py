@@ -6,8 +6,9 @@
 Measures, with the offline models (Whisper base CTranslate2 + Piper `joe`):
   1. STT real-time factor (seconds of compute per second of audio), in-process runner vs the
      same engine served by `bentoml serve` over HTTP (`/api/speech/totext`): served overhead.
-  2. 8 concurrent transcriptions against the server (adaptive batching) vs the same 8 sent one
-     by one; and in-process, one batch of 8 vs 8 single calls (and that their texts agree).
+  2. 8 concurrent transcriptions against the server (batched) vs the same 8 sent one by one,
+     in paired rounds, with the batch sizes and packing outcomes from /metrics; and
+     in-process, one batch of 8 vs 8 single calls (and that their texts agree).
   3. TTS real-time factor (Piper, in-process and served `/v1/audio/speech`).
   4. int8 vs float32 Whisper: speed and word error rate on the fixed sentences.
 Prints a Markdown table for the README. Numbers depend on the machine: run it on an idle one.
@@ -32,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from botmodels.config import Quantization
-from scripts.serverproc import Server
+from scripts.serverproc import Server, samples
 
 ROOT = Path(__file__).resolve().parent.parent
 SENTENCES = [
@@ -154,12 +155,49 @@ def served(clips: list[npt.NDArray[np.float32]], repeats: int) -> dict[str, Any]
             # compete with the server's (measured: interleaving in-process and served calls
             # made the served ones 2-7x slower).
             post(wavs[0])  # warm-up
-            singles = []
-            for _ in range(repeats):
+
+            def one_by_one() -> float:
                 started = time.perf_counter()
                 for data in wavs:
                     post(data)
-                singles.append(time.perf_counter() - started)
+                return time.perf_counter() - started
+
+            async def concurrent() -> float:
+                async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600) as aclient:
+                    started = time.perf_counter()
+                    responses = await asyncio.gather(
+                        *(
+                            aclient.post(
+                                "/api/speech/totext", files={"file": ("a.wav", d, "audio/wav")}
+                            )
+                            for d in wavs
+                        )
+                    )
+                    for response in responses:
+                        response.raise_for_status()
+                    return time.perf_counter() - started
+
+            def counters() -> dict[str, float]:
+                text = client.get("/metrics").text
+                packed = samples(text, "botmodels_stt_packed_clips_total")
+                sizes = samples(text, "botmodels_speech_batch_size_count")
+                summed = samples(text, "botmodels_speech_batch_size_sum")
+                return {
+                    **{k.split('"')[1]: v for k, v in packed.items()},
+                    "batches": sizes.get('runner="stt"', 0.0),
+                    "jobs": summed.get('runner="stt"', 0.0),
+                }
+
+            # Paired rounds: the machine's speed drifts within minutes, so each concurrent
+            # pass is compared with the one-by-one pass just before it.
+            rounds = []
+            for _ in range(repeats):
+                single_s = one_by_one()
+                before = counters()
+                concurrent_s = asyncio.run(concurrent())
+                after = counters()
+                delta = {k: after[k] - before.get(k, 0.0) for k in after}
+                rounds.append((single_s, concurrent_s, delta))
 
             tts_compute, tts_audio = 0.0, 0.0
             for sentence in SENTENCES:
@@ -172,32 +210,12 @@ def served(clips: list[npt.NDArray[np.float32]], repeats: int) -> dict[str, Any]
                 tts_compute += time.perf_counter() - started
                 tts_audio += len(response.content) / 2 / audio.PCM_RATE
 
-        async def concurrent() -> float:
-            async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600) as client:
-                started = time.perf_counter()
-                responses = await asyncio.gather(
-                    *(
-                        client.post("/api/speech/totext", files={"file": ("a.wav", d, "audio/wav")})
-                        for d in wavs
-                    )
-                )
-                for response in responses:
-                    response.raise_for_status()
-                return time.perf_counter() - started
-
-        batched = [asyncio.run(concurrent()) for _ in range(repeats)]
-        metrics = httpx.get(url + "/metrics", timeout=10).text
-        sizes = [
-            line
-            for line in metrics.splitlines()
-            if line.startswith("bentoml_service_adaptive_batch_size_sum")
-            or line.startswith("bentoml_service_adaptive_batch_size_count")
-        ]
+        singles = [r[0] for r in rounds]
         return {
             "rtf": statistics.median(singles) / audio_s,
             "one_by_one_s": statistics.median(singles),
-            "concurrent_s": statistics.median(batched),
-            "batch_metrics": sizes,
+            "rounds": rounds,
+            "speedup": statistics.median(single / batched for single, batched, _ in rounds),
             "tts_rtf": tts_compute / tts_audio,
         }
     finally:
@@ -238,10 +256,16 @@ def main() -> int:
         overhead = s["rtf"] / results[0]["rtf"] - 1
         print(
             f"STT served int8: RTF {s['rtf']:.3f} (overhead vs in-process {overhead:+.1%}); "
-            f"8 one by one {s['one_by_one_s']:.2f} s, 8 concurrent {s['concurrent_s']:.2f} s "
-            f"({s['one_by_one_s'] / s['concurrent_s']:.2f}x); TTS served RTF {s['tts_rtf']:.3f}"
+            f"8 concurrent vs one by one, median of {len(s['rounds'])} paired rounds: "
+            f"{s['speedup']:.2f}x; TTS served RTF {s['tts_rtf']:.3f}"
         )
-        print("  " + "\n  ".join(s["batch_metrics"]))
+        for single, batched, delta in s["rounds"]:
+            print(
+                f"  round: one by one {single:.2f} s, concurrent {batched:.2f} s "
+                f"({single / batched:.2f}x); {delta['jobs']:.0f} jobs in {delta['batches']:.0f} "
+                f"batches; packed clips kept {delta.get('kept', 0):.0f}, refused "
+                f"{delta.get('refused', 0):.0f}, language unsure {delta.get('unsure', 0):.0f}"
+            )
     return 0
 
 

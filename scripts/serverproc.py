@@ -90,3 +90,18 @@ def batch_histogram(metrics: str, method: str) -> tuple[float, float]:
         elif line.startswith("bentoml_service_adaptive_batch_size_count"):
             count += float(line.rsplit(" ", 1)[1])
     return total, count
+
+
+def samples(metrics: str, name: str) -> dict[str, float]:
+    """Every sample of one metric in /metrics text, keyed by its labels:
+    `name{outcome="kept"} 7.0` -> {'outcome="kept"': 7.0}."""
+    found: dict[str, float] = {}
+    for line in metrics.splitlines():
+        if not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        metric, _, labels = head.partition("{")
+        if metric != name:
+            continue
+        found[labels.rstrip("}")] = float(value)
+    return found
