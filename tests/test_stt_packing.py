@@ -174,6 +174,12 @@ def test_split_packed_places_segments_and_refuses_any_that_cross_clips() -> None
     assert _texts(placed) == [[" 5"], [" 6"]]
     assert placed[1] is not None
     assert (placed[1][0].start, placed[1][0].end) == (0.0, 2.9)  # times within clip 1
+    # A boundary at clip 1's speech onset (0.2 s of VAD padding, plus Whisper's error): kept.
+    onset = [TS, 5, TS + 138, TS + 138, 6, TS + 270]  # 0.26 s into clip 1
+    assert _texts(_split_packed(tokenizer, _result(onset), items, job)) == [[" 5"], [" 6"]]
+    # 0.4 s into clip 1: clip 1's first word may be in clip 0's text, so both are refused.
+    late = [TS, 5, TS + 145, TS + 145, 6, TS + 270]
+    assert _split_packed(tokenizer, _result(late), items, job) == [None, None]
     # One segment over both clips: both refused, never split between jobs.
     assert _split_packed(tokenizer, _result([TS, 5, 6, TS + 270]), items, job) == [None, None]
     # Whisper stopped before the last clip: that clip alone is refused.
