@@ -156,7 +156,12 @@ def test_limits_413_on_chunked_body_without_length() -> None:
     assert response.status_code == 413
 
 
-def test_limits_429_with_retry_after_when_saturated() -> None:
+@pytest.mark.parametrize(
+    "headers",
+    [[], [(b"content-length", b"0")]],
+    ids=["counted body", "declared length (the path that does not count the body)"],
+)
+def test_limits_429_with_retry_after_when_saturated(headers: list[tuple[bytes, bytes]]) -> None:
     started = asyncio.Event()
     release = asyncio.Event()
 
@@ -175,7 +180,7 @@ def test_limits_429_with_retry_after_when_saturated() -> None:
         sent.append(dict(message))
 
     async def scenario() -> None:
-        scope = {"type": "http", "path": "/x", "method": "POST", "headers": []}
+        scope = {"type": "http", "path": "/x", "method": "POST", "headers": headers}
         first = asyncio.create_task(limits(scope, receive, send))
         await started.wait()
         await limits(scope, receive, send)  # second: rejected at once
@@ -185,8 +190,8 @@ def test_limits_429_with_retry_after_when_saturated() -> None:
     asyncio.run(scenario())
     statuses = [m["status"] for m in sent if m["type"] == "http.response.start"]
     assert statuses == [429, 200]
-    headers = dict(sent[0]["headers"])
-    assert headers[b"retry-after"] == b"1"
+    assert limits.in_flight == 0
+    assert dict(sent[0]["headers"])[b"retry-after"] == b"1"
 
 
 def test_keys_from_env_file_and_generated(tmp_path: Any) -> None:

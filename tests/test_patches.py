@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from bentoml._internal.marshal.dispatcher import CorkDispatcher
 
 from botmodels import patches
@@ -82,3 +83,95 @@ def test_apply_installs_the_workarounds() -> None:
     patches.apply()
     assert CorkDispatcher.outbound_call is patches._outbound_call
     assert ServiceAppFactory._add_response_headers is patches._add_response_headers
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+
+    async def __call__(self, message: Any) -> None:
+        self.messages.append(message)
+
+
+async def _no_body() -> Any:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def _timed(app: Any, timeout: float) -> Any:
+    return type("Timeout", (), {"app": staticmethod(app), "timeout": timeout})()
+
+
+def test_timeout_answers_504_in_the_error_shape_and_cancels_the_app() -> None:
+    import json
+
+    from botmodels.errors import is_error_shape
+
+    cancelled: list[bool] = []
+
+    async def slow(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    sink = _Sink()
+    asyncio.run(patches._timeout_call(_timed(slow, 0.05), {"type": "http"}, _no_body, sink))
+    assert cancelled == [True]
+    assert sink.messages[0]["status"] == 504
+    body = json.loads(sink.messages[1]["body"])
+    assert is_error_shape(body)
+    assert "0.05 s" in body["error"]["message"]
+
+
+def test_timeout_limits_the_start_of_the_response_not_its_end() -> None:
+    async def streaming(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await asyncio.sleep(0.15)  # longer than the timeout, after the response started
+        await send({"type": "http.response.body", "body": b"done"})
+
+    sink = _Sink()
+    asyncio.run(patches._timeout_call(_timed(streaming, 0.05), {"type": "http"}, _no_body, sink))
+    assert [m.get("status", m.get("body")) for m in sink.messages] == [200, b"done"]
+
+
+def test_timeout_lets_the_apps_own_timeout_error_through() -> None:
+    async def failing(scope: Any, receive: Any, send: Any) -> None:
+        raise TimeoutError("upstream call timed out")
+
+    sink = _Sink()
+    with pytest.raises(TimeoutError, match="upstream call timed out"):
+        asyncio.run(patches._timeout_call(_timed(failing, 5), {"type": "http"}, _no_body, sink))
+    assert sink.messages == []
+
+
+def test_io_models_give_model_fields_without_a_warning_per_request() -> None:
+    import warnings
+
+    from _bentoml_sdk.io_models import IODescriptor
+    from pydantic import create_model
+
+    patches.apply()
+    model: Any = create_model("Input", __base__=IODescriptor, text=(str, ...))
+    instance = model(text="hi")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert instance.model_fields is model.__pydantic_fields__
+        assert list(model.model_fields) == ["text"]
+
+
+def test_metric_children_are_memoised_and_still_count() -> None:
+    from prometheus_client import CollectorRegistry, Counter
+
+    registry = CollectorRegistry()
+    counter = Counter("requests", "test", ["endpoint", "code"], registry=registry)
+    patches._memoise_labels(counter)
+    assert counter.labels(endpoint="/a", code=200) is counter.labels(endpoint="/a", code=200)
+    counter.labels(endpoint="/a", code=200).inc()
+    counter.labels(endpoint="/a", code=500).inc(2)
+    for number in range(patches.MAX_LABEL_SETS + 5):  # past the bound: still counted
+        counter.labels(endpoint=f"/scan/{number}", code=404).inc()
+    sample = registry.get_sample_value
+    assert sample("requests_total", {"endpoint": "/a", "code": "200"}) == 1
+    assert sample("requests_total", {"endpoint": "/a", "code": "500"}) == 2
+    assert sample("requests_total", {"endpoint": "/scan/1028", "code": "404"}) == 1
