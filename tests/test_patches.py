@@ -175,3 +175,80 @@ def test_metric_children_are_memoised_and_still_count() -> None:
     assert sample("requests_total", {"endpoint": "/a", "code": "200"}) == 1
     assert sample("requests_total", {"endpoint": "/a", "code": "500"}) == 2
     assert sample("requests_total", {"endpoint": "/scan/1028", "code": "404"}) == 1
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+        self.eof = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str) -> str | None:
+        return None if name in ("socket", "peername", "sockname", "sslcontext") else f"info:{name}"
+
+
+def test_small_writes_of_one_loop_iteration_go_out_as_one() -> None:
+    async def scenario() -> tuple[list[bytes], list[bytes]]:
+        real = _Transport()
+        transport = patches._CoalescingTransport(real)
+        transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+        transport.write(b"{}")
+        before = list(real.writes)  # nothing yet: flushed when the loop next runs callbacks
+        await asyncio.sleep(0)
+        return before, real.writes
+
+    before, after = asyncio.run(scenario())
+    assert before == []
+    assert after == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+
+
+def test_big_writes_go_at_once_in_order_and_close_flushes_first() -> None:
+    async def scenario() -> _Transport:
+        real = _Transport()
+        transport = patches._CoalescingTransport(real)
+        big = b"x" * patches.COALESCE_MAX_BYTES
+        transport.write(big)  # alone and big: at once (flow control sees it)
+        assert real.writes == [big]
+        transport.write(b"head")
+        transport.write(big)  # pending + big: flushed together, in order
+        assert real.writes == [big, b"head" + big]
+        transport.write(b"tail")
+        transport.close()  # pending data goes before the close
+        assert real.writes[-1] == b"tail"
+        assert real.closed
+        transport.write(b"late")
+        await asyncio.sleep(0)  # flush on a closing transport drops, as the transport would
+        assert transport.get_extra_info("cipher") == "info:cipher"  # everything else passes
+        return real
+
+    real = asyncio.run(scenario())
+    assert b"late" not in real.writes
+
+
+def test_apply_wraps_uvicorns_transport() -> None:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    patches.apply()
+    seen: list[Any] = []
+
+    async def scenario() -> None:
+        protocol = HttpToolsProtocol.__new__(HttpToolsProtocol)
+        protocol.connections = set()  # what connection_made touches before the transport
+        protocol.logger = type("L", (), {"level": 100})()
+        HttpToolsProtocol.connection_made(protocol, _Transport())  # type: ignore[arg-type]
+        seen.append(protocol.transport)
+
+    asyncio.run(scenario())
+    assert isinstance(seen[0], patches._CoalescingTransport)
