@@ -99,8 +99,8 @@ class Vad:
 
 PACKED_CLIPS = Counter(
     "botmodels_stt_packed_clips",
-    "Short clips offered for a shared Whisper window (CPU), by outcome: kept; refused (a "
-    "segment could not be placed, decoded again alone); unsure (language detection under "
+    "Short clips offered for a shared Whisper window (CPU), by outcome: kept; refused (its "
+    "text could not be placed safely, decoded again alone); unsure (language detection under "
     f"{PACK_DETECT_CONFIDENCE}, decoded alone)",
     ["outcome"],
 )
@@ -360,15 +360,15 @@ class SttRunner:
         by_language: dict[str, list[tuple[_Chunk, npt.NDArray[np.float32], float]]] = {}
         for chunk in group:
             mel = model.feature_extractor(chunk.audio)[..., :-1]  # exactly as for one clip
-            detected = (
-                self._pack_language(chunk, jobs, mel) if mel.shape[-1] <= PACK_MAX_FRAMES else None
-            )
+            if mel.shape[-1] > PACK_MAX_FRAMES:
+                left.append(chunk)  # long: it has a window's worth on its own
+                continue
+            detected = self._pack_language(chunk, jobs, mel)
             if detected is None:
-                if mel.shape[-1] <= PACK_MAX_FRAMES:
-                    self._count("unsure", 1)
+                self._count("unsure", 1)
                 left.append(chunk)
-            else:
-                by_language.setdefault(detected[0], []).append((chunk, mel, detected[1]))
+                continue
+            by_language.setdefault(detected[0], []).append((chunk, mel, detected[1]))
 
         # Each window ends with a copy of its shortest clip, whose text is thrown away: Whisper
         # often stops before a window's last utterance (it learnt to leave one that may be cut
