@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from botmodels.errors import error_bytes
+from botmodels.errors import send_error
 
 TIMESTAMP_HEADER = b"x-botmodels-timestamp"
 SIGNATURE_HEADER = b"x-botmodels-signature"
@@ -129,19 +129,13 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 
 
 async def _unauthorized(send: Send, message: str) -> None:
-    body = error_bytes(401, message, code="invalid_api_key")
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 401,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"www-authenticate", b'Bearer realm="botmodels"'),
-            ],
-        }
+    await send_error(
+        send,
+        401,
+        message,
+        code="invalid_api_key",
+        headers=[(b"www-authenticate", b'Bearer realm="botmodels"')],
     )
-    await send({"type": "http.response.body", "body": body})
 
 
 class AuthMiddleware:
@@ -190,22 +184,12 @@ class AuthMiddleware:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.max_body_bytes:
-                body = error_bytes(
+                await send_error(
+                    send,
                     413,
                     f"request body exceeds {self.max_body_bytes} bytes",
                     code="payload_too_large",
                 )
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 413,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
                 return
             more = message.get("more_body", False)
         body = b"".join(chunks)

@@ -14,6 +14,8 @@ import json
 from http import HTTPStatus
 from typing import Any
 
+from starlette.types import Send
+
 # type per status: OpenAI's names where it has one.
 _TYPES: dict[int, str] = {
     400: "invalid_request_error",
@@ -54,6 +56,29 @@ def error_bytes(
     status: int, message: str, *, code: str | None = None, param: str | None = None
 ) -> bytes:
     return json.dumps(error_body(status, message, code=code, param=param)).encode()
+
+
+async def send_error(
+    send: Send,
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    body = error_bytes(status, message, code=code)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def is_error_shape(payload: object) -> bool:

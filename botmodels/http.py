@@ -15,7 +15,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from botmodels.auth import is_open_path
-from botmodels.errors import error_bytes, error_type, is_error_shape
+from botmodels.errors import error_bytes, error_type, is_error_shape, send_error
 
 GENERIC_500 = "internal error; the server log has the details"
 
@@ -54,29 +54,6 @@ def _content_type(scope: Scope) -> bytes:
         if key == b"content-type":
             return bytes(value).split(b";")[0].strip().lower()
     return b""
-
-
-async def send_error(
-    send: Send,
-    status: int,
-    message: str,
-    *,
-    code: str | None = None,
-    headers: list[tuple[bytes, bytes]] | None = None,
-) -> None:
-    body = error_bytes(status, message, code=code)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *(headers or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 # Their 503 body is the health report itself, which probes and people read as is.

@@ -67,7 +67,7 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
-from botmodels.errors import error_bytes
+from botmodels.errors import send_error
 
 log = logging.getLogger("botmodels.patches")
 
@@ -101,18 +101,7 @@ async def _timeout_call(self: Any, scope: Scope, receive: Receive, send: Send) -
         if not deadline.expired():
             raise  # the app's own TimeoutError, not the deadline
     if deadline.expired() and not started:
-        body = error_bytes(504, f"request not processed within {self.timeout} s")
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 504,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 504, f"request not processed within {self.timeout} s")
 
 
 def _cached_local_call(build: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
