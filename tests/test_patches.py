@@ -83,6 +83,12 @@ def test_apply_installs_the_workarounds() -> None:
     patches.apply()
     assert CorkDispatcher.outbound_call is patches._outbound_call
     assert ServiceAppFactory._add_response_headers is patches._add_response_headers
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+    from starlette.routing import Router
+
+    wrapped = "_skip_excluded_paths.<locals>.call_unless_excluded"
+    assert OpenTelemetryMiddleware.__call__.__qualname__ == wrapped
+    assert Router.app.__qualname__ == "_static_route_lookup.<locals>.app"
 
 
 class _Sink:
@@ -252,3 +258,173 @@ def test_apply_wraps_uvicorns_transport() -> None:
 
     asyncio.run(scenario())
     assert isinstance(seen[0], patches._CoalescingTransport)
+
+
+def _otel(patched: bool) -> tuple[Any, Any, list[str]]:
+    """A real OpenTelemetry ASGI middleware (upstream or patched) recording spans in memory."""
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.util.http import ExcludeList
+
+    upstream = getattr(OpenTelemetryMiddleware.__call__, "__wrapped__", None)
+    upstream = upstream or OpenTelemetryMiddleware.__call__
+    call = patches._skip_excluded_paths(upstream) if patched else upstream
+    middleware_class = type("Middleware", (OpenTelemetryMiddleware,), {"__call__": call})
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reached: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        reached.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    excluded = ExcludeList(["/api/ping", "/v1/embeddings", "/a+b"])
+    middleware = middleware_class(app, excluded_urls=excluded, tracer_provider=provider)
+    return middleware, exporter, reached
+
+
+def _http_scope(method: str, path: str) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "scheme": "http",
+        "query_string": b"",
+        "http_version": "1.1",
+        "server": ("127.0.0.1", 8089),
+        "client": ("127.0.0.1", 50000),
+        "headers": [(b"host", b"127.0.0.1:8089")],
+    }
+
+
+def test_excluded_paths_skip_opentelemetry_and_everything_else_is_traced_as_upstream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import opentelemetry.instrumentation.asgi as otel_asgi
+
+    url_builds: list[str] = []
+    build = otel_asgi.get_host_port_url_tuple
+
+    def counting(scope: Any) -> Any:
+        url_builds.append(scope["path"])
+        return build(scope)
+
+    monkeypatch.setattr(otel_asgi, "get_host_port_url_tuple", counting)
+    # /api/ping/x is excluded by upstream's regex search but is not an entry; /a+b is an entry
+    # that does not match itself as a regex, so upstream traces it.
+    paths = ["/api/ping", "/v1/embeddings", "/api/ping/x", "/a+b", "/other"]
+    spans = {}
+    for patched in (False, True):
+        middleware, exporter, reached = _otel(patched)
+        url_builds.clear()
+        for path in paths:
+            asyncio.run(middleware(_http_scope("POST", path), _no_body, _Sink()))
+        assert reached == paths
+        spans[patched] = sorted({span.name for span in exporter.get_finished_spans()})
+        # Traced requests build the URL again for the span's attributes.
+        if patched:
+            assert set(url_builds) == {"/api/ping/x", "/a+b", "/other"}
+        else:
+            assert set(url_builds) == set(paths)
+    server_spans = [name for name in spans[True] if not name.endswith((" send", " receive"))]
+    assert spans[True] == spans[False]
+    assert server_spans == ["POST /a+b", "POST /other"]
+
+
+class _AnyMethod:
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        from starlette.responses import PlainTextResponse
+
+        await PlainTextResponse(f"any {scope['method']}")(scope, receive, send)
+
+
+def _routers() -> tuple[Any, Any]:
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route, Router
+
+    def answer(text: str) -> Any:
+        async def endpoint(request: Any) -> PlainTextResponse:
+            return PlainTextResponse(f"{text} {request.method}")
+
+        return endpoint
+
+    def routes() -> list[Any]:
+        return [
+            Route("/items/{item}", answer("param"), methods=["GET"]),
+            Route("/items/special", answer("special-get"), methods=["GET"]),
+            Route("/items/special", answer("special-post"), methods=["POST"]),
+            Route("/ping", answer("ping"), methods=["POST"]),
+            Route("/any", _AnyMethod()),  # an ASGI app: Starlette sets no methods
+            Mount("/sub", routes=[Route("/x", answer("sub-x"))]),
+        ]
+
+    upstream = getattr(Router.app, "__wrapped__", Router.app)
+    lookup = patches._static_route_lookup(upstream, (Route, Mount))
+    return (
+        type("Plain", (Router,), {"app": upstream})(routes=routes()),
+        type("Lookup", (Router,), {"app": lookup})(routes=routes()),
+    )
+
+
+def _route(router: Any, method: str, path: str) -> tuple[int, bytes]:
+    sink = _Sink()
+    asyncio.run(router(_http_scope(method, path), _no_body, sink))
+    return sink.messages[0]["status"], b"".join(m.get("body", b"") for m in sink.messages[1:])
+
+
+REQUESTS = [
+    ("GET", "/items/special"),  # the parameter route comes first and wins, as in Starlette
+    ("POST", "/items/special"),
+    ("POST", "/ping"),
+    ("GET", "/ping"),  # 405 from the partial match
+    ("DELETE", "/any"),
+    ("GET", "/sub/x"),
+    ("GET", "/items/7"),
+    ("GET", "/nothing"),  # 404
+]
+
+
+def test_route_lookup_answers_exactly_as_starlettes_scan() -> None:
+    plain, lookup = _routers()
+    for _ in range(2):  # the second pass is served from the table
+        for method, path in REQUESTS:
+            assert _route(lookup, method, path) == _route(plain, method, path), (method, path)
+    assert _route(lookup, "GET", "/ping")[0] == 405
+    assert _route(lookup, "GET", "/items/special") == (200, b"param GET")
+    table = lookup._botmodels_static[2]
+    # Only full matches of routes without parameters are remembered.
+    assert sorted(table) == [("DELETE", "/any"), ("POST", "/items/special"), ("POST", "/ping")]
+    assert table[("POST", "/ping")] is lookup.routes[3]
+
+
+def test_route_lookup_follows_route_changes_and_stays_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Host, Route
+
+    plain, lookup = _routers()
+    assert _route(lookup, "POST", "/ping") == (200, b"ping POST")
+
+    async def late(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("late")
+
+    lookup.routes.insert(0, Route("/ping", late, methods=["POST"]))  # a new first match
+    assert _route(lookup, "POST", "/ping") == (200, b"late")
+
+    monkeypatch.setattr(patches, "MAX_ROUTE_KEYS", 3)
+    for method in ("GET", "PUT", "PATCH", "OPTIONS", "DELETE"):
+        assert _route(lookup, method, "/any") == (200, f"any {method}".encode())
+    assert len(lookup._botmodels_static[2]) == 3
+
+    # A Host route matches on a header: no table at all, Starlette's scan as before.
+    lookup.routes.append(Host("example.org", app=plain))
+    for method, path in REQUESTS:
+        assert _route(lookup, method, path)[0] == _route(plain, method, path)[0]
+    assert lookup._botmodels_static[2] is None
