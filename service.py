@@ -27,7 +27,7 @@ from botmodels.api import error_response, json_errors
 from botmodels.auth import Authenticator, AuthMiddleware
 from botmodels.config import Quantization, get_settings
 from botmodels.device import Device
-from botmodels.embeddings import BATCH_ROUTE, BatchInfer, EmbeddingsFrontend
+from botmodels.embeddings import BATCH_API, BATCH_ROUTE, BatchInfer, EmbeddingsFrontend
 from botmodels.errors import BotModelsError, NotFoundError, RunnerUnavailable
 from botmodels.generation import (
     IMAGE_BATCH_ROUTE,
@@ -80,6 +80,8 @@ def _make_embeddings(path: Path, quantization: Quantization, device: Device) -> 
         quantization=quantization,
         device=device,
         torchscript=get_settings().embeddings_torchscript,
+        workers=get_settings().embeddings_workers,
+        threads=get_settings().threads,
     )
 
 
@@ -432,6 +434,10 @@ class BotModels:
             self.embeddings.batch_infer = batch_infer
         self.generation.batch_infer = batch_infer
         self.vision.batch_infer = batch_infer
+
+    def batch_concurrency(self) -> dict[str, int]:
+        """Batches each batchable API may run at once (BentoML's dispatcher allows one)."""
+        return {BATCH_API: self.embeddings.concurrency}
 
     @bentoml.on_startup
     def start_loading(self) -> None:

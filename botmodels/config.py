@@ -107,6 +107,13 @@ class Settings(BaseSettings):
     embeddings_torchscript: bool = Field(
         True, description="Run the encoder as a TorchScript trace (checked against eager at load)."
     )
+    embeddings_workers: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="CPU: threads that each run a share of a batch with threads/workers torch "
+        "threads (1 = one team on the whole batch; CUDA, MPS and eager models use 1).",
+    )
     embeddings_max_batch_size: int = Field(32, ge=2, le=1024)
     embeddings_max_latency_ms: int = Field(10_000, ge=10)
     embeddings_max_inputs: int = Field(2048, ge=1, description="Inputs per request (OpenAI's).")

@@ -18,7 +18,7 @@ import numpy as np
 from bentoml.exceptions import BentoMLException
 
 from botmodels.config import Settings
-from botmodels.device import keep_threads
+from botmodels.device import keep_threads, pick_device
 from botmodels.errors import InvalidInput, RunnerUnavailable
 from botmodels.pool import RunnerPool
 from botmodels.remote import RemoteRunner
@@ -81,17 +81,31 @@ def encode_batch(batch: EmbeddingBatch) -> list[EmbeddedText]:
     ]
 
 
+def batches_at_once(settings: Settings) -> int:
+    """How many batches the local runner works on at once: its CPU workers (see
+    `runners/embeddings.py: EmbeddingsRunner._start_workers`), else one. BentoML's dispatcher
+    is told the same (`BotModels.batch_concurrency`), so the next batch is formed and queued
+    while one runs: 334-337 -> 410-423 requests/s at 64 clients, with the workers, on this
+    project's 2-core machine (scripts/bench_ab.py, paired rounds)."""
+    if settings.embeddings_url is not None or not settings.embeddings_torchscript:
+        return 1
+    if pick_device(settings.device) != "cpu":
+        return 1
+    return max(1, min(settings.embeddings_workers, settings.threads))
+
+
 class EmbeddingsFrontend:
     def __init__(self, settings: Settings, pool: RunnerPool, remote: RemoteRunner | None) -> None:
         self.settings = settings
         self.pool = pool
         self.remote = remote
         self.batch_infer: BatchInfer | None = None
-        # Every batch on one OS thread: torch keeps an OpenMP team per calling thread, and the
-        # submission is synchronous, so a batch started by the dispatcher reaches the model
-        # without waiting for another turn of the event loop.
+        self.concurrency = batches_at_once(settings)
+        # Batches on long-lived OS threads (torch keeps an OpenMP team per calling thread), one
+        # per batch the runner works on at once; the submission is synchronous, so a batch
+        # started by the dispatcher reaches the model without another turn of the event loop.
         self._executor = ThreadPoolExecutor(
-            max_workers=1,
+            max_workers=self.concurrency,
             thread_name_prefix="botmodels-embed",
             initializer=keep_threads,
             initargs=(settings.threads,),

@@ -13,6 +13,8 @@
    OpenAI-shaped route (one JSON object in, one out) cannot be that route. We keep a handle on
    the app factory's `batch_infer` so an entry route can submit work to the same dispatcher
    (same batching, same `bentoml_service_adaptive_batch_size` metric) without a second HTTP hop.
+   The same hook lets the service say how many batches a dispatcher may run at once
+   (`batch_concurrency`; upstream hard-codes one): the embeddings runner's CPU workers take two.
 
 3. `inspect.signature` on every call. `APIMethod.__get__` (_bentoml_sdk/method.py) rebuilds the
    local-call wrapper, and with it the function's signature, each time an API is looked up:
@@ -406,12 +408,34 @@ def apply() -> None:
 
     async def create_instance(self: Any, app: Any) -> None:
         await original_create(self, app)
-        bind = getattr(self._service_instance, "bind_batch_infer", None)
-        if callable(bind):
-            bind(self.batch_infer)
+        wire_service(self)
 
     ServiceAppFactory.create_instance = create_instance
     _applied = True
+
+
+def wire_service(factory: Any) -> None:
+    """Once BentoML's app factory has the service instance and its dispatchers: hand the
+    service `batch_infer` (workaround 2) and apply its batch concurrency."""
+    bind = getattr(factory._service_instance, "bind_batch_infer", None)
+    if callable(bind):
+        bind(factory.batch_infer)
+    limits = getattr(factory._service_instance, "batch_concurrency", None)
+    if callable(limits):
+        set_batch_concurrency(factory.dispatchers, limits())
+
+
+def set_batch_concurrency(dispatchers: dict[str, Any], limits: dict[str, int]) -> None:
+    """Let a batchable API's dispatcher have `count` batches in flight (upstream: one).
+
+    The dispatcher's own semaphore is what limits it; every other rule (batch size, latency,
+    the optimizer) is unchanged. Not a bug fix but a setting BentoML does not expose.
+    """
+    from bentoml._internal.marshal.dispatcher import NonBlockSema
+
+    for name, count in limits.items():
+        if name in dispatchers and count > 1:
+            dispatchers[name]._sema = NonBlockSema(count)
 
 
 def workarounds_enabled() -> bool:

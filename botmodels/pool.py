@@ -61,6 +61,9 @@ class RunnerSlot:
                 "load_seconds": self.load_seconds,
             }
         )
+        compute = getattr(self.instance, "compute", None)  # how a batch runs, where it varies
+        if isinstance(compute, str):
+            info["compute"] = compute
         if self.error is not None:
             info["error"] = self.error
         return info

@@ -58,11 +58,19 @@ def measure_in_process(quantization: str, seconds: float, only_batch32: bool) ->
     from botmodels.store import find_stored
     from runners.embeddings import EmbeddingsRunner
 
-    set_threads(get_settings().threads)
+    settings = get_settings()
+    set_threads(settings.threads)
     stored = find_stored("embeddings-all-minilm-l6-v2:latest")
     assert stored is not None, "import the offline profile first"
     rss_before = psutil.Process().memory_info().rss
-    runner = EmbeddingsRunner(Path(stored.path), quantization=quantization, device="cpu")  # type: ignore[arg-type]
+    runner = EmbeddingsRunner(  # as the server builds it (service.py)
+        Path(stored.path),
+        quantization=quantization,  # type: ignore[arg-type]
+        device="cpu",
+        torchscript=settings.embeddings_torchscript,
+        workers=settings.embeddings_workers,
+        threads=settings.threads,
+    )
     runner.load()
     state_bytes = 0
     for tensor in runner._model.state_dict().values():

@@ -4,6 +4,7 @@ runner's health, and the worker's memory over 5,000 requests (the TimeoutMiddlew
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,6 +78,14 @@ def test_concurrent_requests_are_batched(served: Server) -> None:
     assert items >= len(texts)
     assert batches - singles > 0, "no batch larger than 1 was executed"
     assert items / batches > 1.5, f"mean batch {items / batches:.2f}"
+    # Two batches at once on two single-threaded CPU workers, where there are two CPUs.
+    workers = min(2, len(os.sched_getaffinity(0)))
+    models = httpx.get(served.url + "/api/models", headers=auth()).json()
+    (embeddings,) = [m for m in models["models"] if m["runner"] == "embeddings"]
+    if workers == 2:
+        assert embeddings["compute"] == "torchscript, 2 workers x 1 torch thread(s)"
+    else:
+        assert embeddings["compute"] == "torchscript"
 
 
 def test_runner_served_elsewhere_by_url(served: Server, tmp_path: Path) -> None:

@@ -340,3 +340,127 @@ def test_importing_silero_vad_really_sets_one_thread() -> None:
 
     source = (Path(silero_vad.__file__).parent / "model.py").read_text()
     assert "torch.set_num_threads(1)" in source
+
+
+def test_cpu_workers_split_a_batch_and_give_the_one_team_result(offline_store: None) -> None:
+    import threading
+
+    import torch
+
+    stored = find_stored("embeddings-all-minilm-l6-v2:latest")
+    assert stored is not None
+    path = Path(stored.path)
+    torch.set_num_threads(2)
+    one = EmbeddingsRunner(path, quantization="none", device="cpu", workers=1, threads=2)
+    one.load()
+    two = EmbeddingsRunner(path, quantization="none", device="cpu", workers=2, threads=2)
+    two.load()
+    assert (one.workers, two.workers) == (1, 2)
+    assert two.compute == "torchscript, 2 workers x 1 torch thread(s)"
+    assert two._pool is not None
+    # Each worker runs one torch thread; every other thread still starts with two.
+    assert {two._pool.submit(torch.get_num_threads).result() for _ in range(8)} == {1}
+    assert torch.get_num_threads() == 2
+    fresh: list[int] = []
+    thread = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert fresh == [2]
+    # Shares are cut to their own longest input: a long text in the first half only.
+    texts = ["word " * 200, "hello there", "cat", "A kitten rests on a rug.", "x", "y z"]
+    shares = two._shares(two._encode(texts))
+    assert [share["input_ids"].shape[0] for share in shares] == [3, 3]
+    assert shares[0]["input_ids"].shape[1] > shares[1]["input_ids"].shape[1] == 9
+    for batch in (texts, ["cat"], texts[:2]):
+        got, want = two.embed(batch), one.embed(batch)
+        np.testing.assert_allclose(got.vectors, want.vectors, atol=1e-5)
+        assert got.tokens == want.tokens
+
+
+def test_cpu_workers_serve_concurrent_batches(offline_store: None) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    stored = find_stored("embeddings-all-minilm-l6-v2:latest")
+    assert stored is not None
+    runner = EmbeddingsRunner(
+        Path(stored.path), quantization="none", device="cpu", workers=2, threads=2
+    )
+    runner.load()
+    batches = [[f"sentence number {i} of batch {b}" for i in range(b % 5 + 1)] for b in range(12)]
+    alone = [runner.embed(batch).vectors for batch in batches]
+    with ThreadPoolExecutor(4) as callers:  # as the dispatcher's batches arrive, unlocked
+        together = list(callers.map(lambda batch: runner.embed(batch).vectors, batches))
+    for got, want in zip(together, alone, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    assert runner._in_flight == 0
+
+
+def test_workers_need_the_cpu_trace_and_more_than_one_thread(
+    tiny_runner: EmbeddingsRunner,
+) -> None:
+    def workers(**kwargs: Any) -> int:
+        runner = EmbeddingsRunner(tiny_runner.model_dir, quantization="none", **kwargs)
+        runner.load()
+        return runner.workers
+
+    assert workers(device="cpu", workers=2, threads=2) == 2
+    assert workers(device="cpu", workers=4, threads=2) == 2  # never more than the threads
+    assert workers(device="cpu", workers=2, threads=1) == 1
+    assert workers(device="cpu", workers=2, threads=None) == 1  # no thread budget given
+    assert workers(device="cpu", workers=2, threads=2, torchscript=False) == 1  # eager: GIL
+
+
+def test_dispatcher_runs_as_many_batches_as_the_service_says() -> None:
+    from bentoml._internal.marshal.dispatcher import CorkDispatcher
+
+    from botmodels import patches
+
+    def dispatcher() -> Any:
+        return CorkDispatcher(
+            max_latency_in_ms=1000, max_batch_size=4, fallback=lambda: None, get_batch_size=len
+        )
+
+    dispatchers = {"embed_batch": dispatcher(), "other": dispatcher()}
+    patches.set_batch_concurrency(dispatchers, {"embed_batch": 2, "other": 1, "missing": 3})
+    sema = dispatchers["embed_batch"]._sema
+    assert [sema.acquire() for _ in range(3)] == [True, True, False]
+    other = dispatchers["other"]._sema
+    assert [other.acquire() for _ in range(2)] == [True, False]
+
+
+def test_the_app_factory_hands_the_service_batch_infer_and_its_concurrency() -> None:
+    from types import SimpleNamespace
+
+    from bentoml._internal.marshal.dispatcher import CorkDispatcher
+
+    from botmodels import patches
+
+    bound: list[Any] = []
+    service = SimpleNamespace(
+        bind_batch_infer=bound.append, batch_concurrency=lambda: {"embed_batch": 2}
+    )
+    dispatcher = CorkDispatcher(
+        max_latency_in_ms=1000, max_batch_size=4, fallback=lambda: None, get_batch_size=len
+    )
+    factory = SimpleNamespace(
+        _service_instance=service,
+        batch_infer="the factory's batch_infer",
+        dispatchers={"embed_batch": dispatcher},
+    )
+    patches.wire_service(factory)
+    assert bound == ["the factory's batch_infer"]
+    assert [dispatcher._sema.acquire() for _ in range(3)] == [True, True, False]
+
+
+def test_batches_at_once_follows_the_runners_workers() -> None:
+    from botmodels.embeddings import batches_at_once
+
+    def count(**kwargs: Any) -> int:
+        return batches_at_once(Settings(device="cpu", threads=2, **kwargs))
+
+    assert count() == 2  # the default: two workers
+    assert count(embeddings_workers=1) == 1
+    assert count(embeddings_workers=8) == 2
+    assert count(embeddings_torchscript=False) == 1
+    assert count(embeddings_url="http://other:8089") == 1
+    assert batches_at_once(Settings(device="cpu", threads=1)) == 1
