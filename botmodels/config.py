@@ -108,11 +108,12 @@ class Settings(BaseSettings):
         True, description="Run the encoder as a TorchScript trace (checked against eager at load)."
     )
     embeddings_workers: int = Field(
-        2,
+        1,
         ge=1,
         le=64,
         description="CPU: threads that each run a share of a batch with threads/workers torch "
-        "threads (1 = one team on the whole batch; CUDA, MPS and eager models use 1).",
+        "threads (1 = one team on the whole batch; CUDA, MPS and eager models use 1). "
+        "Opt-in: faster at 64 clients, slower at 1 and 16 (README, CPU workers).",
     )
     embeddings_max_batch_size: int = Field(32, ge=2, le=1024)
     embeddings_max_latency_ms: int = Field(10_000, ge=10)

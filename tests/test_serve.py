@@ -78,14 +78,28 @@ def test_concurrent_requests_are_batched(served: Server) -> None:
     assert items >= len(texts)
     assert batches - singles > 0, "no batch larger than 1 was executed"
     assert items / batches > 1.5, f"mean batch {items / batches:.2f}"
-    # Two batches at once on two single-threaded CPU workers, where there are two CPUs.
-    workers = min(2, len(os.sched_getaffinity(0)))
     models = httpx.get(served.url + "/api/models", headers=auth()).json()
     (embeddings,) = [m for m in models["models"] if m["runner"] == "embeddings"]
-    if workers == 2:
-        assert embeddings["compute"] == "torchscript, 2 workers x 1 torch thread(s)"
-    else:
-        assert embeddings["compute"] == "torchscript"
+    assert embeddings["compute"] == "torchscript"  # the default: one team of threads
+
+
+def test_cpu_workers_serve_the_same_vectors(served: Server) -> None:
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("CPU workers need two CPUs")
+    texts = [f"sentence {i} about " + "workers " * (i % 7) for i in range(200)]
+    workers = Server({"BOTMODELS_RUNNERS": "embeddings", "BOTMODELS_EMBEDDINGS_WORKERS": "2"})
+    try:
+        workers.wait_ready()
+        models = httpx.get(workers.url + "/api/models", headers=auth()).json()["models"]
+        assert models[0]["compute"] == "torchscript, 2 workers x 1 torch thread(s)"
+        got = assert_all_ok(asyncio.run(_fire(workers.url, texts, 64)), workers)
+    finally:
+        workers.stop()
+    want = assert_all_ok(asyncio.run(_fire(served.url, texts, 64)), served)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(
+            a.json()["data"][0]["embedding"], b.json()["data"][0]["embedding"], atol=1e-5
+        )
 
 
 def test_runner_served_elsewhere_by_url(served: Server, tmp_path: Path) -> None:

@@ -458,9 +458,9 @@ def test_batches_at_once_follows_the_runners_workers() -> None:
     def count(**kwargs: Any) -> int:
         return batches_at_once(Settings(device="cpu", threads=2, **kwargs))
 
-    assert count() == 2  # the default: two workers
-    assert count(embeddings_workers=1) == 1
+    assert count() == 1  # the default: one team, one batch at a time
+    assert count(embeddings_workers=2) == 2
     assert count(embeddings_workers=8) == 2
-    assert count(embeddings_torchscript=False) == 1
-    assert count(embeddings_url="http://other:8089") == 1
-    assert batches_at_once(Settings(device="cpu", threads=1)) == 1
+    assert count(embeddings_workers=2, embeddings_torchscript=False) == 1
+    assert count(embeddings_workers=2, embeddings_url="http://other:8089") == 1
+    assert batches_at_once(Settings(device="cpu", threads=1, embeddings_workers=2)) == 1
