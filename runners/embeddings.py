@@ -158,7 +158,7 @@ class EmbeddingsRunner:
         sentences/s at batch 32, and two single-threaded workers on two halves at 426-454/s
         (batch 16: 270-301 vs 409-434): each op's team start and barrier costs more than it wins
         on ops this small. Needs the traced graph (it runs without the GIL); eager, CUDA and MPS
-        keep one worker.
+        keep one worker. Opt-in: served, it won at 64 clients and lost at 1 and 16 (README).
 
         torch sets a thread's team size on its first parallel call, from the process-wide
         default, and `torch.set_num_threads` changes both. Each worker sets its own while the
