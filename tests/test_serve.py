@@ -83,11 +83,20 @@ def test_concurrent_requests_are_batched(served: Server) -> None:
     assert embeddings["compute"] == "torchscript"  # the default: one team of threads
 
 
-def test_cpu_workers_serve_the_same_vectors(served: Server) -> None:
+def test_cpu_workers_serve_the_same_vectors(served: Server, tmp_path: Path) -> None:
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("CPU workers need two CPUs")
     texts = [f"sentence {i} about " + "workers " * (i % 7) for i in range(200)]
-    workers = Server({"BOTMODELS_RUNNERS": "embeddings", "BOTMODELS_EMBEDDINGS_WORKERS": "2"})
+    # Its own BENTOML_HOME with the same store: `bentoml serve` empties the Prometheus
+    # directory under BENTOML_HOME at start, which would wipe `served`'s metrics.
+    (tmp_path / "models").symlink_to(Path(os.environ["BENTOML_HOME"]) / "models")
+    workers = Server(
+        {
+            "BOTMODELS_RUNNERS": "embeddings",
+            "BOTMODELS_EMBEDDINGS_WORKERS": "2",
+            "BENTOML_HOME": str(tmp_path),
+        }
+    )
     try:
         workers.wait_ready()
         models = httpx.get(workers.url + "/api/models", headers=auth()).json()["models"]
