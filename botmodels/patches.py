@@ -58,18 +58,19 @@
 
 9. URL parsing for routes excluded from tracing. BentoML's OpenTelemetry middleware decides
    whether a route is traced after building the request's full URL from its headers and running
-   the `tracing.excluded_urls` regex over it: ~20-30 us per request on `/api/ping`, the hot
-   routes this service excludes. A path equal to one of the excluded entries (which that regex
-   always matches) now goes straight to the app; every other request takes OpenTelemetry's own
-   path. Drop it when the middleware checks exclusions without rebuilding the URL.
+   the `tracing.excluded_urls` regex over it: ~20-30 us per request on `/api/ping` (one-off
+   probe), one of the hot routes this service excludes. A path equal to one of the excluded
+   entries (which that regex always matches) now goes straight to the app; every other request
+   takes OpenTelemetry's own path. Drop it when the middleware checks exclusions without
+   rebuilding the URL.
 
 10. Route lookup (Starlette, not BentoML). Starlette's router tries each route's regex in order
-   until one matches: `/api/ping` is the 14th of 24 routes here, ~11 us per request. A request
-   whose (method, path) a plain route matched before goes to that route directly. Only routes
-   without path parameters are remembered (so at most one entry per route and method), and only
-   while every route is a `Route` or a `Mount`, whose matching depends on nothing but the method
-   and path (a `Host` route, which reads headers, turns it off). Drop it when Starlette indexes
-   static routes.
+   until one matches: `/api/ping` is the 14th of 24 routes here, ~11 us per request (one-off
+   microbenchmark). A request whose (method, path) a plain route matched before goes to that
+   route directly. Only routes without path parameters are remembered (so at most one entry per
+   route and method), and only while every route is a `Route` or a `Mount`, whose matching
+   depends on nothing but the method and path (a `Host` route, which reads headers, turns it
+   off). Drop it when Starlette indexes static routes.
 """
 
 from __future__ import annotations
