@@ -75,13 +75,14 @@ VERSION = "0.1.0"  # pyproject.toml's version; tests/test_config.py keeps them e
 
 
 def _make_embeddings(path: Path, quantization: Quantization, device: Device) -> EmbeddingsRunner:
+    settings = get_settings()
     return EmbeddingsRunner(
         path,
         quantization=quantization,
         device=device,
-        torchscript=get_settings().embeddings_torchscript,
-        workers=get_settings().embeddings_workers,
-        threads=get_settings().threads,
+        torchscript=settings.embeddings_torchscript,
+        workers=settings.embeddings_workers,
+        threads=settings.threads,
     )
 
 

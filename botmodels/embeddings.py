@@ -28,7 +28,7 @@ from botmodels.schemas import (
     EmbeddingResponse,
     EmbeddingUsage,
 )
-from runners.embeddings import EmbeddingBatch
+from runners.embeddings import EmbeddingBatch, cpu_workers
 
 BATCH_API = "embed_batch"
 BATCH_ROUTE = "/runners/embeddings/embed"
@@ -85,13 +85,15 @@ def batches_at_once(settings: Settings) -> int:
     """How many batches the local runner works on at once: its CPU workers (see
     `runners/embeddings.py: EmbeddingsRunner._start_workers`), else one. BentoML's dispatcher
     is told the same (`BotModels.batch_concurrency`), so the next batch is formed and queued
-    while one runs: 334-337 -> 410-423 requests/s at 64 clients, with the workers, on this
-    project's 2-core machine (scripts/bench_ab.py, paired rounds)."""
-    if settings.embeddings_url is not None or not settings.embeddings_torchscript:
-        return 1
-    if pick_device(settings.device) != "cpu":
-        return 1
-    return max(1, min(settings.embeddings_workers, settings.threads))
+    while one runs (README, CPU workers)."""
+    if settings.embeddings_url is not None or settings.embeddings_workers < 2:
+        return 1  # the default: no device probe (and no torch import) at start-up
+    return cpu_workers(
+        pick_device(settings.device),
+        settings.embeddings_workers,
+        settings.threads,
+        traced=settings.embeddings_torchscript,
+    )
 
 
 class EmbeddingsFrontend:

@@ -43,6 +43,13 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def cpu_workers(device: str, requested: int, threads: int | None, *, traced: bool) -> int:
+    """Workers a runner splits its batches over: only on the CPU, with the trace (eager
+    PyTorch holds the GIL between ops), and never more than its threads; else 1."""
+    workers = min(requested, threads or 0)
+    return workers if device == "cpu" and traced and workers >= 2 else 1
+
+
 class EmbeddingsRunner:
     kind = "embeddings"
 
@@ -166,10 +173,12 @@ class EmbeddingsRunner:
         """
         import torch
 
-        threads = self.threads or 0
-        workers = min(self.requested_workers, threads)
-        if self.device != "cpu" or self._graph is None or workers < 2:
+        workers = cpu_workers(
+            self.device, self.requested_workers, self.threads, traced=self._graph is not None
+        )
+        if workers < 2:
             return
+        threads = self.threads or workers
         per_worker = threads // workers
         ready = threading.Barrier(workers)
 
