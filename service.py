@@ -9,6 +9,7 @@ Importing this module loads no model: models load in a background thread once th
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,7 @@ from botmodels.http import ErrorShapeMiddleware, LimitsMiddleware
 from botmodels.jobs import JobManager, JobStore
 from botmodels.keys import load_api_keys
 from botmodels.outputs import OutputStore, content_type
+from botmodels.peers import RunnerCheck, RunnerRouteGuard
 from botmodels.pool import RunnerPool
 from botmodels.remote import RemoteRunner
 from botmodels.schemas import EmbeddedText, EmbeddingResponse, Pong
@@ -181,6 +183,18 @@ class _LazyAuth(AuthMiddleware):
         current = get_settings()
         limit = max(current.max_upload_bytes, current.max_json_bytes)
         super().__init__(app, _authenticator(), max_body_bytes=limit)
+
+
+class _RunnerGuard(RunnerRouteGuard):
+    def __init__(self, app: Any) -> None:
+        checks: dict[str, RunnerCheck] = {}
+
+        def table() -> dict[str, RunnerCheck]:
+            if not checks:
+                checks.update(_service().runner_checks())
+            return checks
+
+        super().__init__(app, table)
 
 
 class _Limits(LimitsMiddleware):
@@ -435,6 +449,20 @@ class BotModels:
             self.embeddings.batch_infer = batch_infer
         self.generation.batch_infer = batch_infer
         self.vision.batch_infer = batch_infer
+        self.speech.batch_infer = batch_infer
+
+    def runner_checks(self) -> dict[str, RunnerCheck]:
+        """What a `/runners/*` call from a peer must pass (botmodels/peers.py)."""
+        return {
+            BATCH_ROUTE: self.embeddings.check_runner_call,
+            CAPTION_ROUTE: functools.partial(self.vision.check_runner_call, "vision"),
+            VQA_ROUTE: functools.partial(self.vision.check_runner_call, "vqa"),
+            OCR_ROUTE: functools.partial(self.vision.check_runner_call, "ocr"),
+            IMAGE_BATCH_ROUTE: functools.partial(self.generation.check_runner_call, "image"),
+            VIDEO_BATCH_ROUTE: functools.partial(self.generation.check_runner_call, "video"),
+            STT_ROUTE: functools.partial(self.speech.check_runner_call, "stt"),
+            TTS_ROUTE: functools.partial(self.speech.check_runner_call, "tts"),
+        }
 
     def batch_concurrency(self) -> dict[str, int]:
         """Batches each batchable API may run at once (BentoML's dispatcher allows one)."""
@@ -742,10 +770,9 @@ class BotModels:
         max_batch_size=settings.stt_max_batch_size,
         max_latency_ms=settings.stt_max_latency_ms,
     )
-    def transcribe_batch(self, jobs: list[SttJob]) -> list[SttResult]:
+    async def transcribe_batch(self, jobs: list[SttJob]) -> list[SttResult]:
         """The speech-to-text runner: one batch of jobs in, one result per job out."""
-        runner: SttRunner = self.pool.local("stt")
-        return runner.transcribe(jobs)
+        return await self.speech.run_local("stt", jobs)
 
     @bentoml.api(
         route=TTS_ROUTE,
@@ -753,15 +780,16 @@ class BotModels:
         max_batch_size=settings.tts_max_batch_size,
         max_latency_ms=settings.tts_max_latency_ms,
     )
-    def synthesize_batch(self, jobs: list[TtsJob]) -> list[TtsResult]:
+    async def synthesize_batch(self, jobs: list[TtsJob]) -> list[TtsResult]:
         """The text-to-speech runner: one batch of jobs in, one audio per job out."""
-        runner: TtsRunner = self.pool.local("tts")
-        return runner.synthesize(jobs)
+        return await self.speech.run_local("tts", jobs)
 
 
 # Outermost first. Errors are shaped last; credentials are checked before anything looks at the
-# body (a wrong key is a 401 whatever the body); then limits and content type.
+# body (a wrong key is a 401 whatever the body); then limits and content type; then the public
+# routes' rules for the runner routes that peers call.
 _service_obj: Any = BotModels  # a bentoml.Service once decorated; its stubs don't say so
 _service_obj.add_asgi_middleware(ErrorShapeMiddleware)
 _service_obj.add_asgi_middleware(_LazyAuth)
 _service_obj.add_asgi_middleware(_Limits)
+_service_obj.add_asgi_middleware(_RunnerGuard)

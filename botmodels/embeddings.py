@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
-from bentoml.exceptions import BentoMLException
 
 from botmodels.config import Settings
 from botmodels.device import keep_threads, pick_device
-from botmodels.errors import InvalidInput, RunnerUnavailable
+from botmodels.errors import InvalidInput
 from botmodels.pool import RunnerPool
 from botmodels.remote import RemoteRunner
 from botmodels.schemas import (
@@ -36,7 +37,7 @@ BATCH_ROUTE = "/runners/embeddings/embed"
 BatchInfer = Callable[[str, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
 
 
-def check_input(raw: object, settings: Settings) -> list[str]:
+def check_input(raw: object, settings: Settings, param: str = "input") -> list[str]:
     """OpenAI's rules: a string or a non-empty list of non-empty strings."""
     texts: list[object]
     if isinstance(raw, str):
@@ -44,30 +45,31 @@ def check_input(raw: object, settings: Settings) -> list[str]:
     elif isinstance(raw, list):
         texts = raw
     else:
-        raise InvalidInput("`input` must be a string or a list of strings", param="input")
+        raise InvalidInput(f"`{param}` must be a string or a list of strings", param=param)
     if not texts:
-        raise InvalidInput("`input` must not be an empty list", param="input")
+        raise InvalidInput(f"`{param}` must not be an empty list", param=param)
     if len(texts) > settings.embeddings_max_inputs:
         raise InvalidInput(
-            f"`input` has {len(texts)} items; at most {settings.embeddings_max_inputs} per request",
-            param="input",
+            f"`{param}` has {len(texts)} items; at most {settings.embeddings_max_inputs} "
+            "per request",
+            param=param,
         )
     for i, text in enumerate(texts):
         if isinstance(text, int | list):
             raise InvalidInput(
-                "`input` as token ids is not supported: OpenAI token ids mean nothing to this "
+                f"`{param}` as token ids is not supported: OpenAI token ids mean nothing to this "
                 "model's tokenizer; send the text",
-                param="input",
+                param=param,
             )
         if not isinstance(text, str):
-            raise InvalidInput(f"`input[{i}]` must be a string", param="input")
+            raise InvalidInput(f"`{param}[{i}]` must be a string", param=param)
         if not text.strip():
-            raise InvalidInput(f"`input[{i}]` is empty", param="input")
+            raise InvalidInput(f"`{param}[{i}]` is empty", param=param)
         if len(text) > settings.embeddings_max_chars:
             raise InvalidInput(
-                f"`input[{i}]` has {len(text)} characters; the limit is "
+                f"`{param}[{i}]` has {len(text)} characters; the limit is "
                 f"{settings.embeddings_max_chars} (the model reads its first tokens only)",
-                param="input",
+                param=param,
             )
     return [t for t in texts if isinstance(t, str)]
 
@@ -120,33 +122,40 @@ class EmbeddingsFrontend:
             self._executor, lambda: encode_batch(runner.embed(texts))
         )
 
+    def check_runner_call(self, payload: dict[str, Any]) -> AbstractContextManager[Any]:
+        """`/runners/embeddings/embed` from a peer: the public route's limits."""
+        texts = payload.get("texts")
+        if not isinstance(texts, list):
+            raise InvalidInput("`texts` must be a list of strings", param="texts")
+        check_input(texts, self.settings, param="texts")
+        return contextlib.nullcontext()
+
     def model_name(self) -> str:
         slot = self.pool.slot("embeddings")
         return slot.tag.split(":")[0] if slot is not None else "embeddings"
 
-    async def _run_chunk(self, texts: list[str]) -> list[EmbeddedText]:
+    async def _run(self, texts: list[str]) -> list[EmbeddedText]:
         if self.remote is not None:
-            result = await self.remote.post(BATCH_ROUTE, {"texts": texts})
-            return [EmbeddedText.model_validate(item) for item in result]
+            # The remote's batchable route takes at most one batch per call.
+            size = self.settings.embeddings_max_batch_size
+            chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
+            results = await asyncio.gather(
+                *(self.remote.post(BATCH_ROUTE, {"texts": chunk}) for chunk in chunks)
+            )
+            return [EmbeddedText.model_validate(item) for part in results for item in part]
         self.pool.local("embeddings")  # 503 now, before queueing, if not ready
         if self.batch_infer is None:  # batching off, or no server (direct instantiation)
             return await self.run_local(texts)
-        try:
-            items: Sequence[EmbeddedText] = await self.batch_infer(BATCH_API, (texts,), {})
-        except BentoMLException as exc:  # the dispatcher's "process is overloaded"
-            raise RunnerUnavailable(
-                f"embeddings runner overloaded: {exc}", headers={"Retry-After": "1"}
-            ) from exc
+        # One submission per request: the dispatcher slices it into batches and shares each
+        # batch with other waiting requests (botmodels/dispatch.py).
+        items: Sequence[EmbeddedText] = await self.batch_infer(BATCH_API, (texts,), {})
         return list(items)
 
     async def create(
         self, raw_input: object, encoding_format: str, dimensions: int | None
     ) -> EmbeddingResponse:
         texts = check_input(raw_input, self.settings)
-        size = self.settings.embeddings_max_batch_size
-        chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
-        results = await asyncio.gather(*(self._run_chunk(chunk) for chunk in chunks))
-        items = [item for chunk in results for item in chunk]
+        items = await self._run(texts)
 
         data: list[EmbeddingData] = []
         for index, item in enumerate(items):

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import math
 import secrets
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from bentoml.exceptions import BentoMLException
 from pydantic import BaseModel
 
 from botmodels.config import Settings
@@ -167,6 +168,15 @@ class Admission:
     def observe(self, seconds: float) -> None:
         """Exponential average of one generation's time, for the next Retry-After."""
         self.seconds_per_item = 0.7 * self.seconds_per_item + 0.3 * seconds
+
+
+@contextlib.contextmanager
+def _admitted(admission: Admission, count: int) -> Iterator[None]:
+    admission.enter(count)
+    try:
+        yield
+    finally:
+        admission.leave(count)
 
 
 def _now_iso() -> str:
@@ -372,6 +382,28 @@ class GenerationFrontend:
             seed=_seed(seed),
         )
 
+    def check_runner_call(self, kind: Kind, payload: dict[str, Any]) -> AbstractContextManager[Any]:
+        """`/runners/<kind>/generate` from a peer: the public routes' limits for every task,
+        and the same admission (held while the call runs; past the queue limit, a 429)."""
+        admission = self.admission[kind]
+        tasks = payload.get("tasks")
+        if not isinstance(tasks, list) or not tasks:
+            raise InvalidInput("`tasks` must be a non-empty list of tasks", param="tasks")
+        if len(tasks) > admission.batch_size:
+            setting = f"BOTMODELS_{kind.upper()}_MAX_BATCH_SIZE"
+            raise InvalidInput(
+                f"`tasks` has {len(tasks)} items; at most {admission.batch_size} per call "
+                f"({setting})",
+                param="tasks",
+            )
+        check = self.check_image if kind == "image" else self.check_video
+        fields = ImageTask.model_fields if kind == "image" else VideoTask.model_fields
+        for i, task in enumerate(tasks):
+            if not isinstance(task, dict):
+                raise InvalidInput(f"`tasks[{i}]` must be an object", param="tasks")
+            check(**{k: task.get(k) for k in fields if k != "task_id"})
+        return _admitted(admission, len(tasks))
+
     # 2. The batch functions (worker thread, called by the batchable APIs) ---------------------
     def _control(self, task_id: str) -> Control | None:
         with self._controls_lock:
@@ -484,15 +516,9 @@ class GenerationFrontend:
             size = self.admission[kind].batch_size  # no input may exceed a whole batch
             chunks = [list(tasks[i : i + size]) for i in range(0, len(tasks), size)]
             batch_infer = self.batch_infer
-            try:
-                parts: list[Sequence[GeneratedFile]] = await asyncio.gather(
-                    *(batch_infer(api, (chunk,), {}) for chunk in chunks)
-                )
-            except BentoMLException as exc:  # the dispatcher's "process is overloaded"
-                raise RunnerUnavailable(
-                    f"{kind} runner overloaded: {exc}",
-                    headers={"Retry-After": str(self.admission[kind].retry_after())},
-                ) from exc
+            parts: list[Sequence[GeneratedFile]] = await asyncio.gather(
+                *(batch_infer(api, (chunk,), {}) for chunk in chunks)
+            )
             return [result for part in parts for result in part]
         except asyncio.CancelledError:
             # The caller went away (request timeout): stop the pipeline at its next step, or

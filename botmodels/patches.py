@@ -13,8 +13,9 @@
    OpenAI-shaped route (one JSON object in, one out) cannot be that route. We keep a handle on
    the app factory's `batch_infer` so an entry route can submit work to the same dispatcher
    (same batching, same `bentoml_service_adaptive_batch_size` metric) without a second HTTP hop.
-   The same hook lets the service say how many batches a dispatcher may run at once
-   (`batch_concurrency`; upstream hard-codes one): the embeddings runner's CPU workers take two.
+   The same hook puts botmodels' dispatcher (botmodels/dispatch.py) in place of BentoML's, with
+   as many batches at once as the service asks (`batch_concurrency`). Drop both when BentoML
+   lets an entry route submit to a batchable API and lets a service choose its batching policy.
 
 3. `inspect.signature` on every call. `APIMethod.__get__` (_bentoml_sdk/method.py) rebuilds the
    local-call wrapper, and with it the function's signature, each time an API is looked up:
@@ -22,14 +23,8 @@
    wrapper only depends on (method, instance), so it is built once per pair. Drop it when
    `_local_call` caches (upstream main, 2026-11: it does not).
 
-4. Idle model between batches. `CorkDispatcher.outbound_call`
-   (bentoml/_internal/marshal/dispatcher.py) resolves a finished batch's futures first and
-   releases its semaphore last, so the next batch is only formed by the controller's 1 ms
-   polling loop after the event loop has run every caller of the finished batch (serialising 32
-   responses: 30-35 ms per batch here, the model idle 15 % of the time under load). The
-   replacement starts the next batch first when a full one is already queued, then resolves
-   the futures; everything else (errors, cancellation, the latency optimizer) is upstream's.
-   Drop it when upstream dispatches on completion.
+4. (Retired.) BentoML's `CorkDispatcher` is no longer used: botmodels/dispatch.py replaces it
+   for every batchable API, and starts the next batch before answering the finished one.
 
 5. Dependency injection per response. `ServiceAppFactory._add_response_headers`
    (_bentoml_impl/server/app.py) is wrapped in simple_di's `@inject`, which binds its signature
@@ -80,8 +75,7 @@ import gc
 import logging
 import os
 import re
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
@@ -135,44 +129,6 @@ def _cached_local_call(build: Callable[[Any, Any], Any]) -> Callable[[Any, Any],
         return found[2]
 
     return _local_call
-
-
-async def _outbound_call(self: Any, inputs_info: tuple[Any, ...], training: bool = False) -> None:
-    started = time.time()
-    outputs: Sequence[Any] | Exception
-    try:
-        results: Sequence[Any] = await self.callback(tuple(job.data for job in inputs_info))
-        if len(results) != len(inputs_info):
-            raise RuntimeError(f"batch of {len(inputs_info)} returned {len(results)} results")
-        outputs = results
-    except Exception as exc:  # noqa: BLE001 - upstream hands any error to every caller
-        outputs = exc
-    except BaseException:  # cancelled: the callers are cancelled, as upstream does
-        for job in inputs_info:
-            if not job.future.done():
-                job.future.cancel()
-        self._sema.release()
-        raise
-    self._sema.release()
-    if not training and len(self._queue) >= self.max_batch_size and not self._sema.is_locked():
-        # The change: a full batch is waiting, so it goes to the model now. One yield lets the
-        # new task reach the model's thread before this batch's callers take the event loop.
-        self._sema.acquire()
-        self._loop.create_task(self.outbound_call(tuple(self._get_inputs())))
-        await asyncio.sleep(0)
-    if isinstance(outputs, Exception):
-        for job in inputs_info:
-            if not job.future.done():
-                job.future.set_result(outputs)
-        return
-    for job, out in zip(inputs_info, outputs, strict=True):
-        if not job.future.done():
-            job.future.set_result(out)
-    self.optimizer.log_outbound(
-        n=len(inputs_info),
-        wait=0 if training else started - inputs_info[0].enqueue_time,  # as upstream
-        duration=time.time() - started,
-    )
 
 
 class _ClassFields:
@@ -377,12 +333,10 @@ def apply() -> None:
     if workarounds_enabled():
         from _bentoml_sdk.io_models import IOMixin
         from _bentoml_sdk.method import APIMethod
-        from bentoml._internal.marshal.dispatcher import CorkDispatcher
         from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
 
         TimeoutMiddleware.__call__ = _timeout_call  # type: ignore[method-assign]
         APIMethod._local_call = _cached_local_call(APIMethod._local_call)
-        CorkDispatcher.outbound_call = _outbound_call  # type: ignore[method-assign]
         ServiceAppFactory._add_response_headers = _add_response_headers
         IOMixin.model_fields = _ClassFields()
         RunnerTrafficMetricsMiddleware._setup = _wrap_metrics_setup(  # type: ignore[method-assign]
@@ -416,27 +370,16 @@ def apply() -> None:
 
 
 def wire_service(factory: Any) -> None:
-    """Once BentoML's app factory has the service instance and its dispatchers: hand the
-    service `batch_infer` (workaround 2) and apply its batch concurrency."""
+    """Once BentoML's app factory has the service instance and its dispatchers: put
+    botmodels' dispatcher in place of BentoML's (botmodels/dispatch.py says why) and hand the
+    service `batch_infer` (workaround 2)."""
+    from botmodels import dispatch
+
+    limits = getattr(factory._service_instance, "batch_concurrency", None)
+    dispatch.install(factory, limits() if callable(limits) else {})
     bind = getattr(factory._service_instance, "bind_batch_infer", None)
     if callable(bind):
         bind(factory.batch_infer)
-    limits = getattr(factory._service_instance, "batch_concurrency", None)
-    if callable(limits):
-        set_batch_concurrency(factory.dispatchers, limits())
-
-
-def set_batch_concurrency(dispatchers: dict[str, Any], limits: dict[str, int]) -> None:
-    """Let a batchable API's dispatcher have `count` batches in flight (upstream: one).
-
-    The dispatcher's own semaphore is what limits it; every other rule (batch size, latency,
-    the optimizer) is unchanged. Not a bug fix but a setting BentoML does not expose.
-    """
-    from bentoml._internal.marshal.dispatcher import NonBlockSema
-
-    for name, count in limits.items():
-        if name in dispatchers and count > 1:
-            dispatchers[name]._sema = NonBlockSema(count)
 
 
 def workarounds_enabled() -> bool:

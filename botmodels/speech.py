@@ -15,10 +15,12 @@ apps too).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from typing import Any
 
 from prometheus_client import Histogram
@@ -45,6 +47,8 @@ from botmodels.speech_schemas import (
 
 STT_ROUTE = "/runners/stt/transcribe"
 TTS_ROUTE = "/runners/tts/synthesize"
+STT_API = "transcribe_batch"
+TTS_API = "synthesize_batch"
 
 TRANSCRIPTION_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 SPEECH_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
@@ -152,64 +156,14 @@ def verbose_json(result: SttResult, task: str, words: bool, segments: bool) -> d
 
 
 # --- batching ----------------------------------------------------------------------------------
+BatchInfer = Callable[[str, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
+
 BATCH_SIZES = Histogram(
     "botmodels_speech_batch_size",
-    "Jobs per speech runner call (opportunistic batching)",
+    "Jobs per speech runner call",
     ["runner"],
     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
 )
-
-
-class OpportunisticBatcher:
-    """Run a job at once when the runner is idle; jobs that arrive while it is busy wait and
-    run together as the next batch (up to `max_batch`).
-
-    Why not BentoML's adaptive dispatcher (which the embeddings runner uses)? It learns a
-    latency model and holds requests back hoping for more: with multi-second Whisper batches on
-    CPU it held lone requests for seconds (its first estimates are o_a = 2 s, o_b = 1 s, and the
-    waits it measures during training feed back into its wait target). Measured with
-    scripts/bench_speech.py: a single client's served real-time factor was 3.2x the in-process
-    one. This batcher adds no wait to a lone request and still batches everything that queues
-    behind a running batch. The `@bentoml.api(batchable=True)` routes stay for remote callers.
-    """
-
-    def __init__(self, kind: str, max_batch: int) -> None:
-        self.kind = kind
-        self.max_batch = max_batch
-        self._queue: list[tuple[Any, asyncio.Future[Any]]] = []
-        self._busy = False
-        # Always the same OS thread: CTranslate2 and onnxruntime keep an OpenMP team per calling
-        # thread, and asyncio.to_thread's pool hands calls to different threads, whose idle
-        # teams spin against the busy one (measured: served 2-8x slower than in-process).
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"botmodels-{kind}")
-
-    async def submit(self, job: Any, method: Callable[[list[Any]], list[Any]]) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((job, future))
-        if not self._busy:
-            self._busy = True
-            asyncio.get_running_loop().create_task(self._drain(method))
-        return await future
-
-    async def _drain(self, method: Callable[[list[Any]], list[Any]]) -> None:
-        try:
-            while self._queue:
-                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-                BATCH_SIZES.labels(runner=self.kind).observe(len(batch))
-                try:
-                    results = await asyncio.get_running_loop().run_in_executor(
-                        self._executor, method, [job for job, _ in batch]
-                    )
-                except Exception as exc:  # noqa: BLE001 - handed to every waiting request
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, future), result in zip(batch, results, strict=True):
-                    if not future.done():  # a client that went away cancelled its future
-                        future.set_result(result)
-        finally:
-            self._busy = False
 
 
 # --- the frontend ------------------------------------------------------------------------------
@@ -225,21 +179,39 @@ class SpeechFrontend:
         self.pool = pool
         self.outputs = outputs
         self.remotes = remotes
-        self.batchers = {
-            "stt": OpportunisticBatcher("stt", settings.stt_max_batch_size),
-            "tts": OpportunisticBatcher("tts", settings.tts_max_batch_size),
+        self.batch_infer: BatchInfer | None = None
+        # Each runner's batches on one long-lived OS thread: CTranslate2 and onnxruntime keep an
+        # OpenMP team per calling thread, and a pool that hands calls to different threads
+        # leaves idle teams spinning against the busy one (measured: served 2-8x slower than
+        # in-process).
+        self._executors = {
+            kind: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"botmodels-{kind}")
+            for kind in ("stt", "tts")
         }
 
     # dispatch ------------------------------------------------------------------------------
+    async def run_local(self, kind: str, jobs: list[Any]) -> list[Any]:
+        """A batch on this process's runner (the batchable APIs' body)."""
+        runner = self.pool.local(kind)
+        method = runner.transcribe if kind == "stt" else runner.synthesize
+        BATCH_SIZES.labels(runner=kind).observe(len(jobs))
+        loop = asyncio.get_running_loop()
+        results: list[Any] = await loop.run_in_executor(self._executors[kind], method, jobs)
+        return results
+
     async def _run(self, kind: str, job: Any, result_type: Any) -> Any:
         remote = self.remotes.get(kind)
         if remote is not None:
             route = STT_ROUTE if kind == "stt" else TTS_ROUTE
             items = await remote.post(route, {"jobs": [job.model_dump(mode="json")]})
             return result_type.model_validate(items[0])
-        runner = self.pool.local(kind)  # 503 now, before queueing, if not ready
-        method = runner.transcribe if kind == "stt" else runner.synthesize
-        return await self.batchers[kind].submit(job, method)
+        self.pool.local(kind)  # 503 now, before queueing, if not ready
+        if self.batch_infer is None:  # direct instantiation (tests): no dispatcher
+            (result,) = await self.run_local(kind, [job])
+            return result
+        api = STT_API if kind == "stt" else TTS_API
+        (result,) = await self.batch_infer(api, ([job],), {})
+        return result
 
     async def _decode(self, data: bytes) -> Any:
         if len(data) > self.settings.max_upload_bytes:
@@ -305,6 +277,55 @@ class SpeechFrontend:
                 code="text_too_long",
             )
         return text
+
+    def check_runner_call(self, kind: str, payload: dict[str, Any]) -> AbstractContextManager[Any]:
+        """`/runners/stt/transcribe` and `/runners/tts/synthesize` from a peer: the public
+        routes' limits for every job."""
+        s = self.settings
+        size = s.stt_max_batch_size if kind == "stt" else s.tts_max_batch_size
+        jobs = payload.get("jobs")
+        if not isinstance(jobs, list) or not jobs:
+            raise InvalidInput("`jobs` must be a non-empty list", param="jobs")
+        if len(jobs) > size:
+            raise InvalidInput(
+                f"`jobs` has {len(jobs)} items; at most {size} per call "
+                f"(BOTMODELS_{kind.upper()}_MAX_BATCH_SIZE)",
+                param="jobs",
+            )
+        for i, job in enumerate(jobs):
+            if not isinstance(job, dict):
+                raise InvalidInput(f"`jobs[{i}]` must be an object", param="jobs")
+            if kind == "tts":
+                self._check_text(job.get("text"), "text")
+                self._check_speed(job.get("speed", 1.0))
+                continue
+            audio = job.get("audio")
+            # base64 of float32 samples: 3 bytes per 4 characters, 4 bytes per sample
+            limit = int(s.stt_max_audio_s * SAMPLE_RATE) * 4 * 4 // 3 + 4
+            if isinstance(audio, str) and len(audio) > limit:
+                raise InvalidInput(
+                    f"`jobs[{i}].audio` is longer than {s.stt_max_audio_s} s "
+                    "(BOTMODELS_STT_MAX_AUDIO_S)",
+                    param="audio",
+                )
+            language = job.get("language")
+            if language is not None:
+                if not isinstance(language, str):
+                    raise InvalidInput("`language` must be a string", param="language")
+                self._check_language(language)
+        return contextlib.nullcontext()
+
+    @staticmethod
+    def _check_speed(speed: object) -> float:
+        if (
+            isinstance(speed, bool)
+            or not isinstance(speed, int | float)
+            or not (0.25 <= speed <= 4.0)
+        ):
+            raise InvalidInput(
+                f"`speed` must be a number from 0.25 to 4.0, got {speed!r}", param="speed"
+            )
+        return float(speed)
 
     @staticmethod
     def _optional_str(body: dict[str, Any], key: str) -> str | None:
@@ -422,20 +443,12 @@ class SpeechFrontend:
                 f"`response_format` {fmt!r} is not one of {', '.join(SPEECH_FORMATS)}",
                 param="response_format",
             )
-        speed = body.get("speed", 1.0)
-        if (
-            isinstance(speed, bool)
-            or not isinstance(speed, int | float)
-            or not (0.25 <= speed <= 4.0)
-        ):
-            raise InvalidInput(
-                f"`speed` must be a number from 0.25 to 4.0, got {speed!r}", param="speed"
-            )
+        speed = self._check_speed(body.get("speed", 1.0))
         job = TtsJob(
             text=text,
             voice=self._optional_str(body, "voice"),
             language=self._optional_str(body, "language"),
-            speed=float(speed),
+            speed=speed,
         )
         result = await self._synthesize(job, "input")
         encoded = await asyncio.to_thread(

@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
-from bentoml.exceptions import BentoMLException, InvalidArgument
+from bentoml.exceptions import InvalidArgument
 from starlette.requests import Request
 
 from botmodels.codes import read_codes
 from botmodels.config import Settings
-from botmodels.errors import BotModelsError, InvalidInput, RunnerUnavailable
+from botmodels.errors import BotModelsError, InvalidInput, PayloadTooLarge
 from botmodels.media import decode_image, decode_video_frames, encode_png, read_upload
 from botmodels.pool import RunnerPool
 from botmodels.remote import RemoteRunner
@@ -162,25 +164,61 @@ class VisionFrontend:
         wire: Callable[[Any], Any],
         max_batch: int,
     ) -> list[Any]:
-        chunks = [items[i : i + max_batch] for i in range(0, len(items), max_batch)]
         remote = self.remotes.get(kind)
-
-        async def one(chunk: list[Any]) -> list[Any]:
-            if remote is not None:
-                payload = {"items": [wire(i).model_dump() for i in chunk]}
-                return list(await remote.post(route, payload))
+        if remote is None:
             runner = self.pool.local(kind)  # 503 now, before queueing, if not ready
             if self.batch_infer is None:  # direct instantiation (tests): no dispatcher
-                return await asyncio.to_thread(local, runner, chunk)
-            try:
-                return list(await self.batch_infer(api, (chunk,), {}))
-            except BentoMLException as exc:  # the dispatcher's "process is overloaded"
-                raise RunnerUnavailable(
-                    f"{kind} runner overloaded: {exc}", headers={"Retry-After": "1"}
-                ) from exc
+                done = await asyncio.to_thread(local, runner, items)
+            else:  # the dispatcher slices a request larger than a batch
+                done = list(await self.batch_infer(api, (items,), {}))
+            return [_as_dict(item) for item in done]
+        chunks = [items[i : i + max_batch] for i in range(0, len(items), max_batch)]
+
+        async def one(chunk: list[Any]) -> list[Any]:
+            payload = {"items": [wire(i).model_dump() for i in chunk]}
+            return list(await remote.post(route, payload))
 
         results = await asyncio.gather(*(one(c) for c in chunks))
         return [_as_dict(item) for chunk in results for item in chunk]
+
+    def check_runner_call(self, kind: str, payload: dict[str, Any]) -> AbstractContextManager[Any]:
+        """`/runners/{vision,vqa,ocr}/...` from a peer: at most one batch per call, images
+        within the upload limit, prompts and questions within the public routes' limit."""
+        s = self.settings
+        size = {
+            "vision": s.vision_max_batch_size,
+            "vqa": s.vqa_max_batch_size,
+            "ocr": s.ocr_max_batch_size,
+        }[kind]
+        items = payload.get("items")
+        if not isinstance(items, list) or not items:
+            raise InvalidInput("`items` must be a non-empty list", param="items")
+        if len(items) > size:
+            raise InvalidInput(
+                f"`items` has {len(items)} items; at most {size} per call "
+                f"(BOTMODELS_{kind.upper()}_MAX_BATCH_SIZE)",
+                param="items",
+            )
+        encoded_limit = s.max_upload_bytes * 4 // 3 + 4  # base64 of the upload limit
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise InvalidInput(f"`items[{i}]` must be an object", param="items")
+            png = item.get("image_png_b64")
+            if isinstance(png, str) and len(png) > encoded_limit:
+                raise PayloadTooLarge(
+                    f"`items[{i}].image_png_b64` is over the upload limit of "
+                    f"{s.max_upload_bytes} bytes (BOTMODELS_MAX_UPLOAD_BYTES)",
+                    param="image_png_b64",
+                )
+            for field in ("prompt", "question"):
+                text = item.get(field)
+                if isinstance(text, str) and len(text) > s.vision_max_prompt_chars:
+                    raise InvalidInput(
+                        f"`items[{i}].{field}` has {len(text)} characters; the limit is "
+                        f"{s.vision_max_prompt_chars}",
+                        param=field,
+                    )
+        return contextlib.nullcontext()
 
     async def _captions(self, jobs: list[VisionJob]) -> list[dict[str, Any]]:
         return await self._run(

@@ -123,6 +123,8 @@ def test_stt_served_elsewhere_by_url(served: Server, speech_wav: bytes, tmp_path
             timeout=120,
         )
         assert via_entry.status_code == 200, via_entry.text
+        after = _remote_batches(served.url)
+        assert after[1] - before[1] == 1  # the entry's job ran on the remote's batchable API
         direct = httpx.post(
             served.url + "/api/speech/totext",
             files={"file": ("audio.wav", speech_wav, "audio/wav")},
@@ -130,8 +132,6 @@ def test_stt_served_elsewhere_by_url(served: Server, speech_wav: bytes, tmp_path
             timeout=120,
         )
         assert via_entry.json() == direct.json()
-        after = _remote_batches(served.url)
-        assert after[1] - before[1] == 1  # the entry's job ran on the remote's batchable API
         models = httpx.get(entry.url + "/api/models", headers=auth()).json()["models"]
         assert models[0]["state"] == "remote"
     finally:

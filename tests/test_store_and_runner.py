@@ -124,7 +124,7 @@ def test_hub_import_records_the_resolved_commit(
     assert stored.info.labels["quantization"] == "int8"
     runner = EmbeddingsRunner(Path(stored.path), quantization="none", device="cpu")
     runner.load()
-    assert runner.embed(["hello"]).vectors.shape == (1, 32)
+    assert runner.embed(["hello"]).vectors.shape == (1, 64)
 
 
 def test_tiny_build_is_deterministic(tmp_path: Path) -> None:
@@ -194,7 +194,7 @@ def test_runner_cls_pooling_from_config(tmp_path: Path) -> None:
     runner = EmbeddingsRunner(tmp_path, quantization="none", device="cpu")
     runner.load()
     assert runner.pooling == "cls"
-    assert runner.embed(["hello"]).vectors.shape == (1, 32)
+    assert runner.embed(["hello"]).vectors.shape == (1, 64)
 
 
 @pytest.mark.parametrize("quantization", ["int8", "4bit"])
@@ -410,46 +410,33 @@ def test_workers_need_the_cpu_trace_and_more_than_one_thread(
     assert workers(device="cpu", workers=2, threads=2, torchscript=False) == 1  # eager: GIL
 
 
-def test_dispatcher_runs_as_many_batches_as_the_service_says() -> None:
-    from bentoml._internal.marshal.dispatcher import CorkDispatcher
-
-    from botmodels import patches
-
-    def dispatcher() -> Any:
-        return CorkDispatcher(
-            max_latency_in_ms=1000, max_batch_size=4, fallback=lambda: None, get_batch_size=len
-        )
-
-    dispatchers = {"embed_batch": dispatcher(), "other": dispatcher()}
-    patches.set_batch_concurrency(dispatchers, {"embed_batch": 2, "other": 1, "missing": 3})
-    sema = dispatchers["embed_batch"]._sema
-    assert [sema.acquire() for _ in range(3)] == [True, True, False]
-    other = dispatchers["other"]._sema
-    assert [other.acquire() for _ in range(2)] == [True, False]
-
-
-def test_the_app_factory_hands_the_service_batch_infer_and_its_concurrency() -> None:
+def test_the_app_factory_gets_botmodels_dispatcher_and_hands_the_service_batch_infer() -> None:
     from types import SimpleNamespace
 
-    from bentoml._internal.marshal.dispatcher import CorkDispatcher
-
     from botmodels import patches
+    from botmodels.dispatch import Batcher
 
     bound: list[Any] = []
     service = SimpleNamespace(
         bind_batch_infer=bound.append, batch_concurrency=lambda: {"embed_batch": 2}
     )
-    dispatcher = CorkDispatcher(
-        max_latency_in_ms=1000, max_batch_size=4, fallback=lambda: None, get_batch_size=len
-    )
+    apis = {
+        "embed_batch": SimpleNamespace(max_batch_size=32),
+        "other": SimpleNamespace(max_batch_size=4),
+    }
     factory = SimpleNamespace(
         _service_instance=service,
         batch_infer="the factory's batch_infer",
-        dispatchers={"embed_batch": dispatcher},
+        dispatchers={"embed_batch": object(), "other": object()},
+        service=SimpleNamespace(apis=apis),
     )
     patches.wire_service(factory)
     assert bound == ["the factory's batch_infer"]
-    assert [dispatcher._sema.acquire() for _ in range(3)] == [True, True, False]
+    embed, other = factory.dispatchers["embed_batch"], factory.dispatchers["other"]
+    assert isinstance(embed, Batcher)
+    assert isinstance(other, Batcher)
+    assert (embed.max_batch_size, embed.concurrency) == (32, 2)
+    assert (other.max_batch_size, other.concurrency) == (4, 1)
 
 
 def test_batches_at_once_follows_the_runners_workers() -> None:

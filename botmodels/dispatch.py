@@ -1,0 +1,264 @@
+"""How work reaches a runner: the batching policy of every batchable API.
+
+`Batcher` replaces BentoML's `CorkDispatcher` for each batchable API of the service, so the
+same policy serves the in-process path (a front calls `batch_infer`) and the `/runners/*`
+routes that other botmodels instances call. The policy:
+
+* **Never hold a request while the model is idle.** A request that finds a free slot starts a
+  batch on the next turn of the event loop (so requests parsed in the same turn share it).
+* **Batch what queues behind a running batch.** While every slot is busy, arrivals wait; when a
+  slot frees, the next batch takes what is queued, up to `max_batch_size` items. The batch size
+  follows the load: 1 for a lone caller, full under a burst.
+* **Share batches fairly between requests.** A request of many items is sliced across several
+  batches, and each batch gives every waiting request a share, so a lone one-item request never
+  waits behind all of a large request's slices.
+* **Never cancel legal work.** There is no latency target that drops queued requests (BentoML's
+  dispatcher cancels queued chunks whose estimated latency passes `max_latency_ms`, a 503 for a
+  request inside every documented limit). Overload is refused at the door instead (the
+  concurrency limit's 429, generation admission). A caller that goes away takes its queued
+  items with it.
+* **One bad input fails only its own request.** A batch that raises is re-run request by request
+  (each of its requests alone), so batch mates of a poison input still get their answers.
+
+Why not BentoML's dispatcher: its optimizer waits, for a lone request, about the mean queue wait
+of its last 50 batches, and logs that wait again as a new sample; after a burst the mean never
+decays and a lone request is held for the learned wait long after the load is gone (docs/design
+and the reliability benchmark, scripts/bench_embeddings.py). The speech runners avoided it for
+the same reason; now every runner does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import Histogram
+
+from botmodels.errors import RunnerUnavailable
+
+log = logging.getLogger("botmodels.dispatch")
+
+Callback = Callable[[Sequence[Any]], Awaitable[Sequence[Any]]]
+
+ITEMS_PER_BATCH = Histogram(
+    "botmodels_batch_items",
+    "Items per runner batch (botmodels' dispatcher; a lone request runs as a batch of its size)",
+    ["api"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+)
+
+
+@dataclass(eq=False)
+class _Request:
+    """One caller's items; sliced into batches, answered when every slice is back."""
+
+    items: Sequence[Any]
+    callback: Callback
+    future: asyncio.Future[list[Any]]
+    results: list[Any] = field(default_factory=list)
+    taken: int = 0  # items handed to batches so far
+    done: int = 0  # items answered so far
+
+    @property
+    def waiting(self) -> int:
+        return len(self.items) - self.taken
+
+
+@dataclass(frozen=True)
+class _Slice:
+    request: _Request
+    start: int
+    stop: int
+
+    @property
+    def items(self) -> Sequence[Any]:
+        return self.request.items[self.start : self.stop]
+
+
+class Batcher:
+    """A drop-in for BentoML's `CorkDispatcher` with the policy in the module docstring.
+
+    BentoML calls a dispatcher as `dispatcher(callback)(value)`: `value` is one caller's batch
+    (a list along dimension 0) and `callback(parts)` runs a sequence of such lists as one model
+    batch, answering one list per part. That is all this class relies on.
+    """
+
+    def __init__(self, name: str, max_batch_size: int, concurrency: int = 1) -> None:
+        if max_batch_size < 1 or concurrency < 1:
+            raise ValueError("max_batch_size and concurrency must be at least 1")
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.concurrency = concurrency
+        self.running = 0  # batches in flight
+        self._queue: deque[_Request] = deque()
+        self._pump_scheduled = False
+        self._closed = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._metric = ITEMS_PER_BATCH.labels(api=name)
+
+    # The dispatcher interface -----------------------------------------------------------------
+    def __call__(self, callback: Callback) -> Callable[[Sequence[Any]], Awaitable[list[Any]]]:
+        @functools.wraps(callback)
+        async def submit(value: Sequence[Any]) -> list[Any]:
+            return await self.submit(value, callback)
+
+        return submit
+
+    def shutdown(self) -> None:
+        """Called by BentoML when the worker stops: queued callers are cancelled."""
+        self._closed = True
+        while self._queue:
+            request = self._queue.popleft()
+            if not request.future.done():
+                request.future.cancel()
+
+    # The policy ----------------------------------------------------------------------------
+    @property
+    def queued_items(self) -> int:
+        return sum(r.waiting for r in self._queue)
+
+    async def submit(self, items: Sequence[Any], callback: Callback) -> list[Any]:
+        if not isinstance(items, Sequence) or isinstance(items, str | bytes):
+            raise TypeError(f"{self.name}: a batchable API takes a list, got {type(items)}")
+        if self._closed:
+            raise RunnerUnavailable(
+                f"{self.name}: the server is shutting down", headers={"Retry-After": "5"}
+            )
+        if not items:
+            return []
+        loop = asyncio.get_running_loop()
+        request = _Request(items=items, callback=callback, future=loop.create_future())
+        self._queue.append(request)
+        self._schedule_pump(loop)
+        try:
+            return await asyncio.shield(request.future)
+        except asyncio.CancelledError:
+            # The caller went away: what is still queued of it is never run.
+            if request in self._queue:
+                self._queue.remove(request)
+            if not request.future.done():
+                request.future.cancel()
+            raise
+
+    def _schedule_pump(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self._pump_scheduled:
+            self._pump_scheduled = True
+            loop.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        self._pump_scheduled = False
+        loop = asyncio.get_running_loop()
+        while self.running < self.concurrency and self._queue:
+            parts = self._take()
+            self.running += 1
+            task = loop.create_task(self._run(parts))
+            self._tasks.add(task)  # the loop keeps only a weak reference
+            task.add_done_callback(self._tasks.discard)
+
+    def _take(self) -> list[_Slice]:
+        """The next batch: each waiting request's fair share, then what room is left, in
+        arrival order. A request's items stay in order, so each part is one contiguous slice."""
+        room = self.max_batch_size
+        waiting = list(self._queue)
+        share = max(1, room // len(waiting))
+        counts = {id(r): 0 for r in waiting}
+        for request in waiting:
+            n = min(share, request.waiting, room)
+            counts[id(request)] += n
+            room -= n
+            if room == 0:
+                break
+        for request in waiting:
+            if room == 0:
+                break
+            n = min(request.waiting - counts[id(request)], room)
+            counts[id(request)] += n
+            room -= n
+        parts: list[_Slice] = []
+        for request in waiting:
+            n = counts[id(request)]
+            if n == 0:
+                continue
+            parts.append(_Slice(request, request.taken, request.taken + n))
+            request.taken += n
+            if request.waiting == 0:
+                self._queue.remove(request)
+        return parts
+
+    async def _run(self, parts: list[_Slice]) -> None:
+        self._metric.observe(sum(p.stop - p.start for p in parts))
+        outcomes: list[tuple[list[_Slice], Sequence[Sequence[Any]] | BaseException]]
+        try:
+            outcome = await self._call(parts)
+            if isinstance(outcome, BaseException) and len(parts) > 1:
+                # Find who the error belongs to: each request's part alone (in this slot).
+                outcomes = [([part], await self._call([part])) for part in parts]
+            else:
+                outcomes = [(parts, outcome)]
+        except asyncio.CancelledError:  # the worker is stopping
+            for part in parts:
+                if not part.request.future.done():
+                    part.request.future.cancel()
+            raise
+        finally:
+            self.running -= 1
+            # The next batch starts before this one's callers are answered: the model does
+            # not wait while the event loop serialises this batch's responses.
+            self._pump()
+        for batch, result in outcomes:
+            self._deliver(batch, result)
+
+    async def _call(self, parts: list[_Slice]) -> Sequence[Sequence[Any]] | BaseException:
+        live = [p for p in parts if not p.request.future.done()]
+        if not live:
+            return []
+        try:
+            outputs = await parts[0].request.callback(tuple(p.items for p in parts))
+            if len(outputs) != len(parts):
+                raise RuntimeError(f"{self.name}: {len(parts)} parts gave {len(outputs)} results")
+            return outputs
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - handed to the callers it belongs to
+            return exc
+
+    def _deliver(self, parts: list[_Slice], outcome: Sequence[Sequence[Any]] | Any) -> None:
+        if isinstance(outcome, BaseException):
+            for part in parts:
+                self._fail(part.request, outcome)
+            return
+        if not outcome:  # every caller had gone
+            return
+        for part, output in zip(parts, outcome, strict=True):
+            request = part.request
+            if request.future.done():
+                continue
+            output = list(output)
+            if len(output) != part.stop - part.start:
+                self._fail(request, RuntimeError(f"{self.name}: a part lost items"))
+                continue
+            if len(request.results) < len(request.items):
+                request.results.extend([None] * (len(request.items) - len(request.results)))
+            request.results[part.start : part.stop] = output
+            request.done += len(output)
+            if request.done == len(request.items):
+                request.future.set_result(request.results)
+
+    def _fail(self, request: _Request, exc: BaseException) -> None:
+        if request in self._queue:
+            self._queue.remove(request)
+        if not request.future.done():
+            request.future.set_exception(exc)
+
+
+def install(factory: Any, concurrency: dict[str, int]) -> None:
+    """Put a `Batcher` in place of each of the BentoML app factory's dispatchers, with the
+    API's own `max_batch_size` and `concurrency[name]` batches at once (default one)."""
+    for name in list(factory.dispatchers):
+        size = int(factory.service.apis[name].max_batch_size)
+        factory.dispatchers[name] = Batcher(name, size, concurrency.get(name, 1))

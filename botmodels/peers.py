@@ -1,0 +1,112 @@
+"""The `/runners/*` routes: the batchable APIs that other botmodels instances call.
+
+In this process a front checks a request and admits it before its items reach the dispatcher,
+so the batchable APIs themselves trust their items. Over HTTP the same APIs are reachable by any
+key holder, so `RunnerRouteGuard` gives them the public routes' rules: it reads the JSON body,
+runs the domain's check for that route (the same limits, in the one error shape) and holds the
+domain's admission (image and video generation: the 429 queue) while the request runs. The body
+is then handed on unchanged. A body that is not a JSON object goes on to BentoML, whose
+validation answers 400.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from botmodels.errors import BotModelsError, InvalidInput, send_error
+
+# A route's check: the parsed JSON body in, an admission held while the request runs out.
+RunnerCheck = Callable[[dict[str, Any]], AbstractContextManager[Any]]
+
+
+def items_of(payload: Mapping[str, Any], field: str, limit: int, setting: str) -> list[Any]:
+    """The list under `field`, at most `limit` long (the limit's setting named in the error)."""
+    items = payload.get(field)
+    if not isinstance(items, list):
+        raise InvalidInput(f"`{field}` must be a list", param=field)
+    if len(items) > limit:
+        raise InvalidInput(
+            f"`{field}` has {len(items)} items; at most {limit} per call ({setting})",
+            param=field,
+        )
+    return items
+
+
+def each_object(items: list[Any], field: str) -> list[dict[str, Any]]:
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise InvalidInput(f"`{field}[{i}]` must be an object", param=field)
+    return items
+
+
+def no_admission(_: dict[str, Any]) -> AbstractContextManager[Any]:
+    return contextlib.nullcontext()
+
+
+class RunnerRouteGuard:
+    """ASGI middleware; `checks()` gives route -> check once the service exists."""
+
+    def __init__(self, app: ASGIApp, checks: Callable[[], Mapping[str, RunnerCheck]]) -> None:
+        self.app = app
+        self.checks = checks
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or scope["method"] != "POST" or not path.startswith("/runners/"):
+            await self.app(scope, receive, send)
+            return
+        try:
+            check = self.checks().get(path)
+        except BotModelsError as exc:  # the service is not constructed yet
+            await send_error(send, exc.status, exc.message, code=exc.code, headers=_raw(exc))
+            return
+        if check is None:
+            await self.app(scope, receive, send)
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the caller went away; nothing to answer
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            payload = None
+        admission = contextlib.ExitStack()
+        if isinstance(payload, dict):
+            try:
+                admission.enter_context(check(payload))  # a full queue raises here
+            except BotModelsError as exc:
+                await send_error(
+                    send,
+                    exc.status,
+                    exc.message,
+                    code=exc.code,
+                    param=exc.param,
+                    headers=_raw(exc),
+                )
+                return
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        with admission:
+            await self.app(scope, replay, send)
+
+
+def _raw(exc: BotModelsError) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
