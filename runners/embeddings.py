@@ -346,7 +346,10 @@ def _quantize_dynamic_int8(model: Any) -> Any:
 
 
 def build_tiny(folder: Path) -> None:
-    """A 2-layer, 32-wide BERT with a word-level vocabulary and mean pooling (random weights)."""
+    """A 2-layer, 64-wide BERT with a word-level vocabulary and mean pooling (random weights).
+
+    64 wide, not narrower: bitsandbytes quantizes in blocks of 64 inputs, and its CPU 4-bit path
+    (on AVX-512) cannot handle a layer narrower than one block."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizer
 
@@ -360,15 +363,15 @@ def build_tiny(folder: Path) -> None:
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=len(vocab),
-        hidden_size=32,
+        hidden_size=64,
         num_hidden_layers=2,
         num_attention_heads=2,
-        intermediate_size=37,
+        intermediate_size=128,
         max_position_embeddings=128,
     )
     BertModel(config).save_pretrained(folder)
     (folder / "1_Pooling").mkdir()
     (folder / "1_Pooling" / "config.json").write_text(
-        json.dumps({"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True}),
+        json.dumps({"word_embedding_dimension": 64, "pooling_mode_mean_tokens": True}),
         encoding="utf-8",
     )

@@ -35,6 +35,23 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+# Across batch compositions (one image alone, or the first of two), the same seed gives the same
+# picture within these bounds, in 0-255 levels per channel (measured: see the README).
+PIXEL_TOLERANCE_MAX = 4
+PIXEL_TOLERANCE_MEAN = 0.1
+
+
+def _pixel_diff(a: bytes, b: bytes) -> Any:
+    import numpy as np
+
+    with Image.open(io.BytesIO(a)) as one, Image.open(io.BytesIO(b)) as other:
+        assert one.size == other.size
+        return np.abs(
+            np.asarray(one.convert("RGB"), dtype=np.int16)
+            - np.asarray(other.convert("RGB"), dtype=np.int16)
+        )
+
+
 def _png(client: Any, body: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
     response = client.post("/api/image/generate", json=body, headers=auth())
     assert response.status_code == 200, response.text
@@ -335,8 +352,13 @@ def test_official_openai_client_images(client: Any) -> None:
     assert len(urls.data) == 2
     first, second = (client.get(item.url).content for item in urls.data)
     assert all(NAME.fullmatch(item.url.removeprefix("http://testserver")) for item in urls.data)
-    assert first == payload  # seed 5 again: the same picture, url or b64_json
-    assert first != second  # n images take seeds 5 and 6
+    # Seed 5 again, as the first of a batch of two: the same picture within a small tolerance.
+    # Not bit-equal: a batch's kernels need not give the same floats as a batch of one (they do
+    # on AVX2, not on AVX-512). The README states this guarantee.
+    diff = _pixel_diff(first, payload)
+    assert diff.max() <= PIXEL_TOLERANCE_MAX, diff.max()
+    assert diff.mean() <= PIXEL_TOLERANCE_MEAN, diff.mean()
+    assert _pixel_diff(first, second).mean() > 10 * PIXEL_TOLERANCE_MEAN  # seeds 5 and 6 differ
     with pytest.raises(openai.BadRequestError) as caught:
         api.with_options(max_retries=0).images.generate(prompt="x", n=9)
     assert "between 1 and 4" in str(caught.value)

@@ -115,10 +115,11 @@ def test_packing_off_decodes_each_clip_alone(
     finally:
         whisper.pack = True
     # Not word-for-word equal: a packed clip is decoded with its neighbour's text as context,
-    # which can change a word (the README's WER table), and which word differs by CPU.
+    # which can change a word (the README's WER table), and which word differs by CPU. Alone,
+    # one word of a sentence may still differ by CPU ("jumps" heard as "jumped" on AVX-512).
     for sentence, one, other in zip(SENTENCES, packed, alone, strict=False):
         assert wer(sentence, one.text) <= 0.3, (sentence, one.text)
-        assert wer(sentence, other.text) <= 0.1, (sentence, other.text)
+        assert wer(sentence, other.text) <= 1 / len(sentence.split()), (sentence, other.text)
 
 
 def test_long_clips_and_word_timestamps_are_not_packed(
