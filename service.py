@@ -173,6 +173,7 @@ def _authenticator() -> Authenticator:
         load_api_keys(current),
         tolerance_s=current.signature_tolerance_s,
         replay_ttl_s=current.replay_cache_s,
+        replay_path=current.replay_cache_path,
     )
 
 

@@ -68,7 +68,14 @@ class Settings(BaseSettings):
         description="File with one key per line; default <home>/api-key, generated if missing.",
     )
     signature_tolerance_s: int = Field(300, ge=1, le=3600)
-    replay_cache_s: int = Field(600, ge=1, le=86400)
+    replay_cache_s: int = Field(
+        600,
+        ge=1,
+        le=86400,
+        description="How long a used signature is remembered (at least until its timestamp "
+        "leaves the tolerance), in <home>/replay-cache.sqlite3: shared by workers, kept "
+        "across restarts.",
+    )
 
     # --- paths ------------------------------------------------------------------------------
     home: Path = Field(
@@ -265,6 +272,10 @@ class Settings(BaseSettings):
     @property
     def jobs_path(self) -> Path:
         return self.jobs_db or self.home / "jobs.sqlite3"
+
+    @property
+    def replay_cache_path(self) -> Path:
+        return self.home / "replay-cache.sqlite3"
 
     def remote_url(self, runner: str) -> str | None:
         url = getattr(self, f"{runner}_url", None)
