@@ -94,6 +94,15 @@ class Settings(BaseSettings):
         512, ge=1, description="Requests in flight per worker before 429 with Retry-After."
     )
     request_timeout_s: float = Field(300.0, gt=0, description="botserver's own client timeout.")
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="A connection that has not sent a complete request head (request line and "
+        "headers) within this many seconds of connecting, or of its request's first byte, is "
+        "closed (408 if part of a head arrived). Idle keep-alive connections keep uvicorn's own "
+        "keep-alive timeout.",
+    )
 
     # --- compute ----------------------------------------------------------------------------
     threads: int = Field(
