@@ -175,6 +175,7 @@ def _authenticator() -> Authenticator:
         load_api_keys(current),
         tolerance_s=current.signature_tolerance_s,
         replay_ttl_s=current.replay_cache_s,
+        replay_path=current.replay_cache_path,
     )
 
 
@@ -249,7 +250,10 @@ async def get_output(request: Request) -> Response:
     path = outputs.resolve(request.url.path)
     if path is None:
         return error_response(NotFoundError("no such output (it may have expired)"))
-    return FileResponse(path, media_type=content_type(path))
+    # nosniff: a browser opening the URL must take the type we send, never guess from the bytes.
+    return FileResponse(
+        path, media_type=content_type(path), headers={"X-Content-Type-Options": "nosniff"}
+    )
 
 
 async def get_job(request: Request) -> Response:

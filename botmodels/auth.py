@@ -8,7 +8,9 @@ Accepted credentials, any one of them, for any configured key (several keys at o
         X-BotModels-Signature: v1=<hex HMAC-SHA256(key, "{timestamp}.{payload}")>
     where payload = METHOD + "\\n" + path (with "?query" if any) + "\\n" + raw body.
     The timestamp must be within `signature_tolerance_s` (300 s) of the server's clock, and a
-    signature is accepted once: a replay within `replay_cache_s` (600 s) is rejected.
+    signature is accepted once: a replay within `replay_cache_s` (600 s), and in any case while
+    its timestamp is still within the tolerance, is rejected. Used signatures are kept in SQLite
+    (`ReplayCache`), so a worker restart forgets none and two workers cannot both accept one.
 
 Every comparison is constant-time (`hmac.compare_digest`) and no key is ever logged.
 Open without credentials: liveness/readiness/health, metrics, the API docs, and generated files
@@ -17,15 +19,21 @@ Open without credentials: liveness/readiness/health, metrics, the API docs, and 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import logging
+import sqlite3
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from botmodels.errors import send_error
+
+log = logging.getLogger("botmodels.auth")
 
 TIMESTAMP_HEADER = b"x-botmodels-timestamp"
 SIGNATURE_HEADER = b"x-botmodels-signature"
@@ -57,24 +65,79 @@ def sign(key: bytes, timestamp: int, method: str, path: str, body: bytes) -> str
     return "v1=" + hmac.new(key, payload, hashlib.sha256).hexdigest()
 
 
+_REPLAY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS used_signatures (
+    signature  TEXT PRIMARY KEY,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS used_signatures_expiry ON used_signatures (expires_at);
+"""
+# One statement, so it is atomic across every process on the file: a new signature is inserted;
+# a known one is taken over only if its entry has expired. One row changed = accepted.
+_CLAIM = (
+    "INSERT INTO used_signatures (signature, expires_at) VALUES (?, ?) "
+    "ON CONFLICT (signature) DO UPDATE SET expires_at = excluded.expires_at "
+    "WHERE used_signatures.expires_at < ?"
+)
+
+
+class ReplayCacheUnavailable(Exception):
+    """The replay store could not be read or written (disk full, locked too long)."""
+
+
 class ReplayCache:
-    """Signatures seen in the last `ttl` seconds. Bounded: oldest entries go first."""
+    """Signatures already accepted, each until its expiry, in SQLite (WAL).
 
-    def __init__(self, ttl: float, max_entries: int = 200_000) -> None:
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self._seen: OrderedDict[str, float] = OrderedDict()
+    A file shared by the workers and kept across restarts: the unique key on the signature makes
+    two workers' claims on one signature exclusive, and a restarted worker still knows what was
+    used. Each claim is one indexed upsert; expired rows are deleted at most once a minute, by
+    their expiry index, never by a scan per request.
 
-    def add_if_new(self, signature: str, now: float) -> bool:
-        while self._seen:
-            oldest, expiry = next(iter(self._seen.items()))
-            if expiry > now and len(self._seen) < self.max_entries:
-                break
-            del self._seen[oldest]
-        if signature in self._seen:
-            return False
-        self._seen[signature] = now + self.ttl
-        return True
+    SQLite calls can block (another process's write lock, up to the busy timeout; a WAL
+    checkpoint's fsync, tens of ms), so `claim` runs them on one dedicated thread, never on the
+    event loop. `path=None` keeps the table in memory (one process, forgotten at exit: tests).
+    """
+
+    PRUNE_INTERVAL_S = 60.0
+
+    def __init__(self, path: Path | None, *, busy_timeout_s: float = 5.0) -> None:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(
+                ":memory:" if path is None else path,
+                isolation_level=None,
+                check_same_thread=False,  # used by one thread at a time: the executor's
+                timeout=busy_timeout_s,
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_REPLAY_SCHEMA)
+        except sqlite3.Error as exc:
+            raise ReplayCacheUnavailable(f"cannot open the replay cache at {path}: {exc}") from exc
+        self._next_prune = 0.0
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="botmodels-replay")
+
+    def add_if_new(self, signature: str, now: float, expires_at: float) -> bool:
+        """True (and remembered until `expires_at`) if `signature` is not already remembered.
+        Blocking: called on the cache's own thread by `claim`."""
+        if now >= self._next_prune:
+            self._db.execute("DELETE FROM used_signatures WHERE expires_at < ?", (now,))
+            self._next_prune = now + self.PRUNE_INTERVAL_S
+        return self._db.execute(_CLAIM, (signature, expires_at, now)).rowcount == 1
+
+    async def claim(self, signature: str, now: float, expires_at: float) -> bool:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self._executor, self.add_if_new, signature, now, expires_at
+            )
+        except sqlite3.Error as exc:
+            raise ReplayCacheUnavailable(str(exc)) from exc
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self._db.close()
 
 
 class Authenticator:
@@ -84,14 +147,16 @@ class Authenticator:
         *,
         tolerance_s: float = 300,
         replay_ttl_s: float = 600,
+        replay_path: Path | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._keys = tuple(keys)
         if not self._keys:
             raise ValueError("at least one API key is required")
         self.tolerance_s = tolerance_s
+        self.replay_ttl_s = replay_ttl_s
         self.clock = clock
-        self.replays = ReplayCache(replay_ttl_s)
+        self.replays = ReplayCache(replay_path)
 
     def check_key(self, presented: bytes) -> bool:
         matched = False
@@ -99,10 +164,11 @@ class Authenticator:
             matched |= hmac.compare_digest(presented, key)
         return matched
 
-    def check_signature(
+    async def check_signature(
         self, timestamp: bytes, signature: bytes, method: str, path: str, body: bytes
     ) -> str | None:
-        """None when valid, else the reason (safe to show: it names no secret)."""
+        """None when valid, else the reason (safe to show: it names no secret).
+        Raises ReplayCacheUnavailable when the replay store cannot answer."""
         try:
             ts = int(timestamp)
             text = signature.decode("ascii")
@@ -116,7 +182,10 @@ class Authenticator:
             valid |= hmac.compare_digest(text.encode(), sign(key, ts, method, path, body).encode())
         if not valid:
             return "invalid signature"
-        if not self.replays.add_if_new(text, now):
+        # Remembered at least while its timestamp still passes the check above, whatever the
+        # configured TTL: until then a replay would otherwise be accepted.
+        expires_at = max(now + self.replay_ttl_s, ts + self.tolerance_s)
+        if not await self.replays.claim(text, now, expires_at):
             return "signature already used (replay)"
         return None
 
@@ -196,7 +265,21 @@ class AuthMiddleware:
         path = scope["path"] + (
             "?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else ""
         )
-        reason = self.auth.check_signature(timestamp, signature, scope["method"], path, body)
+        try:
+            reason = await self.auth.check_signature(
+                timestamp, signature, scope["method"], path, body
+            )
+        except ReplayCacheUnavailable as exc:
+            # Fail closed: accepting without the check would let a replay through.
+            log.error("signature replay cache unavailable: %s", exc)
+            await send_error(
+                send,
+                503,
+                "cannot check the signature for replays right now; retry shortly",
+                code="replay_cache_unavailable",
+                headers=[(b"retry-after", b"1")],
+            )
+            return
         if reason is not None:
             await _unauthorized(send, reason)
             return

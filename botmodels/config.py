@@ -68,7 +68,14 @@ class Settings(BaseSettings):
         description="File with one key per line; default <home>/api-key, generated if missing.",
     )
     signature_tolerance_s: int = Field(300, ge=1, le=3600)
-    replay_cache_s: int = Field(600, ge=1, le=86400)
+    replay_cache_s: int = Field(
+        600,
+        ge=1,
+        le=86400,
+        description="How long a used signature is remembered (at least until its timestamp "
+        "leaves the tolerance), in <home>/replay-cache.sqlite3: shared by workers, kept "
+        "across restarts.",
+    )
 
     # --- paths ------------------------------------------------------------------------------
     home: Path = Field(
@@ -87,6 +94,15 @@ class Settings(BaseSettings):
         512, ge=1, description="Requests in flight per worker before 429 with Retry-After."
     )
     request_timeout_s: float = Field(300.0, gt=0, description="botserver's own client timeout.")
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="A connection that has not sent a complete request head (request line and "
+        "headers) within this many seconds of connecting, or of its request's first byte, is "
+        "closed (408 if part of a head arrived). Idle keep-alive connections keep uvicorn's own "
+        "keep-alive timeout.",
+    )
 
     # --- compute ----------------------------------------------------------------------------
     threads: int = Field(
@@ -265,6 +281,10 @@ class Settings(BaseSettings):
     @property
     def jobs_path(self) -> Path:
         return self.jobs_db or self.home / "jobs.sqlite3"
+
+    @property
+    def replay_cache_path(self) -> Path:
+        return self.home / "replay-cache.sqlite3"
 
     def remote_url(self, runner: str) -> str | None:
         url = getattr(self, f"{runner}_url", None)

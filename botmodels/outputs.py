@@ -76,8 +76,8 @@ class OutputStore:
         """The file a URL path names, or None: anything but the exact shape new_path() makes
         (dots, slashes, encoded characters, other folders) names nothing."""
         match = _URL.fullmatch(url_path)
-        if match is None:
-            return None
+        if match is None or Path(match.group(2)).suffix not in CONTENT_TYPES:
+            return None  # known extensions only: each is served as its own type, never guessed
         path = self.root / match.group(1) / match.group(2)
         try:
             resolved = path.resolve(strict=True)

@@ -66,6 +66,25 @@
    route and method), and only while every route is a `Route` or a `Mount`, whose matching
    depends on nothing but the method and path (a `Host` route, which reads headers, turns it
    off). Drop it when Starlette indexes static routes.
+
+11. No request-head timeout (uvicorn, not BentoML). uvicorn's httptools protocol arms its only
+   timer (keep-alive) after a response; a connection that connects and sends nothing, or half a
+   request head, is held forever (~1,500 such connections were all still open after 20 s). A
+   head's clock now starts at `connection_made` (the first request) or at the first byte of a
+   later request (`on_message_begin`) and stops at `on_headers_complete`; past
+   `BOTMODELS_HEADER_TIMEOUT_S` the connection is closed, with a 408 in the error shape if part
+   of a head had arrived. One timer per connection, not cancelled and re-armed per request: when
+   it fires it checks the pending head's clock, so a busy kept-alive connection pays two
+   attribute writes per request. Bodies, responses and idle keep-alive connections keep their
+   own rules. Always on (not part of the benchmark switch). Drop it when uvicorn has a
+   header-read timeout.
+
+12. Host-reflecting slash redirects (Starlette). A router answers a path that matches a route
+   only with (or without) a trailing slash with a 307 to an absolute URL built from the request's
+   `Host` header: `GET /outputs/images/x/` with `Host: evil.example`, unauthenticated, redirected
+   to `http://evil.example/outputs/images/x`. `redirect_slashes` is turned off on BentoML's app
+   and every Starlette app mounted in it, so such a path is a 404 in the error shape. Always on.
+   Drop it when BentoML lets a service turn slash redirects off.
 """
 
 from __future__ import annotations
@@ -80,7 +99,7 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
-from botmodels.errors import send_error
+from botmodels.errors import error_bytes, send_error
 
 log = logging.getLogger("botmodels.patches")
 
@@ -295,6 +314,121 @@ def _static_route_lookup(
     return app
 
 
+def _head_timed_out(protocol: Any) -> None:
+    transport = protocol.transport
+    if transport is None or transport.is_closing():
+        return
+    cycle = protocol.cycle
+    if cycle is not None and not cycle.response_complete:
+        # A late pipelined head behind a response still being sent: let that response finish,
+        # then uvicorn closes the connection instead of reading on.
+        cycle.keep_alive = False
+        return
+    if protocol._botmodels_head_begun:
+        timeout = protocol._botmodels_head_timeout_s
+        body = error_bytes(
+            408, f"request head not received within {timeout:g} s", code="request_timeout"
+        )
+        head = [b"HTTP/1.1 408 Request Timeout\r\n"]
+        head += [
+            name + b": " + value + b"\r\n" for name, value in protocol.server_state.default_headers
+        ]
+        head += [
+            b"content-type: application/json\r\n",
+            b"content-length: " + str(len(body)).encode() + b"\r\n",
+            b"connection: close\r\n\r\n",
+        ]
+        transport.write(b"".join(head) + body)
+    transport.close()
+
+
+def _check_head_deadline(protocol: Any) -> None:
+    """The connection's timer. It is not cancelled when a head completes (one timer per
+    connection and timeout period, not per request): it checks what is pending when it fires."""
+    protocol._botmodels_head_timer = None
+    started = protocol._botmodels_head_started
+    if started is None:
+        return  # no head pending; the next request's first byte arms a new timer
+    remaining = started + protocol._botmodels_head_timeout_s - protocol.loop.time()
+    if remaining > 0:  # a later head than the one this timer was armed for
+        _arm_head_timer(protocol, remaining)
+        return
+    _head_timed_out(protocol)
+
+
+def _arm_head_timer(protocol: Any, delay: float) -> None:
+    protocol._botmodels_head_timer = protocol.loop.call_later(delay, _check_head_deadline, protocol)
+
+
+def install_head_timeout(protocol_class: Any, timeout_s: float) -> None:
+    """Workaround 11 on uvicorn's httptools protocol. Idempotent; a later call only changes the
+    timeout. Reads the timeout from the class, so a subclass can set its own (tests)."""
+    protocol_class._botmodels_head_timeout_s = timeout_s
+    if getattr(protocol_class, "_botmodels_head_timeout_installed", False):
+        return
+    protocol_class._botmodels_head_timeout_installed = True
+    protocol_class._botmodels_head_timer = None
+    protocol_class._botmodels_head_started = None  # loop time the pending head's clock started
+    protocol_class._botmodels_head_begun = False  # a byte of that head has arrived
+    made = protocol_class.connection_made
+    begin = protocol_class.on_message_begin
+    complete = protocol_class.on_headers_complete
+    lost = protocol_class.connection_lost
+
+    def connection_made(self: Any, transport: Any) -> None:
+        made(self, transport)
+        self._botmodels_head_started = self.loop.time()
+        _arm_head_timer(self, self._botmodels_head_timeout_s)
+
+    def on_message_begin(self: Any) -> None:
+        self._botmodels_head_begun = True
+        if self._botmodels_head_started is None:  # a later request on a kept-alive connection
+            self._botmodels_head_started = self.loop.time()
+            if self._botmodels_head_timer is None:
+                _arm_head_timer(self, self._botmodels_head_timeout_s)
+        begin(self)
+
+    def on_headers_complete(self: Any) -> None:
+        self._botmodels_head_started = None
+        self._botmodels_head_begun = False
+        complete(self)
+
+    def connection_lost(self: Any, exc: Exception | None) -> None:
+        timer = self._botmodels_head_timer
+        if timer is not None:
+            timer.cancel()
+            self._botmodels_head_timer = None
+        self._botmodels_head_started = None
+        lost(self, exc)
+
+    protocol_class.connection_made = connection_made
+    protocol_class.on_message_begin = on_message_begin
+    protocol_class.on_headers_complete = on_headers_complete
+    protocol_class.connection_lost = connection_lost
+
+
+def no_slash_redirects(app: Any) -> None:
+    """Workaround 12: `redirect_slashes` off on `app`'s router and on every router mounted in it."""
+    from starlette.routing import Mount, Router
+
+    router = getattr(app, "router", app)
+    if not isinstance(router, Router):
+        return
+    router.redirect_slashes = False
+    for route in router.routes:
+        if isinstance(route, Mount):
+            no_slash_redirects(route.app)
+
+
+def _without_slash_redirects(build: Callable[..., Any]) -> Callable[..., Any]:
+    def build_app(self: Any) -> Any:
+        app = build(self)
+        no_slash_redirects(app)
+        return app
+
+    return build_app
+
+
 _header_config: tuple[dict[str, str], bool, Any] | None = None
 
 
@@ -358,6 +492,14 @@ def apply() -> None:
         Router.app = _static_route_lookup(  # type: ignore[method-assign,assignment]
             Router.app, (Route, Mount, PassiveMount)
         )
+
+    # Workarounds 11 and 12 fix behaviour, not cost: never part of the benchmark switch.
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from botmodels.config import get_settings
+
+    install_head_timeout(HttpToolsProtocol, get_settings().header_timeout_s)
+    ServiceAppFactory.__call__ = _without_slash_redirects(ServiceAppFactory.__call__)
 
     original_create = ServiceAppFactory.create_instance
 

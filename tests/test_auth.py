@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import sqlite3
 import time
 from collections.abc import MutableMapping
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -112,14 +117,94 @@ def test_signature_over_other_body_or_path_or_key_fails() -> None:
     assert response.json()["error"]["message"] == "malformed signature headers"
 
 
-def test_replay_cache_forgets_after_ttl_and_is_bounded() -> None:
-    cache = ReplayCache(ttl=10, max_entries=3)
-    assert cache.add_if_new("s1", 0)
-    assert not cache.add_if_new("s1", 5)
-    assert cache.add_if_new("s1", 11)  # expired, so new again
+def test_replay_cache_forgets_after_expiry_and_prunes_expired_rows(tmp_path: Path) -> None:
+    path = tmp_path / "replay.sqlite3"
+    cache = ReplayCache(path)
+    assert cache.add_if_new("s1", 0, expires_at=10)
+    assert not cache.add_if_new("s1", 5, expires_at=15)
+    assert not cache.add_if_new("s1", 10, expires_at=20)  # at its expiry: still remembered
+    assert cache.add_if_new("s1", 11, expires_at=21)  # expired, so new again
     for i in range(10):
-        cache.add_if_new(f"x{i}", 12)
-    assert len(cache._seen) <= 3
+        assert cache.add_if_new(f"x{i}", 12, expires_at=30)
+    assert _rows(path) == 11
+    # The next claim a prune interval later deletes what has expired (the x rows), nothing else.
+    assert cache.add_if_new("late", 31 + ReplayCache.PRUNE_INTERVAL_S, expires_at=10**6)
+    assert _rows(path) == 1
+    cache.close()
+
+
+def _rows(path: Path) -> int:
+    with closing(sqlite3.connect(path)) as db:
+        return int(db.execute("SELECT COUNT(*) FROM used_signatures").fetchone()[0])
+
+
+def test_used_signature_is_refused_after_a_restart(tmp_path: Path) -> None:
+    """A worker restart rebuilds the authenticator over the same file: what it saw stays used."""
+    clock = Clock(1_700_000_000)
+    path = tmp_path / "replay.sqlite3"
+    body = b'{"n": 1}'
+    headers = signed_headers(KEY_A, int(clock.now), body)
+    before = Authenticator([KEY_A], replay_path=path, clock=clock)
+    assert make_client(before).post("/echo", content=body, headers=headers).status_code == 200
+    before.replays.close()
+
+    clock.now += 30
+    after = Authenticator([KEY_A], replay_path=path, clock=clock)
+    client = make_client(after)
+    replay = client.post("/echo", content=body, headers=headers)
+    assert replay.status_code == 401
+    assert "replay" in replay.json()["error"]["message"]
+    fresh = signed_headers(KEY_A, int(clock.now), body)
+    assert client.post("/echo", content=body, headers=fresh).status_code == 200
+    after.replays.close()
+
+
+def test_signature_is_remembered_while_its_timestamp_is_valid_whatever_the_ttl() -> None:
+    clock = Clock(1_700_000_000)
+    client = make_client(Authenticator([KEY_A], tolerance_s=300, replay_ttl_s=1, clock=clock))
+    headers = signed_headers(KEY_A, int(clock.now), b"{}")
+    assert client.post("/echo", content=b"{}", headers=headers).status_code == 200
+    clock.now += 299  # the TTL is long gone, the timestamp still passes
+    assert client.post("/echo", content=b"{}", headers=headers).status_code == 401
+
+
+def _claim_all(path: str, signatures: list[str], start: float) -> list[str]:
+    """In a separate process, as a second worker would: the signatures this one was granted."""
+    cache = ReplayCache(Path(path))
+    while time.time() < start:  # both processes start claiming together
+        time.sleep(0.001)
+    granted = [s for s in signatures if cache.add_if_new(s, 1.0, expires_at=1000.0)]
+    cache.close()
+    return granted
+
+
+def test_two_workers_never_both_accept_one_signature(tmp_path: Path) -> None:
+    path = tmp_path / "replay.sqlite3"
+    ReplayCache(path).close()  # schema in place before the race
+    signatures = [f"v1={i:064x}" for i in range(400)]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(2, mp_context=context) as pool:
+        start = time.time() + 3  # after both have imported and opened the file
+        futures = [pool.submit(_claim_all, str(path), signatures, start) for _ in range(2)]
+        granted = [f.result(timeout=60) for f in futures]
+    assert sorted(granted[0] + granted[1]) == sorted(signatures)  # each granted exactly once
+    assert _rows(path) == len(signatures)
+
+
+def test_replay_store_failure_fails_closed_with_503(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock(1_700_000_000)
+    auth = Authenticator([KEY_A], clock=clock)
+
+    def locked(*_: Any) -> bool:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(auth.replays, "add_if_new", locked)
+    response = make_client(auth).post(
+        "/echo", content=b"{}", headers=signed_headers(KEY_A, int(clock.now), b"{}")
+    )
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "replay_cache_unavailable"
+    assert response.headers["retry-after"] == "1"
 
 
 def test_open_paths_need_no_credentials() -> None:
@@ -139,6 +224,25 @@ def test_limits_413_by_declared_length_and_415_by_type() -> None:
     assert client.post("/echo", content=b"x" * 1000, headers=headers).status_code == 200
     wrong = client.post("/echo", content=b"{}", headers={**headers, "content-type": "text/csv"})
     assert wrong.status_code == 415
+
+
+def test_json_route_takes_a_body_without_content_type_as_json() -> None:
+    """No Content-Type on a JSON route is read as JSON; a declared other type (curl -d without
+    -H sends form-urlencoded) is a 415 that says what to send."""
+    client = make_client(Authenticator([KEY_A]))
+    key = {"X-API-Key": KEY_A.decode()}
+    bare = client.post("/echo", content=b'{"a": 1}', headers=key)
+    assert "content-type" not in bare.request.headers
+    assert bare.status_code == 200
+    assert bare.json() == {"body": '{"a": 1}'}
+    form = client.post("/echo", data={"a": "1"}, headers=key)
+    assert form.request.headers["content-type"] == "application/x-www-form-urlencoded"
+    assert form.status_code == 415
+    assert "Content-Type: application/json" in form.json()["error"]["message"]
+    suffixed = client.post(
+        "/echo", content=b"{}", headers={**key, "content-type": "application/merge-patch+json"}
+    )
+    assert suffixed.status_code == 200
 
 
 def test_limits_413_on_chunked_body_without_length() -> None:

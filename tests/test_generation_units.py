@@ -54,12 +54,15 @@ def test_resolve_refuses_traversal_and_links(tmp_path: Path) -> None:
     (root / "images").mkdir(parents=True)
     link = root / "images" / ("a" * 32 + ".png")
     link.symlink_to(secret)
+    page = root / "images" / ("b" * 32 + ".html")  # a real file, but not a known output type
+    page.write_bytes(b"<script></script>")
     for url in (
         f"/outputs/images/{link.name}",  # a link out of the root
         "/outputs/images/../../secret.png",
         "/outputs/../secret.png",
         "/outputs/images/" + "a" * 31 + ".png",
         "/outputs/images/" + "a" * 32 + ".png/..",
+        f"/outputs/images/{page.name}",
     ):
         assert store.resolve(url) is None, url
 

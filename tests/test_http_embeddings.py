@@ -225,6 +225,15 @@ def test_wrong_content_type_is_415(client: Any, content_type: str) -> None:
     assert "application/json" in assert_error(response, 415)["message"]
 
 
+def test_body_without_content_type_is_read_as_json(client: Any) -> None:
+    """README, Errors: a missing Content-Type on a JSON route means JSON."""
+    response = client.post("/v1/embeddings", content=b'{"input": "x"}', headers=auth())
+    assert "content-type" not in response.request.headers
+    assert response.status_code == 200, response.text
+    assert len(response.json()["data"][0]["embedding"]) == 384
+    assert_error(client.post("/v1/embeddings", content=b"input=x", headers=auth()), 400)
+
+
 def test_unknown_route_and_method_are_shaped(client: Any) -> None:
     assert_error(client.get("/nope", headers=auth()), 404)
     assert_error(client.get("/v1/embeddings", headers=auth()), 405)

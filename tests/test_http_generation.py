@@ -59,6 +59,7 @@ def _png(client: Any, body: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
     file = client.get(result["file_path"])  # no key: botserver's bots fetch it bare
     assert file.status_code == 200
     assert file.headers["content-type"] == "image/png"
+    assert file.headers["x-content-type-options"] == "nosniff"
     return result, file.content
 
 

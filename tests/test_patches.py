@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+import socket
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -199,11 +204,16 @@ def test_apply_wraps_uvicorns_transport() -> None:
         protocol = HttpToolsProtocol.__new__(HttpToolsProtocol)
         protocol.connections = set()  # what connection_made touches before the transport
         protocol.logger = type("L", (), {"level": 100})()
+        protocol.loop = asyncio.get_running_loop()
         HttpToolsProtocol.connection_made(protocol, _Transport())  # type: ignore[arg-type]
         seen.append(protocol.transport)
+        timer = protocol._botmodels_head_timer  # type: ignore[attr-defined]
+        seen.append(timer)  # workaround 11's, armed on the same connection
+        timer.cancel()
 
     asyncio.run(scenario())
     assert isinstance(seen[0], patches._CoalescingTransport)
+    assert isinstance(seen[1], asyncio.TimerHandle)
 
 
 def _otel(patched: bool) -> tuple[Any, Any, list[str]]:
@@ -374,3 +384,205 @@ def test_route_lookup_follows_route_changes_and_stays_bounded(
     for method, path in REQUESTS:
         assert _route(lookup, method, path)[0] == _route(plain, method, path)[0]
     assert lookup._botmodels_static[2] is None
+
+
+# --- workaround 11: request-head timeout, on a real uvicorn server in this process -------------
+HEAD_TIMEOUT_S = 1.0
+SLACK_S = 5.0  # a shared, busy machine: only the order of magnitude is asserted
+
+
+async def _echo_length(scope: Any, receive: Any, send: Any) -> None:
+    """Reads the whole body; answers its length. `?wait=<s>` answers that much later."""
+    size, more = 0, True
+    while more:
+        message = await receive()
+        size += len(message.get("body", b""))
+        more = message.get("more_body", False)
+    query = scope["query_string"].decode()
+    if query.startswith("wait="):
+        await asyncio.sleep(float(query[5:]))
+    body = f"length {size}".encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+@pytest.fixture(scope="module")
+def uvicorn_port() -> Iterator[int]:
+    """uvicorn with its httptools protocol as patched (a subclass with a short timeout)."""
+    import socket
+    import threading
+
+    import uvicorn
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    patches.apply()
+    protocol = type(
+        "ShortHeadTimeout", (HttpToolsProtocol,), {"_botmodels_head_timeout_s": HEAD_TIMEOUT_S}
+    )
+    config = uvicorn.Config(
+        _echo_length, http=protocol, lifespan="off", log_level="warning", timeout_keep_alive=5
+    )
+    server = uvicorn.Server(config)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    yield int(sock.getsockname()[1])
+    server.should_exit = True
+    thread.join(10)
+
+
+def _connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=HEAD_TIMEOUT_S + SLACK_S)
+
+
+def _until_closed(sock: socket.socket) -> tuple[bytes, float]:
+    """Everything the server sends until it closes, and how long that took (raises
+    TimeoutError if it never closes)."""
+    started = time.monotonic()
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data, time.monotonic() - started
+
+
+def _response(sock: socket.socket) -> bytes:
+    """One whole response (content-length framed) from a kept-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"content-length: (\d+)", head, re.I)[1])  # type: ignore[index]
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def test_half_a_request_head_gets_408_and_the_connection_closes(uvicorn_port: int) -> None:
+    with _connect(uvicorn_port) as sock:
+        sock.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\nX-Half: ")
+        data, waited = _until_closed(sock)
+    assert waited < HEAD_TIMEOUT_S + SLACK_S
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ")
+    assert b"connection: close" in head
+    error = json.loads(body)["error"]
+    assert error["code"] == "request_timeout"
+    assert error["type"] == "timeout_error"
+
+
+def test_a_connection_that_sends_nothing_is_closed_silently(uvicorn_port: int) -> None:
+    with _connect(uvicorn_port) as sock:
+        data, waited = _until_closed(sock)
+    assert data == b""
+    assert waited < HEAD_TIMEOUT_S + SLACK_S
+
+
+def test_slow_bodies_slow_answers_and_idle_keep_alive_are_not_cut(uvicorn_port: int) -> None:
+    with _connect(uvicorn_port) as sock:
+        # The head in pieces (complete well within the timeout), then a body that takes longer
+        # than the timeout to arrive: the timeout is on the head only.
+        for piece in (b"POST /x HTTP/1.1\r\n", b"Host: a\r\n", b"Content-Length: 6\r\n\r\n"):
+            sock.sendall(piece)
+            time.sleep(0.05)
+        for piece in (b"ab", b"cd", b"ef"):
+            time.sleep(HEAD_TIMEOUT_S * 0.6)
+            sock.sendall(piece)
+        first = _response(sock)
+        assert first.startswith(b"HTTP/1.1 200 ")
+        assert first.endswith(b"length 6")
+        # Idle on the kept-alive connection longer than the head timeout (under uvicorn's own
+        # 5 s keep-alive), then a request whose answer takes longer than the head timeout.
+        time.sleep(HEAD_TIMEOUT_S * 1.5)
+        sock.sendall(b"GET /x?wait=%.1f HTTP/1.1\r\nHost: a\r\n\r\n" % (HEAD_TIMEOUT_S * 1.5))
+        second = _response(sock)
+    assert second.startswith(b"HTTP/1.1 200 ")
+    assert second.endswith(b"length 0")
+
+
+def test_each_head_gets_the_whole_timeout_from_its_own_first_byte(uvicorn_port: int) -> None:
+    """The connection's timer was armed at connect; it fires while a second head is pending and
+    must measure that head from its own first byte, not from the connection's start."""
+    with _connect(uvicorn_port) as sock:
+        sock.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert _response(sock).startswith(b"HTTP/1.1 200 ")
+        time.sleep(HEAD_TIMEOUT_S * 0.8)
+        sock.sendall(b"GET /x HTTP/1.1\r\n")
+        time.sleep(HEAD_TIMEOUT_S * 0.5)  # past the connection's first deadline
+        sock.sendall(b"Host: a\r\n\r\n")
+        assert _response(sock).startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_late_second_head_on_a_kept_alive_connection_is_timed_out(uvicorn_port: int) -> None:
+    with _connect(uvicorn_port) as sock:
+        sock.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert _response(sock).startswith(b"HTTP/1.1 200 ")
+        sock.sendall(b"GET /x HTTP/1.1\r\nHo")  # the next request's head never completes
+        data, waited = _until_closed(sock)
+    assert data.startswith(b"HTTP/1.1 408 ")
+    assert waited < HEAD_TIMEOUT_S + SLACK_S
+
+
+def test_many_half_open_connections_do_not_stop_normal_requests(uvicorn_port: int) -> None:
+    import httpx
+
+    stuck = [_connect(uvicorn_port) for _ in range(300)]
+    try:
+        for sock in stuck:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n")
+        answer = httpx.post(f"http://127.0.0.1:{uvicorn_port}/x", content=b"abc", timeout=10)
+        assert answer.status_code == 200
+        assert answer.text == "length 3"
+        closed = [_until_closed(sock)[0].startswith(b"HTTP/1.1 408 ") for sock in stuck]
+        assert all(closed)
+    finally:
+        for sock in stuck:
+            sock.close()
+
+
+def test_head_timeout_installs_once_and_a_later_call_only_sets_the_timeout() -> None:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    patches.apply()
+    made = HttpToolsProtocol.connection_made
+    before = HttpToolsProtocol._botmodels_head_timeout_s  # type: ignore[attr-defined]
+    try:
+        patches.install_head_timeout(HttpToolsProtocol, 3.5)
+        assert HttpToolsProtocol.connection_made is made
+        assert HttpToolsProtocol._botmodels_head_timeout_s == 3.5  # type: ignore[attr-defined]
+    finally:
+        patches.install_head_timeout(HttpToolsProtocol, before)
+
+
+# --- workaround 12: no slash redirects -----------------------------------------------------------
+def test_no_router_redirects_to_the_requests_host() -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+    from starlette.testclient import TestClient
+
+    async def hello(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("hello")
+
+    inner = Starlette(routes=[Route("/files/{name}", hello)])
+    outer = Starlette(routes=[Route("/ping", hello), Mount("/sub", app=inner)])
+    client = TestClient(outer, base_url="http://evil.example")
+    assert client.get("/ping/", follow_redirects=False).status_code == 307  # Starlette's default
+    patches.no_slash_redirects(outer)
+    assert outer.router.redirect_slashes is False
+    assert inner.router.redirect_slashes is False
+    for path in ("/ping/", "/sub/files/x/"):
+        response = client.get(path, follow_redirects=False)
+        assert response.status_code == 404, path
+        assert "location" not in response.headers
+    assert client.get("/sub/files/x").text == "hello"
