@@ -45,6 +45,12 @@ log = logging.getLogger("botmodels.dispatch")
 
 Callback = Callable[[Sequence[Any]], Awaitable[Sequence[Any]]]
 
+QUEUE_SECONDS = Histogram(
+    "botmodels_batch_queue_seconds",
+    "Wait of the oldest request in each runner batch, from its arrival to the batch's start",
+    ["api"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 ITEMS_PER_BATCH = Histogram(
     "botmodels_batch_items",
     "Items per runner batch (botmodels' dispatcher; a lone request runs as a batch of its size)",
@@ -60,6 +66,7 @@ class _Request:
     items: Sequence[Any]
     callback: Callback
     future: asyncio.Future[list[Any]]
+    arrived: float
     results: list[Any] = field(default_factory=list)
     taken: int = 0  # items handed to batches so far
     done: int = 0  # items answered so far
@@ -99,7 +106,8 @@ class Batcher:
         self._pump_scheduled = False
         self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self._metric = ITEMS_PER_BATCH.labels(api=name)
+        self._items_metric = ITEMS_PER_BATCH.labels(api=name)
+        self._queue_metric = QUEUE_SECONDS.labels(api=name)
 
     # The dispatcher interface -----------------------------------------------------------------
     def __call__(self, callback: Callback) -> Callable[[Sequence[Any]], Awaitable[list[Any]]]:
@@ -132,7 +140,9 @@ class Batcher:
         if not items:
             return []
         loop = asyncio.get_running_loop()
-        request = _Request(items=items, callback=callback, future=loop.create_future())
+        request = _Request(
+            items=items, callback=callback, future=loop.create_future(), arrived=loop.time()
+        )
         self._queue.append(request)
         self._schedule_pump(loop)
         try:
@@ -154,6 +164,7 @@ class Batcher:
         self._pump_scheduled = False
         loop = asyncio.get_running_loop()
         while self.running < self.concurrency and self._queue:
+            self._queue_metric.observe(loop.time() - self._queue[0].arrived)
             parts = self._take()
             self.running += 1
             task = loop.create_task(self._run(parts))
@@ -191,7 +202,7 @@ class Batcher:
         return parts
 
     async def _run(self, parts: list[_Slice]) -> None:
-        self._metric.observe(sum(p.stop - p.start for p in parts))
+        self._items_metric.observe(sum(p.stop - p.start for p in parts))
         outcomes: list[tuple[list[_Slice], Sequence[Sequence[Any]] | BaseException]]
         try:
             outcome = await self._call(parts)
