@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from botmodels import patches
+from botmodels import openapi, patches
 from botmodels.api import error_response, json_errors
 from botmodels.auth import Authenticator, AuthMiddleware
 from botmodels.config import Quantization, get_settings
@@ -765,3 +765,8 @@ _service_obj: Any = BotModels  # a bentoml.Service once decorated; its stubs don
 _service_obj.add_asgi_middleware(ErrorShapeMiddleware)
 _service_obj.add_asgi_middleware(_LazyAuth)
 _service_obj.add_asgi_middleware(_Limits)
+# /docs.json documents every route, the mounted ones included (botmodels/openapi.py).
+patches.document_service(
+    _service_obj,
+    lambda: openapi.build_document(_service_obj, status_app, get_settings(), version=VERSION),
+)
