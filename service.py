@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from botmodels import patches
+from botmodels import openapi, patches
 from botmodels.api import error_response, json_errors
 from botmodels.auth import Authenticator, AuthMiddleware
 from botmodels.config import Quantization, get_settings
@@ -797,3 +797,8 @@ _service_obj.add_asgi_middleware(ErrorShapeMiddleware)
 _service_obj.add_asgi_middleware(_LazyAuth)
 _service_obj.add_asgi_middleware(_Limits)
 _service_obj.add_asgi_middleware(_RunnerGuard)
+# /docs.json documents every route, the mounted ones included (botmodels/openapi.py).
+patches.document_service(
+    _service_obj,
+    lambda: openapi.build_document(_service_obj, status_app, get_settings(), version=VERSION),
+)

@@ -268,6 +268,10 @@ class GenerationFrontend:
         """`model` may be omitted, or name the stored model (with or without its version)."""
         if model is None or model == "":
             return
+        if not isinstance(model, str):  # a list or object is not a name (and not hashable)
+            raise InvalidInput(
+                f"`model` must be a string; got {type(model).__name__}", param="model"
+            )
         slot = self.pool.slot(kind)
         names = {kind} | ({slot.tag, slot.tag.split(":")[0]} if slot is not None else set())
         if model not in names:

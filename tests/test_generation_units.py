@@ -290,3 +290,27 @@ def test_int8_on_cpu_shrinks_the_weights(image_runner: Any) -> None:
     (image,) = quantized.generate([_spec()])
     assert image is not None
     assert image.size == (64, 64)
+
+
+def test_a_model_that_is_not_a_string_is_a_400() -> None:
+    """`model` is a name: a list or object is bad input (it used to be a 500: unhashable)."""
+    from typing import cast
+
+    from botmodels.config import Settings
+    from botmodels.errors import InvalidInput, NotFoundError
+    from botmodels.generation import GenerationFrontend
+
+    class Pool:
+        def slot(self, kind: str) -> None:
+            return None
+
+    frontend = GenerationFrontend(Settings(), cast(Any, Pool()), cast(Any, None))
+    frontend.check_model("image", None)
+    frontend.check_model("image", "image")
+    bad: object
+    for bad in ([], {}, 5, ["image"]):
+        with pytest.raises(InvalidInput, match="`model` must be a string") as raised:
+            frontend.check_model("image", bad)
+        assert raised.value.param == "model"
+    with pytest.raises(NotFoundError):
+        frontend.check_model("image", "dall-e-3")
