@@ -415,6 +415,77 @@ def _embeddings_input(s: Settings) -> dict[str, Any]:
 
 
 # API name -> the request body it really accepts, where its signature does not say (`Any`).
+def _bounded(fields: dict[str, Any]) -> dict[str, Any]:
+    """A public route's field as a runner item's: required, never null."""
+    schema = dict(fields)
+    types = schema.get("type")
+    if isinstance(types, list):
+        schema["type"] = next(t for t in types if t != "null")
+    schema.pop("description", None)
+    return schema
+
+
+def _list_body(field: str, items: dict[str, Any], most: int, setting: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": [field],
+        "properties": {
+            field: {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": most,
+                "items": items,
+                "description": f"at most {most} per call ({setting})",
+            }
+        },
+    }
+
+
+def _runner_tasks_body(s: Settings, kind: Literal["image", "video"]) -> dict[str, Any]:
+    """What botmodels.peers lets through to a generation runner route: the public checks."""
+    public = _generation_fields(s, kind)
+    names = ["prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "seed"]
+    if kind == "video":
+        names += ["num_frames", "fps"]
+    properties: dict[str, Any] = {"task_id": {"type": "string"}}
+    for name in names:
+        properties[name] = public[name] if name == "negative_prompt" else _bounded(public[name])
+    task = {
+        "type": "object",
+        "required": [n for n in ["task_id", *names] if n != "negative_prompt"],
+        "properties": properties,
+    }
+    most = s.image_max_batch_size if kind == "image" else s.video_max_batch_size
+    return _list_body("tasks", task, most, f"BOTMODELS_{kind.upper()}_MAX_BATCH_SIZE")
+
+
+def _runner_tts_body(s: Settings) -> dict[str, Any]:
+    job = {
+        "type": "object",
+        "required": ["text"],
+        "properties": {
+            "text": _bounded(_text(s.tts_max_chars, "")),
+            "voice": {"type": ["string", "null"]},
+            "language": {"type": ["string", "null"]},
+            "speed": {"type": "number", "minimum": 0.25, "maximum": 4.0, "default": 1.0},
+        },
+    }
+    return _list_body("jobs", job, s.tts_max_batch_size, "BOTMODELS_TTS_MAX_BATCH_SIZE")
+
+
+def _runner_texts_body(s: Settings) -> dict[str, Any]:
+    text = _bounded(_text(s.embeddings_max_chars, ""))
+    return _list_body("texts", text, s.embeddings_max_inputs, "BOTMODELS_EMBEDDINGS_MAX_INPUTS")
+
+
+# The /runners/* APIs: their items as botmodels.peers checks them.
+_RUNNER_BODIES: dict[str, Callable[[Settings], dict[str, Any]]] = {
+    "generate_images": lambda s: _runner_tasks_body(s, "image"),
+    "generate_videos": lambda s: _runner_tasks_body(s, "video"),
+    "synthesize_batch": _runner_tts_body,
+    "embed_batch": _runner_texts_body,
+}
+
 _REQUEST_BODIES: dict[str, Callable[[Settings], dict[str, Any]]] = {
     "image_generate": lambda s: _generation_body(s, "image"),
     "image_job": lambda s: _generation_body(s, "image"),
@@ -458,6 +529,8 @@ def _bentoml_operation(
     body = c.inline(api.input_spec.model_json_schema(ref_template=REF, mode="validation"))
     if api.name in _REQUEST_BODIES:
         body = _REQUEST_BODIES[api.name](s)
+    elif api.name in _RUNNER_BODIES:
+        body = _RUNNER_BODIES[api.name](s)
     for field, schema in _REQUEST_FIELDS.get(api.name, {}).items():
         body["properties"][field] = schema(s)
     body.pop("title", None)
