@@ -46,7 +46,7 @@ from botmodels.outputs import OutputStore, content_type
 from botmodels.pool import RunnerPool
 from botmodels.remote import RemoteRunner
 from botmodels.schemas import EmbeddedText, EmbeddingResponse, Pong
-from botmodels.speech import STT_ROUTE, TTS_ROUTE, SpeechFrontend
+from botmodels.speech import STT_ROUTE, TTS_ROUTE, SpeechFrontend, run_items
 from botmodels.speech_schemas import SttJob, SttResult, TtsJob, TtsResult
 from botmodels.store import find_stored, load_manifest
 from botmodels.vision import (
@@ -126,7 +126,14 @@ def _make_stt(path: Path, quantization: Quantization, device: Device) -> SttRunn
 
 
 def _make_tts(path: Path, quantization: Quantization, device: Device) -> TtsRunner:
-    return TtsRunner(path, quantization=quantization, device=device)
+    current = get_settings()
+    return TtsRunner(
+        path,
+        quantization=quantization,
+        device=device,
+        max_chars=current.tts_max_chars,
+        max_phonemes=current.tts_max_phonemes,
+    )
 
 
 FACTORIES = {
@@ -745,7 +752,7 @@ class BotModels:
     def transcribe_batch(self, jobs: list[SttJob]) -> list[SttResult]:
         """The speech-to-text runner: one batch of jobs in, one result per job out."""
         runner: SttRunner = self.pool.local("stt")
-        return runner.transcribe(jobs)
+        return run_items(runner.transcribe, jobs)
 
     @bentoml.api(
         route=TTS_ROUTE,
@@ -756,7 +763,7 @@ class BotModels:
     def synthesize_batch(self, jobs: list[TtsJob]) -> list[TtsResult]:
         """The text-to-speech runner: one batch of jobs in, one audio per job out."""
         runner: TtsRunner = self.pool.local("tts")
-        return runner.synthesize(jobs)
+        return run_items(runner.synthesize, jobs)
 
 
 # Outermost first. Errors are shaped last; credentials are checked before anything looks at the

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from bentoml.exceptions import InvalidArgument
 from prometheus_client import Histogram
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
@@ -41,6 +42,8 @@ from botmodels.speech_schemas import (
     SttResult,
     TtsJob,
     TtsResult,
+    check_tts_speed,
+    check_tts_text,
 )
 
 STT_ROUTE = "/runners/stt/transcribe"
@@ -149,6 +152,16 @@ def verbose_json(result: SttResult, task: str, words: bool, segments: bool) -> d
     if words:
         body["words"] = [w.model_dump() for s in result.segments for w in s.words]
     return body
+
+
+# --- the runner routes (service.py's batchable APIs) --------------------------------------------
+def run_items(method: Callable[[list[Any]], list[Any]], jobs: list[Any]) -> list[Any]:
+    """A runner's batch from its route: what the runner refuses is the caller's 400 (BentoML
+    answers 500 to any exception but its own)."""
+    try:
+        return method(jobs)
+    except InvalidInput as exc:
+        raise InvalidArgument(exc.message) from None
 
 
 # --- batching ----------------------------------------------------------------------------------
@@ -294,17 +307,7 @@ class SpeechFrontend:
         return JSONResponse(body.model_dump())
 
     def _check_text(self, text: object, param: str) -> str:
-        if not isinstance(text, str):
-            raise InvalidInput(f"`{param}` must be a string", param=param)
-        if not text.strip():
-            raise InvalidInput(f"`{param}` is empty; send the text to speak", param=param)
-        if len(text) > self.settings.tts_max_chars:
-            raise InvalidInput(
-                f"`{param}` has {len(text)} characters; the limit is {self.settings.tts_max_chars}",
-                param=param,
-                code="text_too_long",
-            )
-        return text
+        return check_tts_text(text, self.settings.tts_max_chars, param)
 
     @staticmethod
     def _optional_str(body: dict[str, Any], key: str) -> str | None:
@@ -316,19 +319,25 @@ class SpeechFrontend:
         return value
 
     async def _synthesize(self, job: TtsJob, param: str) -> TtsResult:
-        self._check_voice(job)
-        result: TtsResult = await self._run("tts", job, TtsResult)
+        try:
+            await self._check_job(job)
+            result: TtsResult = await self._run("tts", job, TtsResult)
+        except InvalidInput as exc:
+            if exc.param == "text":  # the runner names its job's field; ours is `param`
+                exc.param = param
+            raise
         if result.samples().size == 0:
             raise InvalidInput(
                 f"`{param}` produced no speech (no pronounceable characters)", param=param
             )
         return result
 
-    def _check_voice(self, job: TtsJob) -> None:
-        # Fail before queueing when the runner is local: a bad voice never takes a batch slot.
+    async def _check_job(self, job: TtsJob) -> None:
+        # Fail before queueing when the runner is local: a bad voice, or text that speaks for
+        # too long, never joins (and so never fails) a batch. Phonemizing is quick but not free.
         slot = self.pool.slot("tts")
         if slot is not None and slot.state == "ready":
-            slot.instance.pick(job.voice, job.language)
+            await asyncio.to_thread(slot.instance.check, job)
 
     async def api_generate(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -422,20 +431,11 @@ class SpeechFrontend:
                 f"`response_format` {fmt!r} is not one of {', '.join(SPEECH_FORMATS)}",
                 param="response_format",
             )
-        speed = body.get("speed", 1.0)
-        if (
-            isinstance(speed, bool)
-            or not isinstance(speed, int | float)
-            or not (0.25 <= speed <= 4.0)
-        ):
-            raise InvalidInput(
-                f"`speed` must be a number from 0.25 to 4.0, got {speed!r}", param="speed"
-            )
         job = TtsJob(
             text=text,
             voice=self._optional_str(body, "voice"),
             language=self._optional_str(body, "language"),
-            speed=float(speed),
+            speed=check_tts_speed(body.get("speed", 1.0)),
         )
         result = await self._synthesize(job, "input")
         encoded = await asyncio.to_thread(
