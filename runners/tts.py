@@ -40,7 +40,7 @@ log = logging.getLogger("botmodels.runners.tts")
 
 # Phonemes (VITS: characters) in one model call at speed 1; a slower speed stretches each into
 # more audio, so proportionally fewer go into one call. Chosen where the call's working memory
-# stays small (README, Text-to-speech) while pieces stay long enough to sound like phrases.
+# stays small (README, Speech: long text) while pieces stay long enough to sound like phrases.
 PHONEMES_PER_CALL = 100
 SENTENCE_PAUSE_S = 0.15  # between sentences, as a speaker would pause
 CLAUSE_PAUSE_S = 0.1  # where a sentence was cut after a punctuation mark
@@ -151,7 +151,7 @@ class TtsRunner:
         # Every call has a new input length. With the memory pattern, onnxruntime plans each new
         # shape's tensors as one block, and its arena keeps the largest block it was asked for;
         # without it, tensors come from the arena one by one and are reused across calls. (No
-        # arena at all gave a higher peak: README, Text-to-speech.)
+        # arena at all gave a higher peak: README, Speech: long text.)
         options.enable_mem_pattern = False
         providers = (
             [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"})]
@@ -232,19 +232,20 @@ class TtsRunner:
     # 3. Check a job ------------------------------------------------------------------------
     def check(self, job: TtsJob) -> Voice:
         """Refuse (InvalidInput) what this runner will not speak: bad text or speed, an unknown
-        voice, or text that makes more speech than `max_phonemes` allows. Cheap (phonemizing
-        is, the model is not): the front runs it before a job joins a batch."""
+        voice, or text that makes more speech than `max_phonemes` allows. Cheap next to
+        synthesis (it phonemizes, it runs no model): the front runs it before a job joins a
+        batch."""
         check_tts_text(job.text, self.max_chars)
         check_tts_speed(job.speed)
         voice = self.pick(job.voice, job.language)
         units = sum(len(s) for s in self._sentences(voice, job.text))
-        if units / job.speed > self.max_phonemes:
+        counted = units / job.speed
+        if counted > self.max_phonemes:
             what = "phonemes" if voice.engine == "piper" else "characters"
+            slower = f" (at speed {job.speed:g}, counted as {counted:.0f})" if job.speed < 1 else ""
             raise InvalidInput(
-                f"the text makes {units} {what} of speech"
-                + (f" (at speed {job.speed:g}, counted as {units / job.speed:.0f})")
-                * (job.speed < 1)
-                + f"; the limit is {self.max_phonemes}: send shorter text",
+                f"the text makes {units} {what} of speech{slower}; the limit is "
+                f"{self.max_phonemes}: send shorter text",
                 param="text",
                 code="text_too_long",
             )
@@ -289,6 +290,8 @@ class TtsRunner:
         pieces: list[tuple[npt.NDArray[np.float32], float]] = []
         for sentence in self._sentences(voice, job.text):
             cut = split_units(sentence, limit)
+            if not cut:  # only spaces
+                continue
             raw = [
                 np.asarray(
                     model.phoneme_ids_to_audio(model.phonemes_to_ids(units), config), np.float32
