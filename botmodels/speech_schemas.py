@@ -19,10 +19,11 @@ from botmodels.errors import InvalidInput
 
 SAMPLE_RATE = 16_000  # Whisper's input rate
 MIN_SPEED, MAX_SPEED = 0.25, 4.0  # OpenAI's bounds; a VITS call's audio grows as 1/speed
-# C0 and C1 control characters except tab, line feed, vertical tab, form feed and carriage
-# return, and lone surrogates (JSON's "\ud800"): espeak cannot take NUL or a string that is not
-# valid UTF-8, and none of them is text to speak.
-_UNSPEAKABLE = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+# C0 control characters but tab, line feed, vertical tab, form feed and carriage return; DEL;
+# lone surrogates (JSON's "\ud800"). espeak cannot take NUL or a string that is not valid UTF-8,
+# and none of them is text. C1 controls (U+0080-U+009F) pass: they are what cp1252 quotes and
+# dashes become when text is decoded as Latin-1, and espeak skips them.
+_UNSPEAKABLE = re.compile(r"[\x00-\x08\x0e-\x1f\x7f\ud800-\udfff]")
 
 
 def check_samples(audio: npt.NDArray[np.float32], param: str = "audio") -> None:
