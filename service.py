@@ -128,7 +128,14 @@ def _make_stt(path: Path, quantization: Quantization, device: Device) -> SttRunn
 
 
 def _make_tts(path: Path, quantization: Quantization, device: Device) -> TtsRunner:
-    return TtsRunner(path, quantization=quantization, device=device)
+    current = get_settings()
+    return TtsRunner(
+        path,
+        quantization=quantization,
+        device=device,
+        max_chars=current.tts_max_chars,
+        max_phonemes=current.tts_max_phonemes,
+    )
 
 
 FACTORIES = {

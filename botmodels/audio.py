@@ -75,6 +75,10 @@ def decode(
     audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
     if audio.size == 0:
         raise InvalidInput(f"`{param}` decoded to no audio samples (truncated?)", param=param)
+    if not np.isfinite(audio).all():  # a float WAV can carry NaN; Whisper answers garbage
+        raise InvalidInput(
+            f"`{param}` has samples that are not finite numbers (NaN or infinity)", param=param
+        )
     if audio.size > limit:
         raise PayloadTooLarge(
             f"`{param}` is {audio.size / rate:.1f} s long; the limit is {max_seconds:g} s",

@@ -164,6 +164,13 @@ class Settings(BaseSettings):
     tts_max_batch_size: int = Field(8, ge=1, le=64)
     tts_max_latency_ms: int = Field(120_000, ge=100)
     tts_max_chars: int = Field(4096, ge=1, description="Longest text to speak (OpenAI's limit).")
+    tts_max_phonemes: int = Field(
+        10_000,
+        ge=1,
+        description="Most phonemes (VITS voices: characters) one request may speak, counted at "
+        "speed 1 (at speed 0.5 each counts twice). Bounds a request's audio, its memory and "
+        "its time; text past it is a 400.",
+    )
 
     # --- generated files (/outputs) and jobs -------------------------------------------------
     outputs_dir: Path | None = Field(

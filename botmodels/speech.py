@@ -43,6 +43,8 @@ from botmodels.speech_schemas import (
     SttResult,
     TtsJob,
     TtsResult,
+    check_tts_speed,
+    check_tts_text,
 )
 
 STT_ROUTE = "/runners/stt/transcribe"
@@ -155,6 +157,7 @@ def verbose_json(result: SttResult, task: str, words: bool, segments: bool) -> d
     return body
 
 
+# --- the runner routes (service.py's batchable APIs) --------------------------------------------
 # --- batching ----------------------------------------------------------------------------------
 BatchInfer = Callable[[str, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
 
@@ -266,17 +269,7 @@ class SpeechFrontend:
         return JSONResponse(body.model_dump())
 
     def _check_text(self, text: object, param: str) -> str:
-        if not isinstance(text, str):
-            raise InvalidInput(f"`{param}` must be a string", param=param)
-        if not text.strip():
-            raise InvalidInput(f"`{param}` is empty; send the text to speak", param=param)
-        if len(text) > self.settings.tts_max_chars:
-            raise InvalidInput(
-                f"`{param}` has {len(text)} characters; the limit is {self.settings.tts_max_chars}",
-                param=param,
-                code="text_too_long",
-            )
-        return text
+        return check_tts_text(text, self.settings.tts_max_chars, param)
 
     def check_runner_call(self, kind: str, payload: dict[str, Any]) -> AbstractContextManager[Any]:
         """`/runners/stt/transcribe` and `/runners/tts/synthesize` from a peer: the public
@@ -297,7 +290,7 @@ class SpeechFrontend:
                 raise InvalidInput(f"`jobs[{i}]` must be an object", param="jobs")
             if kind == "tts":
                 self._check_text(job.get("text"), "text")
-                self._check_speed(job.get("speed", 1.0))
+                check_tts_speed(job.get("speed", 1.0))
                 continue
             audio = job.get("audio")
             # base64 of float32 samples: 3 bytes per 4 characters, 4 bytes per sample
@@ -316,18 +309,6 @@ class SpeechFrontend:
         return contextlib.nullcontext()
 
     @staticmethod
-    def _check_speed(speed: object) -> float:
-        if (
-            isinstance(speed, bool)
-            or not isinstance(speed, int | float)
-            or not (0.25 <= speed <= 4.0)
-        ):
-            raise InvalidInput(
-                f"`speed` must be a number from 0.25 to 4.0, got {speed!r}", param="speed"
-            )
-        return float(speed)
-
-    @staticmethod
     def _optional_str(body: dict[str, Any], key: str) -> str | None:
         value = body.get(key)
         if value is None or value == "":
@@ -337,19 +318,25 @@ class SpeechFrontend:
         return value
 
     async def _synthesize(self, job: TtsJob, param: str) -> TtsResult:
-        self._check_voice(job)
-        result: TtsResult = await self._run("tts", job, TtsResult)
+        try:
+            await self._check_job(job)
+            result: TtsResult = await self._run("tts", job, TtsResult)
+        except InvalidInput as exc:
+            if exc.param == "text":  # the runner names its job's field; ours is `param`
+                exc.param = param
+            raise
         if result.samples().size == 0:
             raise InvalidInput(
                 f"`{param}` produced no speech (no pronounceable characters)", param=param
             )
         return result
 
-    def _check_voice(self, job: TtsJob) -> None:
-        # Fail before queueing when the runner is local: a bad voice never takes a batch slot.
+    async def _check_job(self, job: TtsJob) -> None:
+        # Fail before queueing when the runner is local: a bad voice, or text that speaks for
+        # too long, never joins (and so never fails) a batch. Phonemizing is quick but not free.
         slot = self.pool.slot("tts")
         if slot is not None and slot.state == "ready":
-            slot.instance.pick(job.voice, job.language)
+            await asyncio.to_thread(slot.instance.check, job)
 
     async def api_generate(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -443,12 +430,11 @@ class SpeechFrontend:
                 f"`response_format` {fmt!r} is not one of {', '.join(SPEECH_FORMATS)}",
                 param="response_format",
             )
-        speed = self._check_speed(body.get("speed", 1.0))
         job = TtsJob(
             text=text,
             voice=self._optional_str(body, "voice"),
             language=self._optional_str(body, "language"),
-            speed=speed,
+            speed=check_tts_speed(body.get("speed", 1.0)),
         )
         result = await self._synthesize(job, "input")
         encoded = await asyncio.to_thread(

@@ -32,7 +32,15 @@ from prometheus_client import Counter
 
 from botmodels.config import Quantization
 from botmodels.device import Device
-from botmodels.speech_schemas import SAMPLE_RATE, SegmentOut, SttJob, SttResult, WordOut
+from botmodels.errors import InvalidInput
+from botmodels.speech_schemas import (
+    SAMPLE_RATE,
+    SegmentOut,
+    SttJob,
+    SttResult,
+    WordOut,
+    check_samples,
+)
 
 log = logging.getLogger("botmodels.runners.stt")
 
@@ -259,6 +267,8 @@ class SttRunner:
         """Jobs in, one result per job, in order. Silence gives empty text, not an error."""
         if self._model is None or self.vad is None:
             raise RuntimeError("SttRunner.transcribe() called before load()")
+        for job in jobs:  # a bad job fails the batch before any work
+            self.check(job)
         audios = [job.samples() for job in jobs]
         spans = [self.vad.speech(audio) for audio in audios]
         chunks = [c for i, a in enumerate(audios) for c in _chunks(i, a, spans[i])]
@@ -300,6 +310,18 @@ class SttRunner:
             if jobs[index].language and result.language is None and spans[index]:
                 result.language = jobs[index].language
         return results
+
+    def check(self, job: SttJob) -> None:
+        """Refuse (InvalidInput) a language this model does not know, or samples that are not
+        finite numbers."""
+        if job.language and self.languages and job.language not in self.languages:
+            raise InvalidInput(
+                f"`language` {job.language!r} is not one this Whisper model knows; use an "
+                f"ISO-639-1 code, one of: {', '.join(self.languages)}",
+                param="language",
+                code="unknown_language",
+            )
+        check_samples(job.samples())
 
     def _decode_group(
         self, group: list[_Chunk], jobs: list[SttJob]

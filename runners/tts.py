@@ -8,7 +8,13 @@ Each becomes a voice named after its dataset (`joe`) or folder, with its languag
 `por`…). A request picks one by `voice` and/or `language`; an unknown one is a 400 that lists
 what exists. Piper is GPL-3.0 software (the voice itself is MIT): see the README.
 
-Reads top to bottom: load voices -> pick a voice -> synthesize a batch.
+Long text is spoken in bounded pieces: one model call per piece of at most `PHONEMES_PER_CALL`
+phonemes (characters for VITS), cut at sentence ends, then after punctuation, then between
+words. A VITS model's memory grows with the audio of one call (the decoder upsamples the whole
+utterance at once) and onnxruntime keeps what one call took, so an unbounded sentence (espeak
+ends a sentence only at punctuation followed by a capital) would take gigabytes and keep them.
+
+Reads top to bottom: load voices -> pick a voice -> check a job -> synthesize a batch.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +34,20 @@ import numpy.typing as npt
 from botmodels.config import Quantization
 from botmodels.device import Device
 from botmodels.errors import InvalidInput
-from botmodels.speech_schemas import TtsJob, TtsResult
+from botmodels.speech_schemas import TtsJob, TtsResult, check_tts_speed, check_tts_text
 
 log = logging.getLogger("botmodels.runners.tts")
+
+# Phonemes (VITS: characters) in one model call at speed 1; a slower speed stretches each into
+# more audio, so proportionally fewer go into one call. Chosen where the call's working memory
+# stays small (README, Speech: long text) while pieces stay long enough to sound like phrases.
+PHONEMES_PER_CALL = 100
+SENTENCE_PAUSE_S = 0.15  # between sentences, as a speaker would pause
+CLAUSE_PAUSE_S = 0.1  # where a sentence was cut after a punctuation mark
+WORD_PAUSE_S = 0.05  # where it was cut between words (a cut inside a word has none)
+FADE_S = 0.005  # each piece fades in and out, so no cut clicks
+# ASCII and CJK (ideographic and full-width) clause and sentence punctuation
+_CLAUSE_ENDS = frozenset(",;:.!?\u3001\u3002\uff0c\uff01\uff1f\uff1b\uff1a")
 
 MODEL_ID = "facebook/mms-tts-eng"
 SAMPLE_INPUT = "The quick brown fox jumps over the lazy dog."
@@ -79,10 +97,20 @@ class Voice:
 class TtsRunner:
     kind = "tts"
 
-    def __init__(self, model_dir: Path, *, quantization: Quantization, device: Device) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        quantization: Quantization,
+        device: Device,
+        max_chars: int = 4096,
+        max_phonemes: int = 10_000,
+    ) -> None:
         self.model_dir = model_dir
         self.quantization = quantization
         self.device = device
+        self.max_chars = max_chars
+        self.max_phonemes = max_phonemes
         self.dtype = "float32"
         self.voices: dict[str, Voice] = {}
 
@@ -115,13 +143,30 @@ class TtsRunner:
         self.voices[voice.name] = voice
 
     def _load_piper(self, onnx: Path, config_path: Path) -> Voice:
-        from piper import PiperVoice
+        import onnxruntime
+        from piper import PiperConfig, PiperVoice
 
         config = json.loads(config_path.read_text(encoding="utf-8"))
-        model = PiperVoice.load(onnx, config_path=config_path, use_cuda=self.device == "cuda")
+        options = onnxruntime.SessionOptions()
+        # Every call has a new input length. With the memory pattern, onnxruntime plans each new
+        # shape's tensors as one block, and its arena keeps the largest block it was asked for;
+        # without it, tensors come from the arena one by one and are reused across calls. (No
+        # arena at all gave a higher peak: README, Speech: long text.)
+        options.enable_mem_pattern = False
+        providers = (
+            [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"})]
+            if self.device == "cuda"
+            else ["CPUExecutionProvider"]
+        )
+        model = PiperVoice(
+            config=PiperConfig.from_dict(config),
+            session=onnxruntime.InferenceSession(
+                str(onnx), sess_options=options, providers=providers
+            ),
+        )
         language = str(config.get("language", {}).get("code") or config["espeak"]["voice"])
         name = str(config.get("dataset") or onnx.stem)
-        # onnxruntime sessions are thread-safe; espeak-ng phonemization is not.
+        # onnxruntime sessions are thread-safe; piper locks its espeak-ng calls itself.
         return Voice(
             name,
             language,
@@ -184,17 +229,47 @@ class TtsRunner:
                 )
         return candidates[0]
 
-    # 3. Synthesize a batch ------------------------------------------------------------------
+    # 3. Check a job ------------------------------------------------------------------------
+    def check(self, job: TtsJob) -> Voice:
+        """Refuse (InvalidInput) what this runner will not speak: bad text or speed, an unknown
+        voice, or text that makes more speech than `max_phonemes` allows. Cheap next to
+        synthesis (it phonemizes, it runs no model): the front runs it before a job joins a
+        batch."""
+        check_tts_text(job.text, self.max_chars)
+        check_tts_speed(job.speed)
+        voice = self.pick(job.voice, job.language)
+        units = sum(len(s) for s in self._sentences(voice, job.text))
+        counted = units / job.speed
+        if counted > self.max_phonemes:
+            what = "phonemes" if voice.engine == "piper" else "characters"
+            slower = f" (at speed {job.speed:g}, counted as {counted:.0f})" if job.speed < 1 else ""
+            raise InvalidInput(
+                f"the text makes {units} {what} of speech{slower}; the limit is "
+                f"{self.max_phonemes}: send shorter text",
+                param="text",
+                code="text_too_long",
+            )
+        return voice
+
+    @staticmethod
+    def _sentences(voice: Voice, text: str) -> list[list[str]]:
+        """Piper: espeak's sentences of phonemes. VITS: the text as one run of characters."""
+        if voice.engine == "piper":
+            return [s for s in voice.model.phonemize(text) if s]
+        return [list(text)]
+
+    # 4. Synthesize a batch ------------------------------------------------------------------
     def synthesize(self, jobs: list[TtsJob]) -> list[TtsResult]:
         if not self.voices:
             raise RuntimeError("TtsRunner.synthesize() called before load()")
+        voices = [self.check(job) for job in jobs]  # a bad job fails the batch before any work
         results = []
-        for job in jobs:
-            voice = self.pick(job.voice, job.language)
+        for job, voice in zip(jobs, voices, strict=True):
             assert voice.lock is not None
             with voice.lock:
-                audio = (
-                    self._piper(voice, job) if voice.engine == "piper" else self._vits(voice, job)
+                audio = _join(
+                    self._piper(voice, job) if voice.engine == "piper" else self._vits(voice, job),
+                    voice.sample_rate,
                 )
             results.append(
                 TtsResult(
@@ -205,30 +280,96 @@ class TtsRunner:
             )
         return results
 
-    def _piper(self, voice: Voice, job: TtsJob) -> npt.NDArray[np.float32]:
+    def _piper(self, voice: Voice, job: TtsJob) -> list[tuple[npt.NDArray[np.float32], float]]:
+        """(audio, pause after it) per piece; each sentence scaled to full range, as Piper does."""
         from piper import SynthesisConfig
 
-        config = SynthesisConfig(length_scale=1.0 / job.speed)
-        pieces = [chunk.audio_float_array for chunk in voice.model.synthesize(job.text, config)]
-        if not pieces:
-            return np.zeros(0, dtype=np.float32)
-        # a short pause between sentences, as a speaker would make
-        gap = np.zeros(int(0.15 * voice.sample_rate), dtype=np.float32)
-        joined = [p for piece in pieces for p in (piece.astype(np.float32), gap)][:-1]
-        return np.concatenate(joined)
+        model = voice.model
+        config = SynthesisConfig(length_scale=model.config.length_scale / job.speed)
+        limit = _per_call(job.speed)
+        pieces: list[tuple[npt.NDArray[np.float32], float]] = []
+        for sentence in self._sentences(voice, job.text):
+            cut = split_units(sentence, limit)
+            if not cut:  # only spaces
+                continue
+            raw = [
+                np.asarray(
+                    model.phoneme_ids_to_audio(model.phonemes_to_ids(units), config), np.float32
+                ).reshape(-1)
+                for units, _ in cut
+            ]
+            peak = max(float(np.max(np.abs(a), initial=0.0)) for a in raw)
+            scale = 1.0 / peak if peak >= 1e-8 else 0.0
+            pieces += [
+                (np.clip(a * scale, -1.0, 1.0), pause)
+                for a, (_, pause) in zip(raw, cut, strict=True)
+            ]
+        return pieces
 
-    def _vits(self, voice: Voice, job: TtsJob) -> npt.NDArray[np.float32]:
+    def _vits(self, voice: Voice, job: TtsJob) -> list[tuple[npt.NDArray[np.float32], float]]:
         import torch
 
-        inputs = voice.tokenizer(job.text, return_tensors="pt").to(voice.model.device)
-        if inputs["input_ids"].shape[-1] == 0:
-            return np.zeros(0, dtype=np.float32)
         voice.model.speaking_rate = job.speed
         torch.manual_seed(0)  # VITS samples its durations: same text, same audio
-        with torch.inference_mode():
-            waveform = voice.model(**inputs).waveform[0]
-        samples: npt.NDArray[np.float32] = waveform.float().cpu().numpy().astype(np.float32)
-        return samples
+        pieces: list[tuple[npt.NDArray[np.float32], float]] = []
+        for units, pause in split_units(list(job.text), _per_call(job.speed)):
+            inputs = voice.tokenizer("".join(units), return_tensors="pt").to(voice.model.device)
+            if inputs["input_ids"].shape[-1] == 0:
+                continue
+            with torch.inference_mode():
+                waveform = voice.model(**inputs).waveform[0]
+            pieces.append((waveform.float().cpu().numpy().astype(np.float32), pause))
+        return pieces
+
+
+def _per_call(speed: float) -> int:
+    return max(1, int(PHONEMES_PER_CALL * min(1.0, speed)))
+
+
+def split_units(units: Sequence[str], limit: int) -> list[tuple[list[str], float]]:
+    """A sentence's phonemes (or characters) in pieces of at most `limit`, each with the pause
+    that follows it. A cut goes after the last punctuation mark in the second half of the
+    window, else at the last space there, else at the limit; the last piece ends a sentence."""
+    pieces: list[tuple[list[str], float]] = []
+    start = 0
+    while len(units) - start > limit:
+        end, floor = start + limit, start + limit // 2
+        cut, pause = end, 0.0
+        for at in range(end - 1, floor - 1, -1):
+            if units[at] in _CLAUSE_ENDS:
+                cut, pause = at + 1, CLAUSE_PAUSE_S
+                break
+        else:
+            for at in range(end - 1, floor - 1, -1):
+                if units[at].isspace():
+                    cut, pause = at, WORD_PAUSE_S
+                    break
+        pieces.append((list(units[start:cut]), pause))
+        start = cut
+        while start < len(units) and units[start].isspace():
+            start += 1
+    pieces.append((list(units[start:]), SENTENCE_PAUSE_S))
+    return [(p, pause) for p, pause in pieces if any(not u.isspace() for u in p)]
+
+
+def _join(
+    pieces: list[tuple[npt.NDArray[np.float32], float]], sample_rate: int
+) -> npt.NDArray[np.float32]:
+    """One signal: each piece faded in and out, the pauses between them as silence."""
+    fade = max(1, int(FADE_S * sample_rate))
+    ramp = (0.5 - 0.5 * np.cos(np.pi * np.arange(fade) / fade)).astype(np.float32)
+    total = sum(a.size for a, _ in pieces) + sum(
+        int(pause * sample_rate) for _, pause in pieces[:-1]
+    )
+    out = np.zeros(total, dtype=np.float32)
+    at = 0
+    for index, (audio, pause) in enumerate(pieces):
+        out[at : at + audio.size] = audio
+        n = min(fade, audio.size // 2)
+        out[at : at + n] *= ramp[:n]
+        out[at + audio.size - n : at + audio.size] *= ramp[:n][::-1]
+        at += audio.size + (int(pause * sample_rate) if index < len(pieces) - 1 else 0)
+    return out
 
 
 def build_tiny(folder: Path) -> None:

