@@ -37,6 +37,9 @@ log = logging.getLogger("botmodels.auth")
 
 TIMESTAMP_HEADER = b"x-botmodels-timestamp"
 SIGNATURE_HEADER = b"x-botmodels-signature"
+# A unix time in seconds has 10 digits until the year 2286: a much longer one is malformed, and
+# the clock check, in floats, would overflow on a few hundred digits.
+MAX_TIMESTAMP_DIGITS = 15
 
 OPEN_PATHS = frozenset(
     {
@@ -169,10 +172,12 @@ class Authenticator:
     ) -> str | None:
         """None when valid, else the reason (safe to show: it names no secret).
         Raises ReplayCacheUnavailable when the replay store cannot answer."""
+        if not (timestamp.isdigit() and len(timestamp) <= MAX_TIMESTAMP_DIGITS):
+            return "malformed signature headers"
+        ts = int(timestamp)
         try:
-            ts = int(timestamp)
             text = signature.decode("ascii")
-        except (ValueError, UnicodeDecodeError):
+        except UnicodeDecodeError:
             return "malformed signature headers"
         now = self.clock()
         if abs(now - ts) > self.tolerance_s:

@@ -117,6 +117,29 @@ def test_signature_over_other_body_or_path_or_key_fails() -> None:
     assert response.json()["error"]["message"] == "malformed signature headers"
 
 
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        "9" * 309,  # an int, but past float's range: the clock check overflowed (a 500)
+        "1" * 4300,  # Python's longest int() string
+        "1" * 4301,
+        "1" * 16,
+        "-1700000000",
+        "1.7e9",
+        "+1700000000",
+        "1_700_000_000",
+        "",
+    ],
+)
+def test_malformed_timestamp_is_401_in_the_error_shape(timestamp: str) -> None:
+    clock = Clock(1_700_000_000)
+    client = make_client(Authenticator([KEY_A], clock=clock))
+    headers = {**signed_headers(KEY_A, int(clock.now), b"{}"), "X-BotModels-Timestamp": timestamp}
+    response = client.post("/echo", content=b"{}", headers=headers)
+    assert response.status_code == 401
+    assert response.json()["error"]["message"] == "malformed signature headers"
+
+
 def test_replay_cache_forgets_after_expiry_and_prunes_expired_rows(tmp_path: Path) -> None:
     path = tmp_path / "replay.sqlite3"
     cache = ReplayCache(path)
