@@ -2,7 +2,10 @@
 
 * `ErrorShapeMiddleware` (outermost): any non-2xx answer that is not already in the one error
   shape (BentoML's validation errors, its list-shaped errors, Starlette's plain-text 404/405,
-  500s) is rewritten into it. Status codes and headers (Retry-After…) are kept.
+  500s) is rewritten into it. Status codes and headers (Retry-After…) are kept. An exception
+  that escapes the app is logged and answered as a JSON 500 here, so the server never sees it:
+  uvicorn closes a keep-alive connection after an exception (without `Connection: close`),
+  which breaks a pooled client's next request.
 * `LimitsMiddleware`: requests in flight per worker (429 + Retry-After past the limit) and body
   size (413 from Content-Length before reading, or while reading a chunked body).
 """
@@ -10,12 +13,15 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from botmodels.auth import is_open_path
 from botmodels.errors import error_bytes, error_type, is_error_shape, send_error
+
+log = logging.getLogger("botmodels.http")
 
 GENERIC_500 = "internal error; the server log has the details"
 
@@ -65,22 +71,34 @@ class ErrorShapeMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in HEALTH_PATHS:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        health = scope["path"] in HEALTH_PATHS
         start: Message | None = None
         chunks: list[bytes] = []
+        started = False  # a response start went to the server
+        finished = False  # ... and its last body message
+
+        async def forward(message: Message) -> None:
+            nonlocal started, finished
+            if message["type"] == "http.response.start":
+                started = True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                finished = True
+            await send(message)
 
         async def shaped_send(message: Message) -> None:
             nonlocal start
             if message["type"] == "http.response.start":
-                if message["status"] < 400:
-                    await send(message)
+                status = message["status"]
+                if status < 400 or (health and status == 503):
+                    await forward(message)
                     return
                 start = message
                 return
             if start is None or message["type"] != "http.response.body":
-                await send(message)
+                await forward(message)
                 return
             chunks.append(message.get("body", b""))
             if message.get("more_body", False):
@@ -109,10 +127,23 @@ class ErrorShapeMiddleware:
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
             ]
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            await forward({"type": "http.response.start", "status": status, "headers": headers})
+            await forward({"type": "http.response.body", "body": body})
 
-        await self.app(scope, receive, shaped_send)
+        try:
+            await self.app(scope, receive, shaped_send)
+        except Exception:
+            if started and not finished:
+                # Part of a body is out: only closing the connection tells the client.
+                raise
+            # An app that answered and then raised (Starlette's ServerErrorMiddleware sends its
+            # 500 and re-raises for the server to log) has answered: log, and keep the
+            # connection. One that raised before answering gets the JSON 500.
+            log.exception("unhandled error on %s %s", scope.get("method"), scope["path"])
+            if not started:
+                await send_reshaped(
+                    {"type": "http.response.start", "status": 500, "headers": []}, b""
+                )
 
 
 class LimitsMiddleware:
