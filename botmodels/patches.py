@@ -95,6 +95,22 @@
    any other service gets BentoML's. Always on: it changes what is documented, not how a
    request runs. Drop it when BentoML documents mounted apps and lets a service declare its
    error responses.
+
+14. Protocol-level 400 in plain text (uvicorn, not BentoML). A request uvicorn's parser rejects
+   (a malformed request line, a non-numeric Content-Length…) never reaches the app: the protocol
+   answers `400 Invalid HTTP request received.` as text/plain itself and closes the connection.
+   The replacement sends the same status and message, and the same `Connection: close` (the
+   parser's state is lost, so the connection cannot be reused), in botmodels' JSON error shape;
+   for both of uvicorn's HTTP protocols (httptools, and h11 where httptools is missing). Always
+   on. Drop it when uvicorn lets the application choose that body (uvicorn 0.54: it does not).
+
+15. A traceback per client error. `ServiceAppFactory.api_endpoint_wrapper`
+   (_bentoml_impl/server/app.py) calls `log_exception` (an ERROR with the full traceback) for
+   every `ValidationError` and `BentoMLException`, so every 400 from a malformed body was logged
+   as if the server had failed. A client error now logs one WARNING line (method, route, status
+   and message; never the input): WARNING as uvicorn logs the requests it rejects, and because
+   a served worker does not show INFO. A 5xx keeps upstream's ERROR and traceback. Always on.
+   Drop it when upstream logs client errors without a traceback.
 """
 
 from __future__ import annotations
@@ -104,6 +120,7 @@ import gc
 import logging
 import os
 import re
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -439,6 +456,82 @@ def _without_slash_redirects(build: Callable[..., Any]) -> Callable[..., Any]:
     return build_app
 
 
+def _json_400(message: str) -> bytes:
+    return error_bytes(400, message, code="invalid_http_request")
+
+
+def _httptools_send_400(self: Any, msg: str) -> None:
+    """Workaround 14: uvicorn's HttpToolsProtocol.send_400_response, with the JSON body."""
+    from uvicorn.protocols.http.httptools_impl import STATUS_LINE
+
+    body = _json_400(msg)
+    content = [STATUS_LINE[400]]
+    for name, value in self.server_state.default_headers:
+        content.extend([name, b": ", value, b"\r\n"])
+    content.extend(
+        [
+            b"content-type: application/json\r\n",
+            b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
+            b"connection: close\r\n",
+            b"\r\n",
+            body,
+        ]
+    )
+    self.transport.write(b"".join(content))
+    self.transport.close()
+
+
+def _h11_send_400(self: Any, msg: str) -> None:
+    """Workaround 14: uvicorn's H11Protocol.send_400_response, with the JSON body."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import STATUS_PHRASES
+
+    body = _json_400(msg)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode("ascii")),
+        (b"connection", b"close"),
+    ]
+    event = h11.Response(status_code=400, headers=headers, reason=STATUS_PHRASES[400])
+    for output in (
+        self.conn.send(event),
+        self.conn.send(h11.Data(data=body)),
+        self.conn.send(h11.EndOfMessage()),
+    ):
+        self.transport.write(output)
+    self.transport.close()
+
+
+api_log = logging.getLogger("botmodels.api")
+
+
+def _client_errors_in_one_line(log_exception: Callable[..., None]) -> Callable[..., None]:
+    """Workaround 15: BentoML's `log_exception(request)`, called inside its `except` blocks; a
+    client error (a validation error, or a BentoML error below 500) becomes one WARNING line."""
+    from bentoml.exceptions import BentoMLException
+    from pydantic import ValidationError
+
+    def log_client_error_or_exception(request: Any, exc_info: Any = True) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ValidationError):
+            first = exc.errors(include_url=False, include_context=False, include_input=False)[0]
+            where = ".".join(str(part) for part in first["loc"])
+            more = exc.error_count() - 1
+            message = f"invalid request: {where}: {first['msg']}" + (
+                f" (and {more} more)" if more else ""
+            )
+            status = 400
+        elif isinstance(exc, BentoMLException) and exc.error_code < 500:
+            message, status = str(exc), int(exc.error_code)
+        else:
+            log_exception(request, exc_info)
+            return
+        api_log.warning("%s %s: %d %s", request.method, request.url.path, status, message[:300])
+
+    log_client_error_or_exception.__wrapped__ = log_exception  # type: ignore[attr-defined]
+    return log_client_error_or_exception
+
+
 _header_config: tuple[dict[str, str], bool, Any] | None = None
 
 
@@ -503,13 +596,19 @@ def apply() -> None:
             Router.app, (Route, Mount, PassiveMount)
         )
 
-    # Workarounds 11 and 12 fix behaviour, not cost: never part of the benchmark switch.
+    # Workarounds 11, 12, 14 and 15 fix behaviour, not cost: never part of the benchmark switch.
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     from botmodels.config import get_settings
 
     install_head_timeout(HttpToolsProtocol, get_settings().header_timeout_s)
     ServiceAppFactory.__call__ = _without_slash_redirects(ServiceAppFactory.__call__)
+    import _bentoml_impl.server.app as bentoml_app
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    HttpToolsProtocol.send_400_response = _httptools_send_400  # type: ignore[method-assign]
+    H11Protocol.send_400_response = _h11_send_400  # type: ignore[method-assign]
+    bentoml_app.log_exception = _client_errors_in_one_line(bentoml_app.log_exception)
 
     original_create = ServiceAppFactory.create_instance
 

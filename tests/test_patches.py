@@ -586,3 +586,89 @@ def test_no_router_redirects_to_the_requests_host() -> None:
         assert response.status_code == 404, path
         assert "location" not in response.headers
     assert client.get("/sub/files/x").text == "hello"
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"NOT AN HTTP REQUEST\r\n\r\n",
+        b"POST /api/ping HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    ],
+)
+def test_uvicorns_own_400_is_in_the_error_shape(http: Any, request_bytes: bytes) -> None:
+    """Against uvicorn's real protocols, served: the request never reaches the app."""
+    import json
+
+    from botmodels.errors import is_error_shape
+    from tests.asgi_server import raw_exchange, uvicorn_server
+
+    patches.apply()
+    reached: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        reached.append(scope["path"])
+
+    with uvicorn_server(app, http) as url:
+        answer, closed = raw_exchange(url, request_bytes)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    assert lines[0].startswith("HTTP/1.1 400")
+    assert headers["content-type"] == "application/json"
+    assert int(headers["content-length"]) == len(body)
+    assert headers["connection"] == "close"
+    assert closed
+    payload = json.loads(body)
+    assert is_error_shape(payload)
+    assert payload["error"]["message"] == "Invalid HTTP request received."
+    assert payload["error"]["code"] == "invalid_http_request"
+    assert reached == []
+
+
+def _log_from_bentomls_wrapper(exc: Exception, caplog: pytest.LogCaptureFixture) -> list[Any]:
+    """What BentoML's api_endpoint_wrapper logs when its API raised `exc`."""
+    import _bentoml_impl.server.app as bentoml_app
+    from starlette.requests import Request
+
+    patches.apply()
+    request = Request(_http_scope("POST", "/runners/vqa/answer"))
+    caplog.clear()
+    try:
+        raise exc
+    except Exception:  # noqa: BLE001 - as in the wrapper: every exception is logged
+        bentoml_app.log_exception(request)
+    return list(caplog.records)
+
+
+def test_client_errors_log_one_line_without_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    from bentoml.exceptions import InvalidArgument
+    from pydantic import BaseModel, ValidationError
+
+    class Item(BaseModel):
+        n: int
+
+    with pytest.raises(ValidationError) as invalid:
+        Item.model_validate({"n": "secret-value"})
+    for error, message in [
+        (
+            invalid.value,
+            "invalid request: n: Input should be a valid integer, unable to parse string",
+        ),
+        (InvalidArgument("`language` 'xx' is not installed"), "`language` 'xx' is not installed"),
+    ]:
+        (record,) = _log_from_bentomls_wrapper(error, caplog)
+        assert record.levelname == "WARNING"
+        assert record.exc_info is None
+        assert record.getMessage().startswith(f"POST /runners/vqa/answer: 400 {message}")
+        assert "secret-value" not in record.getMessage()  # inputs are never logged
+
+
+def test_server_errors_keep_their_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    from bentoml.exceptions import ServiceUnavailable
+
+    for exc in (RuntimeError("a bug"), ServiceUnavailable("process is overloaded")):
+        (record,) = _log_from_bentomls_wrapper(exc, caplog)
+        assert record.levelname == "ERROR"
+        assert record.exc_info is not None
+        assert record.exc_info[1] is exc
