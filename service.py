@@ -24,12 +24,12 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from botmodels import openapi, patches
-from botmodels.api import error_response, json_errors
+from botmodels.api import batch_errors, error_response, json_errors
 from botmodels.auth import Authenticator, AuthMiddleware
 from botmodels.config import Quantization, get_settings
 from botmodels.device import Device
 from botmodels.embeddings import BATCH_API, BATCH_ROUTE, BatchInfer, EmbeddingsFrontend
-from botmodels.errors import BotModelsError, NotFoundError, RunnerUnavailable
+from botmodels.errors import BotModelsError, NotFoundError, RunnerUnavailable, error_type
 from botmodels.generation import (
     IMAGE_BATCH_ROUTE,
     VIDEO_BATCH_ROUTE,
@@ -286,7 +286,10 @@ async def get_job_result(request: Request) -> Response:
         status = 500 if job.status == "failed" and job.error.get("type") == "server_error" else 409
         if job.error.get("code") in ("runner_unavailable", "runner_loading", "runner_failed"):
             status = 503
-        return JSONResponse({"error": job.error}, status_code=status)
+        # The record says why the job ended; this answer's type follows this answer's status
+        # (an interrupted job's 409: nothing to fetch, resubmit it).
+        error = {**job.error, "type": error_type(status)}
+        return JSONResponse({"error": error}, status_code=status)
     if job.status == "cancelled":
         return JSONResponse(
             {"status": "cancelled", "file_path": None, "error": None, "job_id": job.id}
@@ -573,6 +576,7 @@ class BotModels:
         max_batch_size=settings.vision_max_batch_size,
         max_latency_ms=settings.vision_max_latency_ms,
     )
+    @batch_errors
     def caption_batch(self, items: list[VisionJobIn]) -> list[VisionAnswerOut]:
         """The caption runner: one batch of images (and optional prompts) in, captions out.
         In-process the items are runners.vision.VisionJob objects (no PNG round trip)."""
@@ -584,6 +588,7 @@ class BotModels:
         max_batch_size=settings.vqa_max_batch_size,
         max_latency_ms=settings.vqa_max_latency_ms,
     )
+    @batch_errors
     def vqa_batch(self, items: list[VisionJobIn]) -> list[VisionAnswerOut]:
         """The VQA runner: one batch of (image, question) in, answers out."""
         return answer_items(self.pool.local("vqa"), items)
@@ -594,6 +599,7 @@ class BotModels:
         max_batch_size=settings.ocr_max_batch_size,
         max_latency_ms=settings.ocr_max_latency_ms,
     )
+    @batch_errors
     def ocr_batch(self, items: list[OcrJobIn]) -> list[OcrAnswerOut]:
         """The OCR runner: one batch of (PNG, language) in, text and confidences out."""
         return ocr_items(self.pool.local("ocr"), items)
@@ -791,6 +797,7 @@ class BotModels:
         max_batch_size=settings.tts_max_batch_size,
         max_latency_ms=settings.tts_max_latency_ms,
     )
+    @batch_errors
     async def synthesize_batch(self, jobs: list[TtsJob]) -> list[TtsResult]:
         """The text-to-speech runner: one batch of jobs in, one audio per job out."""
         return await self.speech.run_local("tts", jobs)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar, cast
+from http import HTTPStatus
+from typing import Any, ParamSpec, TypeVar, cast
 
+from bentoml.exceptions import BentoMLException
 from starlette.responses import JSONResponse
 
 from botmodels.errors import BotModelsError
@@ -44,5 +47,75 @@ def json_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
                 for name, value in exc.headers.items():
                     response_ctx.headers[name] = value
             return cast(R, error_response(exc))
+
+    return wrapper
+
+
+class BatchClientError(BentoMLException, BotModelsError):
+    """A client error raised inside a batch, as both kinds of exception: BentoML answers a
+    `/runners/*` request with the status of its own exceptions only (anything else is a 500),
+    and an in-process caller of the dispatcher still gets the BotModelsError, with its code and
+    parameter, that its route answers."""
+
+    status = 400
+    code = "invalid_input"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        status: int | None = None,
+    ) -> None:
+        BotModelsError.__init__(self, message, param=param, code=code, headers=headers)
+        if status is not None:
+            self.status = status
+        self.error_code = HTTPStatus(self.status)
+
+    @classmethod
+    def of(cls, error: BotModelsError) -> BatchClientError:
+        return cls(
+            error.message,
+            param=error.param,
+            code=error.code,
+            headers=error.headers,
+            status=error.status,
+        )
+
+
+def batch_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """For a batchable API (sync or async): a client error (a BotModelsError below 500) that
+    the batch raises, e.g. a runner decoding an item or finding no such voice, becomes a
+    `BatchClientError`, so a `/runners/*` caller gets its 4xx and message instead of a 500.
+    What can be checked before the batch runs belongs in the route's schema or the runner
+    route's check (botmodels/peers.py) instead: a batch that raises is re-run request by
+    request to find whose input it was."""
+
+    def translated(exc: BotModelsError) -> BotModelsError:
+        return exc if exc.status >= 500 else BatchClientError.of(exc)
+
+    if inspect.iscoroutinefunction(func):
+
+        @functools.wraps(func)
+        async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            try:
+                return await func(*args, **kwargs)
+            except BatchClientError:
+                raise
+            except BotModelsError as exc:
+                raise translated(exc) from exc
+
+        return cast(Callable[P, R], async_wrapper)
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except BatchClientError:
+            raise
+        except BotModelsError as exc:
+            raise translated(exc) from exc
 
     return wrapper

@@ -185,7 +185,12 @@ def _now_iso() -> str:
 
 # --- checks --------------------------------------------------------------------------------------
 def _int(name: str, value: object, low: int, high: int, rule: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+    # JSON may carry Infinity and NaN, which float.is_integer() refuses (int() would raise).
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (isinstance(value, float) and not value.is_integer())
+    ):
         raise InvalidInput(f"`{name}` must be an integer; got {value!r}", param=name)
     number = int(value)
     if not low <= number <= high:

@@ -6,7 +6,8 @@ and content type are ignored: the bytes decide. Decoding is bounded before it st
   * an image's pixel count from its header, read lazily by PIL, before any pixel is decoded
     (an "image bomb" declares e.g. 100000 x 100000 pixels in a few hundred bytes),
   * a video's frame size from its stream header, and the number of packets scanned.
-Everything here is blocking: callers run it in a worker thread.
+Everything here is blocking: callers run it in a worker thread, except `open_image`, which reads
+only a header and is also a schema check (vision_schemas.py).
 """
 
 from __future__ import annotations
@@ -109,52 +110,62 @@ async def read_upload(request: Request, *, raw_allowed: bool) -> Upload:
     )
 
 
-def _check_not_empty(data: bytes) -> None:
+def _check_not_empty(data: bytes, name: str = "file") -> None:
     if not data:
-        raise InvalidInput("`file` is empty (0 bytes)", param="file")
+        raise InvalidInput(f"`{name}` is empty (0 bytes)", param=name)
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> Any:
-    """An RGB `PIL.Image.Image`, fully decoded. 415 if it is not an image, 400 if it is
-    truncated or corrupt, 400 if it declares more than `max_pixels` pixels."""
+def open_image(data: bytes, *, max_pixels: int, name: str = "file") -> Any:
+    """A lazily opened `PIL.Image.Image`: the header is read and checked (a format we open, at
+    most `max_pixels` pixels), no pixel is decoded. 415 if it is not an image, 400 if its
+    header is corrupt or it declares too many pixels. `name` is the field the errors name."""
     from PIL import Image, UnidentifiedImageError
 
-    _check_not_empty(data)
+    _check_not_empty(data, name)
     try:
         image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)  # reads the header only
     except UnidentifiedImageError:
         if _looks_like_image(data):
             raise InvalidInput(
-                f"`file` is a truncated or corrupt image (its header is unreadable; "
+                f"`{name}` is a truncated or corrupt image (its header is unreadable; "
                 f"{len(data)} bytes)",
-                param="file",
+                param=name,
             ) from None
         raise UnsupportedMediaType(
-            f"`file` is not an image in a supported format ({', '.join(IMAGE_FORMATS)}); "
+            f"`{name}` is not an image in a supported format ({', '.join(IMAGE_FORMATS)}); "
             f"its first bytes are {data[:8]!r}",
-            param="file",
+            param=name,
         ) from None
     except Image.DecompressionBombError as exc:  # PIL's own limit, 2x MAX_IMAGE_PIXELS
-        raise InvalidInput(f"`file` declares too many pixels: {exc}", param="file") from None
+        raise InvalidInput(f"`{name}` declares too many pixels: {exc}", param=name) from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise InvalidInput(f"`file` is a corrupt image: {exc}", param="file") from None
+        raise InvalidInput(f"`{name}` is a corrupt image: {exc}", param=name) from None
     width, height = image.size
     if width < 1 or height < 1 or width * height > max_pixels:
         raise InvalidInput(
-            f"`file` is a {image.format} of {width}x{height} = {width * height} pixels; "
+            f"`{name}` is a {image.format} of {width}x{height} = {width * height} pixels; "
             f"the limit is {max_pixels} pixels",
-            param="file",
+            param=name,
         )
+    return image
+
+
+def decode_image(data: bytes, *, max_pixels: int, name: str = "file") -> Any:
+    """An RGB `PIL.Image.Image`, fully decoded: `open_image`'s checks, then 400 if the pixel
+    data is truncated or corrupt."""
+    from PIL import Image
+
+    image = open_image(data, max_pixels=max_pixels, name=name)
     try:
         image.load()
         rgb = image.convert("RGB")
         rgb.info["source_format"] = image.format
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InvalidInput(
-            f"`file` is a truncated or corrupt {image.format}: {exc}", param="file"
+            f"`{name}` is a truncated or corrupt {image.format}: {exc}", param=name
         ) from None
     except Image.DecompressionBombError as exc:
-        raise InvalidInput(f"`file` declares too many pixels: {exc}", param="file") from None
+        raise InvalidInput(f"`{name}` declares too many pixels: {exc}", param=name) from None
     return rgb
 
 

@@ -16,17 +16,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import io
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from bentoml.exceptions import InvalidArgument
 from starlette.requests import Request
 
 from botmodels.codes import read_codes
-from botmodels.config import Settings
+from botmodels.config import Settings, get_settings
 from botmodels.errors import BotModelsError, InvalidInput, PayloadTooLarge
 from botmodels.media import decode_image, decode_video_frames, encode_png, read_upload
 from botmodels.pool import RunnerPool
@@ -44,6 +42,7 @@ from botmodels.vision_schemas import (
     VisionAnswerOut,
     VisionJobIn,
     VqaResponse,
+    b64_image,
 )
 from runners.ocr import OcrResult, OcrRunner, UnknownLanguage
 from runners.vision import VisionAnswer, VisionJob, VisionRunner
@@ -60,18 +59,28 @@ MODEL_SIDE = 768
 
 
 # --- the batch side (called by service.py's batchable APIs) -----------------------------------
+def _item_image(image_png_b64: str) -> Any:
+    """A runner item's image, decoded; its schema checked all but the pixel data (a bad one is
+    InvalidInput, which `batch_errors` answers as a 400)."""
+    return decode_image(
+        b64_image(image_png_b64),
+        max_pixels=get_settings().vision_max_image_pixels,
+        name="image_png_b64",
+    )
+
+
 def _to_job(item: VisionJobIn | VisionJob) -> VisionJob:
     if isinstance(item, VisionJob):  # in-process: BentoML passes our objects through untouched
         return item
-    from PIL import Image
-
-    image = Image.open(io.BytesIO(base64.b64decode(item.image_png_b64))).convert("RGB")
-    return VisionJob(image=image, prompt=item.prompt, question=item.question)
+    return VisionJob(
+        image=_item_image(item.image_png_b64), prompt=item.prompt, question=item.question
+    )
 
 
 def _to_wire(job: VisionJob) -> VisionJobIn:
+    # model_construct: a PNG we just encoded needs none of the checks a received one gets.
     png = base64.b64encode(encode_png(job.image)).decode()
-    return VisionJobIn(image_png_b64=png, prompt=job.prompt, question=job.question)
+    return VisionJobIn.model_construct(image_png_b64=png, prompt=job.prompt, question=job.question)
 
 
 def caption_items(runner: VisionRunner, items: Sequence[VisionJobIn | VisionJob]) -> list[Any]:
@@ -93,12 +102,13 @@ def ocr_items(runner: OcrRunner, items: Sequence[OcrJobIn | tuple[bytes, str]]) 
         if isinstance(item, tuple):  # in-process: (png bytes, resolved language)
             pngs.append(item[0])
             languages.append(item[1])
-        else:  # over HTTP from another botmodels: a bad code is the caller's 400
-            pngs.append(base64.b64decode(item.image_png_b64))
+        else:  # over HTTP from another botmodels: a bad image or code is the caller's 400
+            _item_image(item.image_png_b64)  # tesseract's own failure would read as ours
+            pngs.append(b64_image(item.image_png_b64))
             try:
                 languages.append(runner.resolve_language(item.language))
             except UnknownLanguage as exc:
-                raise InvalidArgument(str(exc)) from None
+                raise InvalidInput(str(exc), param="language") from None
     return [
         OcrAnswerOut(text=r.text, confidence=r.confidence, words=r.words, language=r.language)
         for r in runner.recognize(pngs, languages)
@@ -256,7 +266,7 @@ class VisionFrontend:
             OCR_ROUTE,
             [(png, language)],
             ocr_items,
-            lambda item: OcrJobIn(
+            lambda item: OcrJobIn.model_construct(  # our own PNG: see _to_wire
                 image_png_b64=base64.b64encode(item[0]).decode(), language=item[1]
             ),
             self.settings.ocr_max_batch_size,

@@ -3,9 +3,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+import base64
+import binascii
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
+
+from botmodels.config import get_settings
+from botmodels.errors import BotModelsError
+from botmodels.media import open_image
 
 
 class Rect(BaseModel):
@@ -85,10 +91,47 @@ class AnalyzeResponse(BaseModel):
     error: str | None = None
 
 
+def b64_image(value: str) -> bytes:
+    """The bytes of a runner item's `image_png_b64`: strict base64 (ValueError otherwise)."""
+    if not value.isascii():
+        raise ValueError("`image_png_b64` is not base64: it has non-ASCII characters")
+    try:
+        return base64.b64decode(value, validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"`image_png_b64` is not base64: {exc}") from None
+
+
+def _check_image_b64(value: str) -> str:
+    """Checked when the request is parsed, so that a bad item is its own request's 400 and never
+    fails the batch it would have joined. This runs on the event loop, so only what costs about
+    as much as parsing the JSON that carried it (and max_json_bytes bounds that): the base64,
+    the image header (format, pixel count) and the chunk checksums where the format has them
+    (PNG's catch truncation and corruption). The runner decodes the pixels in its thread."""
+    data = b64_image(value)
+    try:
+        image = open_image(
+            data, max_pixels=get_settings().vision_max_image_pixels, name="image_png_b64"
+        )
+    except BotModelsError as exc:
+        raise ValueError(exc.message) from None
+    try:
+        image.verify()
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ValueError(
+            f"`image_png_b64` is a truncated or corrupt {image.format}: {exc}"
+        ) from None
+    return value
+
+
+ImageB64 = Annotated[
+    str, AfterValidator(_check_image_b64), Field(description="the image (PNG), base64")
+]
+
+
 class VisionJobIn(BaseModel):
     """One item of the batchable vision APIs over HTTP (a remote runner): a PNG, base64."""
 
-    image_png_b64: str
+    image_png_b64: ImageB64
     prompt: str | None = None
     question: str | None = None
 
@@ -99,7 +142,7 @@ class VisionAnswerOut(BaseModel):
 
 
 class OcrJobIn(BaseModel):
-    image_png_b64: str
+    image_png_b64: ImageB64
     language: str
 
 

@@ -213,6 +213,8 @@ class VisionRunner:
             raise RuntimeError("VisionRunner.answer() called before load()")
         if not self.can_answer:
             raise RuntimeError(f"{self.architecture} cannot answer questions")
+        if not jobs:  # the processor cannot take an empty batch
+            return []
         if self.architecture.startswith("Blip2"):
             texts = [f"Question: {job.question} Answer:" for job in jobs]
         else:
