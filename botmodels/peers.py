@@ -79,7 +79,7 @@ class RunnerRouteGuard:
                 break
         try:
             payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # Recursion: nested too deep
             payload = None
         admission = contextlib.ExitStack()
         if isinstance(payload, dict):

@@ -100,7 +100,7 @@ def _field(fields: dict[str, list[str]], name: str) -> str | None:
 async def read_json(request: Request) -> dict[str, Any]:
     try:
         body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # Recursion: nested too deep
         raise InvalidInput(f"body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise InvalidInput("body must be a JSON object")

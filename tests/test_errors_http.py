@@ -216,6 +216,34 @@ def test_health_503_keeps_its_report(client: Any, monkeypatch: pytest.MonkeyPatc
     assert (response.status_code, response.json()) == (503, {"status": "unavailable"})
 
 
+JSON_ROUTES = [
+    *RUNNER_ROUTES,
+    "/v1/embeddings",
+    "/api/ping",
+    "/api/image/generate",
+    "/api/video/generate",
+    "/api/image/jobs",
+    "/api/video/jobs",
+    "/v1/images/generations",
+    "/api/speech/generate",
+    "/v1/audio/speech",
+]
+
+
+def test_json_routes_listed_here_are_all_of_them() -> None:
+    import service
+
+    assert set(JSON_ROUTES) == service.JSON_ROUTES
+
+
+@pytest.mark.parametrize("path", JSON_ROUTES)
+def test_json_nested_too_deep_is_400(client: Any, path: str) -> None:
+    """json.loads raises RecursionError (not ValueError) past its nesting limit."""
+    deep = b'{"a": ' * 100_000 + b"1" + b"}" * 100_000
+    headers = {**auth(), "content-type": "application/json"}
+    assert_error(client.post(path, content=deep, headers=headers), 400)
+
+
 # --- jobs ---------------------------------------------------------------------------------------
 def test_interrupted_job_result_is_409_with_a_4xx_type(client: Any, tmp_path: Path) -> None:
     """A job that was running when the server restarted: nothing to fetch, resubmit it."""
