@@ -87,6 +87,13 @@ class Settings(BaseSettings):
         512, ge=1, description="Requests in flight per worker before 429 with Retry-After."
     )
     request_timeout_s: float = Field(300.0, gt=0, description="botserver's own client timeout.")
+    shutdown_grace_s: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="After SIGTERM: the most seconds until the worker exits. Requests in flight "
+        "get this long minus 2 s; running generations stop at their next step.",
+    )
 
     # --- compute ----------------------------------------------------------------------------
     threads: int = Field(

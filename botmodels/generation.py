@@ -29,7 +29,13 @@ from bentoml.exceptions import BentoMLException
 from pydantic import BaseModel
 
 from botmodels.config import Settings
-from botmodels.errors import InvalidInput, NotFoundError, Overloaded, RunnerUnavailable
+from botmodels.errors import (
+    InvalidInput,
+    NotFoundError,
+    Overloaded,
+    RunnerUnavailable,
+    ShuttingDown,
+)
 from botmodels.outputs import OutputStore
 from botmodels.pool import RunnerPool
 
@@ -248,6 +254,7 @@ class GenerationFrontend:
         }
         self._controls: dict[str, Control] = {}
         self._controls_lock = threading.Lock()
+        self._closing = False
         self._last_prune = 0.0
 
     def model_name(self, kind: Kind) -> str:
@@ -461,6 +468,28 @@ class GenerationFrontend:
         return results
 
     # 3. Dispatch ------------------------------------------------------------------------------
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def cancel_all(self) -> int:
+        """Shutdown: refuse new generations and stop every queued or running one at its next
+        step (a blocking request is then answered 503, a job ends `interrupted`)."""
+        with self._controls_lock:
+            self._closing = True
+            controls = list(self._controls.values())
+        for control in controls:
+            control.cancel()
+        return len(controls)
+
+    @staticmethod
+    def shutting_down() -> ShuttingDown:
+        return ShuttingDown(
+            "this instance is shutting down and stopped the generation; retry it (another "
+            "instance will answer)",
+            headers={"Retry-After": "2"},
+        )
+
     def _prune_now_and_then(self) -> None:
         now = time.monotonic()
         if now - self._last_prune > 60:
@@ -474,6 +503,8 @@ class GenerationFrontend:
         self.pool.local(kind)  # 503 now, before queueing, if not ready
         await asyncio.to_thread(self._prune_now_and_then)
         with self._controls_lock:
+            if self._closing:
+                raise self.shutting_down()
             for task, control in zip(tasks, controls, strict=True):
                 self._controls[task.task_id] = control
         try:
@@ -488,7 +519,14 @@ class GenerationFrontend:
                 parts: list[Sequence[GeneratedFile]] = await asyncio.gather(
                     *(batch_infer(api, (chunk,), {}) for chunk in chunks)
                 )
-            except BentoMLException as exc:  # the dispatcher's "process is overloaded"
+            except BentoMLException as exc:
+                # The dispatcher's "process is overloaded": its queue timed out, or the caller
+                # was cancelled (BentoML turns the cancellation into this error). Either way
+                # nobody waits for the pictures any more.
+                for control in controls:
+                    control.cancel()
+                if self._closing:
+                    raise self.shutting_down() from exc
                 raise RunnerUnavailable(
                     f"{kind} runner overloaded: {exc}",
                     headers={"Retry-After": str(self.admission[kind].retry_after())},
@@ -516,6 +554,8 @@ class GenerationFrontend:
             (result,) = await self.execute(kind, [task], [Control()])
         finally:
             admission.leave()
+        if result.status == "cancelled" and self._closing:
+            raise self.shutting_down()
         return self.response(task, result, time.perf_counter() - started, job_id)
 
     def response(
@@ -586,9 +626,14 @@ class GenerationFrontend:
             results = await self.execute("image", tasks, [Control() for _ in tasks])
         finally:
             admission.leave(count)
+        if any(result.file_path is None for result in results):  # stopped by a shutdown
+            for result in results:
+                if result.file_path is not None:
+                    self.outputs.delete(result.file_path)
+            raise self.shutting_down()
         data: list[ImageData] = []
         for result in results:
-            assert result.file_path is not None  # these controls are never cancelled
+            assert result.file_path is not None
             if response_format == "b64_json":
                 path = self.outputs.resolve(result.file_path)
                 if path is None:
