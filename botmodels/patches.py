@@ -76,10 +76,11 @@
    ("unix: don't accept() connections in a loop") the listening socket yields one connection
    per loop turn. Under a burst of new connections the queue drains one per turn, and every
    turn also runs the request work that became ready, so a health probe's connection waits
-   behind the whole burst: 2.5-2.9 s for probes during a 700-request burst here, and 300
+   behind the whole burst: up to 2.6 s for probes during a 700-request burst here, and 300
    queued connections took 2.3-3.1 s to accept next to a 5 ms turn (one-off probe). The worker
    now serves the listening socket through `ACCEPTORS` duplicates of its descriptor (one uvloop
-   server each, so up to that many accepts per turn); the kernel still keeps one queue.
+   server each, so up to that many accepts per turn); the kernel still keeps one queue. Its
+   cost: a lone new connection wakes every descriptor, and all but one `accept()` find nothing.
    Drop it when uvloop accepts every pending connection per turn (or offers a setting).
 """
 
