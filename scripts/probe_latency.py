@@ -6,7 +6,7 @@ concurrent single-sentence `/v1/embeddings` requests (one connection each, all a
 separate process probes `/readyz` and `/livez` every 100 ms, each probe on a new connection as
 the kubelet does, and records each probe's latency.
 
-    python scripts/probe_latency.py [--requests 700] [--rounds 3] [--json out.json]
+    python scripts/probe_latency.py [--requests 700] [--rounds 3] [--pooled] [--json out.json]
 
 Uses the current BENTOML_HOME (the offline profile must be imported). The probes run in their
 own process so that the load generator's event loop cannot delay them.
@@ -82,13 +82,33 @@ def run_prober(port: int, interval: float) -> None:
         probe.join()
 
 
-async def _one_request(port: int, request: bytes) -> int:
-    """Send one request on its own connection; its status (0 when the connection failed)."""
+class _Start:
+    """Holds a pooled burst until every connection is open (or failed), then releases it."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.all_open = asyncio.Event()
+        self.go = asyncio.Event()
+
+    def opened(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self.all_open.set()
+
+
+async def _one_request(port: int, request: bytes, start: _Start | None) -> int:
+    """Send one request on its own connection, at once or (with `start`) once every connection
+    of the burst is open; its status (0 when the connection failed)."""
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
     except OSError:
+        if start is not None:
+            start.opened()
         return 0
     try:
+        if start is not None:
+            start.opened()
+            await start.go.wait()
         writer.write(request)
         status_line = await reader.readline()
         await reader.read()  # Connection: close, so the body ends with the connection
@@ -100,19 +120,27 @@ async def _one_request(port: int, request: bytes) -> int:
         writer.close()
 
 
-def burst(port: int, request: bytes, count: int) -> Counter[int]:
-    """`count` requests at once, one connection each; how many got each status."""
+def burst(port: int, request: bytes, count: int, pooled: bool) -> tuple[Counter[int], float]:
+    """`count` requests at once, one connection each, and when they were sent. `pooled` opens
+    every connection first and then sends on all of them together (a client's connection pool);
+    otherwise each request opens its connection as it goes."""
 
-    async def run() -> list[int]:
-        return await asyncio.gather(*(_one_request(port, request) for _ in range(count)))
+    async def run() -> tuple[list[int], float]:
+        start = _Start(count) if pooled else None
+        sending = asyncio.gather(*(_one_request(port, request, start) for _ in range(count)))
+        if start is not None:
+            await start.all_open.wait()
+            start.go.set()
+        sent_at = time.time()
+        return await sending, sent_at
 
     try:
         import uvloop
 
-        statuses = uvloop.run(run())
+        statuses, sent_at = uvloop.run(run())
     except ImportError:
-        statuses = asyncio.run(run())
-    return Counter(statuses)
+        statuses, sent_at = asyncio.run(run())
+    return Counter(statuses), sent_at
 
 
 def summarise(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -135,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=700, help="requests per burst")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--pooled",
+        action="store_true",
+        help="open the burst's connections first, then send on all at once",
+    )
     parser.add_argument("--interval", type=float, default=0.1, help="seconds between probes")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--prober", type=int, default=None, help=argparse.SUPPRESS)
@@ -165,8 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                 text=True,
             )
             time.sleep(1.0)  # a few idle probes first
-            burst_start = time.time()
-            statuses = burst(server.port, request, args.requests)
+            statuses, burst_start = burst(server.port, request, args.requests, args.pooled)
             burst_end = time.time()
             time.sleep(1.0)
             out, _ = prober.communicate("", timeout=PROBE_TIMEOUT_S + 30)
