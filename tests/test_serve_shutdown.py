@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -70,6 +71,14 @@ def test_sigterm_with_generations_in_flight(offline_store: None) -> None:
         while client.get(f"/api/jobs/{job_id}").json()["status"] != "running":
             assert time.monotonic() < deadline, "the job never started"
             time.sleep(0.05)
+        # A request whose body is still coming keeps the drain open as long as this test needs,
+        # however fast the machine finishes a denoising step.
+        upload = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        upload.sendall(
+            b"POST /api/ping HTTP/1.1\r\nHost: test\r\nX-API-Key: " + KEY.encode() + b"\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{"
+        )
+        time.sleep(0.5)  # in flight before the signal
 
         server.proc.send_signal(signal.SIGTERM)  # the arbiter, as Kubernetes does
         signalled = time.monotonic()
@@ -86,6 +95,13 @@ def test_sigterm_with_generations_in_flight(offline_store: None) -> None:
             time.sleep(0.02)
         assert job["status"] == "interrupted", job
         assert job["error"]["code"] == "job_interrupted"
+
+        upload.sendall(b"}")  # accepted before the signal: served, and then nothing is left
+        answer = b""
+        while chunk := upload.recv(65536):
+            answer += chunk
+        upload.close()
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
 
         server.proc.wait(GRACE_S + 15)
         gone_in = time.monotonic() - signalled
