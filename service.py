@@ -461,8 +461,7 @@ class BotModels:
 
     async def stop_generations(self) -> None:
         """Draining: stop every generation at its next step; wait for the jobs to end."""
-        self.generation.cancel_all()
-        await self.jobs.interrupt_all()
+        await self.jobs.interrupt_all()  # and every blocking generation (frontend.cancel_all)
         await self.jobs.wait_idle()
 
     @bentoml.on_shutdown

@@ -472,7 +472,7 @@ class GenerationFrontend:
     def closing(self) -> bool:
         return self._closing
 
-    def cancel_all(self) -> int:
+    def cancel_all(self) -> None:
         """Shutdown: refuse new generations and stop every queued or running one at its next
         step (a blocking request is then answered 503, a job ends `interrupted`)."""
         with self._controls_lock:
@@ -480,7 +480,6 @@ class GenerationFrontend:
             controls = list(self._controls.values())
         for control in controls:
             control.cancel()
-        return len(controls)
 
     @staticmethod
     def shutting_down() -> ShuttingDown:

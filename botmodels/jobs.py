@@ -235,11 +235,10 @@ class JobManager:
         started = time.perf_counter()
         try:
             (result,) = await self.frontend.execute(kind, [task], [control])
-            if job.id in self._interrupted and result.status != "completed":
+            interrupted = job.id in self._interrupted
+            if interrupted and result.status != "completed":
                 return  # interrupt_all() already wrote the record
-            if result.status == "cancelled" or (
-                control.cancelled() and job.id not in self._interrupted
-            ):
+            if result.status == "cancelled" or (control.cancelled() and not interrupted):
                 if result.file_path is not None:
                     self.frontend.outputs.delete(result.file_path)
                 await self._finish(job.id, "cancelled")
