@@ -60,7 +60,7 @@ class Shutdown:
         self._in_flight: set[asyncio.Timeout] = set()
         self._idle: asyncio.Event | None = None
         self._hooks: list[Callable[[], Awaitable[None]]] = []
-        self._drain_task: asyncio.Task[None] | None = None
+        self._drain_task: asyncio.Task[None] | None = None  # a reference keeps it running
 
     # --- what the service registers ---------------------------------------------------------
     def on_drain(self, hook: Callable[[], Awaitable[None]]) -> None:
@@ -127,7 +127,9 @@ class Shutdown:
                 now = asyncio.get_running_loop().time()
                 for scope_timeout in list(self._in_flight):
                     scope_timeout.reschedule(now)
-                await asyncio.wait([asyncio.ensure_future(self._idle.wait())], timeout=1.0)
+                answered = asyncio.ensure_future(self._idle.wait())
+                await asyncio.wait([answered], timeout=1.0)
+                answered.cancel()
             for hook in hooks:
                 if hook.done() and not hook.cancelled() and hook.exception() is not None:
                     log.error("shutdown hook failed: %r", hook.exception())
