@@ -40,7 +40,7 @@ from botmodels.generation import (
     ImageTask,
     VideoTask,
 )
-from botmodels.http import ErrorShapeMiddleware, LimitsMiddleware
+from botmodels.http import HEALTH_PATHS, ErrorShapeMiddleware, LimitsMiddleware
 from botmodels.jobs import JobManager, JobStore
 from botmodels.keys import load_api_keys
 from botmodels.outputs import OutputStore, content_type
@@ -48,6 +48,7 @@ from botmodels.peers import RunnerCheck, RunnerRouteGuard
 from botmodels.pool import RunnerPool
 from botmodels.remote import RemoteRunner
 from botmodels.schemas import EmbeddedText, EmbeddingResponse, Pong
+from botmodels.shutdown import Shutdown, ShutdownMiddleware
 from botmodels.speech import STT_ROUTE, TTS_ROUTE, SpeechFrontend
 from botmodels.speech_schemas import SttJob, SttResult, TtsJob, TtsResult
 from botmodels.store import find_stored, load_manifest
@@ -74,6 +75,7 @@ patches.apply()
 
 settings = get_settings()
 VERSION = "0.1.0"  # pyproject.toml's version; tests/test_config.py keeps them equal
+shutdown = Shutdown(settings.shutdown_grace_s)  # botmodels/shutdown.py: what SIGTERM does
 
 
 def _make_embeddings(path: Path, quantization: Quantization, device: Device) -> EmbeddingsRunner:
@@ -242,6 +244,8 @@ async def api_health(_: Request) -> JSONResponse:
 
 
 async def embeddings_health(_: Request) -> JSONResponse:
+    if shutdown.draining:
+        return JSONResponse({"status": "shutting_down"}, status_code=503)
     ok = _instance is not None and await _instance.runner_usable("embeddings")
     return JSONResponse({"status": "ok" if ok else "unavailable"}, status_code=200 if ok else 503)
 
@@ -490,8 +494,25 @@ class BotModels:
 
         threading.Thread(target=load, name="botmodels-load", daemon=True).start()
 
+    @bentoml.on_startup
+    def take_over_signals(self) -> None:
+        """SIGTERM drains instead of stopping at once (botmodels/shutdown.py); runs inside the
+        server, after uvicorn installed the handlers it is passed on to."""
+        shutdown.on_drain(self.stop_generations)
+        shutdown.install()
+
+    async def stop_generations(self) -> None:
+        """Draining: stop every generation at its next step; wait for the jobs to end."""
+        await self.jobs.interrupt_all()  # and every blocking generation (frontend.cancel_all)
+        await self.jobs.wait_idle()
+
+    @bentoml.on_shutdown
+    async def interrupt_jobs(self) -> None:
+        """The server is stopping (after a drain, or without one): no job is left `running`."""
+        await self.jobs.interrupt_all()
+
     async def __is_ready__(self) -> bool:
-        if not self.pool.settled:
+        if shutdown.draining or not self.pool.settled:
             return False
         return not self.pool.slots or any(
             s.state in ("ready", "remote") for s in self.pool.slots.values()
@@ -508,7 +529,10 @@ class BotModels:
 
     async def health(self) -> tuple[dict[str, Any], int]:
         kinds = list(self.pool.slots)
-        usable = await asyncio.gather(*(self.runner_usable(k) for k in kinds))
+        if self.remotes:
+            usable = list(await asyncio.gather(*(self.runner_usable(k) for k in kinds)))
+        else:  # no task per runner: a probe is answered in the loop turn it started in
+            usable = [self.pool.slots[k].state == "ready" for k in kinds]
         runners: dict[str, Any] = {}
         for kind, ok in zip(kinds, usable, strict=True):
             slot = self.pool.slots[kind]
@@ -518,7 +542,9 @@ class BotModels:
             runners[kind] = entry
         failed = [k for k, ok in zip(kinds, usable, strict=True) if not ok]
         loading = [k for k in failed if self.pool.slots[k].state in ("pending", "loading")]
-        if not failed:
+        if shutdown.draining:
+            status = "shutting_down"
+        elif not failed:
             status = "healthy"
         elif len(loading) == len(failed):
             status = "loading"
@@ -534,7 +560,7 @@ class BotModels:
         }
         if failed:
             body["unhealthy_runners"] = failed
-        return body, 200 if not failed else 503
+        return body, 200 if not failed and not shutdown.draining else 503
 
     def models(self) -> list[dict[str, Any]]:
         return [slot.describe() for slot in self.pool.slots.values()]
@@ -803,10 +829,12 @@ class BotModels:
         return await self.speech.run_local("tts", jobs)
 
 
-# Outermost first. Errors are shaped last; credentials are checked before anything looks at the
-# body (a wrong key is a 401 whatever the body); then limits and content type; then the public
-# routes' rules for the runner routes that peers call.
+# Outermost first. Shutdown first (while draining, new work is refused before anything else
+# runs). Errors are shaped next; credentials are checked before anything looks at the body (a
+# wrong key is a 401 whatever the body); then limits and content type; then the public routes'
+# rules for the runner routes that peers call.
 _service_obj: Any = BotModels  # a bentoml.Service once decorated; its stubs don't say so
+_service_obj.add_asgi_middleware(ShutdownMiddleware, state=shutdown, probe_paths=HEALTH_PATHS)
 _service_obj.add_asgi_middleware(ErrorShapeMiddleware)
 _service_obj.add_asgi_middleware(_LazyAuth)
 _service_obj.add_asgi_middleware(_Limits)

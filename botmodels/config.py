@@ -103,6 +103,13 @@ class Settings(BaseSettings):
         "closed (408 if part of a head arrived). Idle keep-alive connections keep uvicorn's own "
         "keep-alive timeout.",
     )
+    shutdown_grace_s: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="After SIGTERM: the most seconds until the worker exits. Requests in flight "
+        "get this long minus 2 s; running generations stop at their next step.",
+    )
 
     # --- compute ----------------------------------------------------------------------------
     threads: int = Field(

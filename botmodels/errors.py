@@ -151,6 +151,13 @@ class RunnerUnavailable(BotModelsError):
     code = "runner_unavailable"
 
 
+class ShuttingDown(BotModelsError):
+    """This instance is draining after SIGTERM: the work was refused or stopped; retry it."""
+
+    status = 503
+    code = "shutting_down"
+
+
 class UpstreamError(BotModelsError):
     """A remote runner answered with an error we pass on."""
 

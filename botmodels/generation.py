@@ -30,7 +30,13 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from botmodels.config import Settings
-from botmodels.errors import InvalidInput, NotFoundError, Overloaded, RunnerUnavailable
+from botmodels.errors import (
+    InvalidInput,
+    NotFoundError,
+    Overloaded,
+    RunnerUnavailable,
+    ShuttingDown,
+)
 from botmodels.outputs import OutputStore
 from botmodels.pool import RunnerPool
 
@@ -263,6 +269,7 @@ class GenerationFrontend:
         }
         self._controls: dict[str, Control] = {}
         self._controls_lock = threading.Lock()
+        self._closing = False
         self._last_prune = 0.0
 
     def model_name(self, kind: Kind) -> str:
@@ -502,6 +509,27 @@ class GenerationFrontend:
         return results
 
     # 3. Dispatch ------------------------------------------------------------------------------
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def cancel_all(self) -> None:
+        """Shutdown: refuse new generations and stop every queued or running one at its next
+        step (a blocking request is then answered 503, a job ends `interrupted`)."""
+        with self._controls_lock:
+            self._closing = True
+            controls = list(self._controls.values())
+        for control in controls:
+            control.cancel()
+
+    @staticmethod
+    def shutting_down() -> ShuttingDown:
+        return ShuttingDown(
+            "this instance is shutting down and stopped the generation; retry it (another "
+            "instance will answer)",
+            headers={"Retry-After": "2"},
+        )
+
     def _prune_now_and_then(self) -> None:
         now = time.monotonic()
         if now - self._last_prune > 60:
@@ -515,6 +543,8 @@ class GenerationFrontend:
         self.pool.local(kind)  # 503 now, before queueing, if not ready
         await asyncio.to_thread(self._prune_now_and_then)
         with self._controls_lock:
+            if self._closing:
+                raise self.shutting_down()
             for task, control in zip(tasks, controls, strict=True):
                 self._controls[task.task_id] = control
         try:
@@ -525,9 +555,18 @@ class GenerationFrontend:
             size = self.admission[kind].batch_size  # no input may exceed a whole batch
             chunks = [list(tasks[i : i + size]) for i in range(0, len(tasks), size)]
             batch_infer = self.batch_infer
-            parts: list[Sequence[GeneratedFile]] = await asyncio.gather(
-                *(batch_infer(api, (chunk,), {}) for chunk in chunks)
-            )
+            try:
+                parts: list[Sequence[GeneratedFile]] = await asyncio.gather(
+                    *(batch_infer(api, (chunk,), {}) for chunk in chunks)
+                )
+            except (asyncio.CancelledError, RunnerUnavailable) as exc:
+                # While the worker shuts down the dispatcher drops its queue: nobody waits for
+                # the pictures any more, and the caller is told why.
+                if not self._closing:
+                    raise
+                for control in controls:
+                    control.cancel()
+                raise self.shutting_down() from exc
             return [result for part in parts for result in part]
         except asyncio.CancelledError:
             # The caller went away (request timeout): stop the pipeline at its next step, or
@@ -551,6 +590,8 @@ class GenerationFrontend:
             (result,) = await self.execute(kind, [task], [Control()])
         finally:
             admission.leave()
+        if result.status == "cancelled" and self._closing:
+            raise self.shutting_down()
         return self.response(task, result, time.perf_counter() - started, job_id)
 
     def response(
@@ -621,9 +662,14 @@ class GenerationFrontend:
             results = await self.execute("image", tasks, [Control() for _ in tasks])
         finally:
             admission.leave(count)
+        if any(result.file_path is None for result in results):  # stopped by a shutdown
+            for result in results:
+                if result.file_path is not None:
+                    self.outputs.delete(result.file_path)
+            raise self.shutting_down()
         data: list[ImageData] = []
         for result in results:
-            assert result.file_path is not None  # these controls are never cancelled
+            assert result.file_path is not None
             if response_format == "b64_json":
                 path = self.outputs.resolve(result.file_path)
                 if path is None:

@@ -21,13 +21,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from botmodels.errors import BotModelsError
+from botmodels.errors import BotModelsError, ShuttingDown
 from botmodels.generation import Control, GenerationFrontend, ImageTask, Kind, VideoTask
 
 log = logging.getLogger("botmodels.jobs")
 
 JobStatus = Literal["queued", "running", "completed", "failed", "cancelled", "interrupted"]
 FINISHED: frozenset[str] = frozenset({"completed", "failed", "cancelled", "interrupted"})
+
+
+def _interrupted_error(message: str) -> dict[str, Any]:
+    return {
+        "message": message,
+        "type": "server_error",
+        "code": "job_interrupted",
+        "param": None,
+    }
+
+
+RESTARTED = _interrupted_error("the server restarted before this job finished; submit it again")
+SHUT_DOWN = _interrupted_error("the server shut down before this job finished; submit it again")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -96,18 +109,7 @@ class JobStore:
             self._db.execute(
                 "UPDATE jobs SET status = 'interrupted', finished_at = ?, error = ? "
                 "WHERE status IN ('queued', 'running')",
-                (
-                    time.time(),
-                    json.dumps(
-                        {
-                            "message": "the server restarted before this job finished; "
-                            "submit it again",
-                            "type": "server_error",
-                            "code": "job_interrupted",
-                            "param": None,
-                        }
-                    ),
-                ),
+                (time.time(), json.dumps(RESTARTED)),
             )
 
     def insert(self, job: JobRecord) -> None:
@@ -153,6 +155,15 @@ class JobStore:
             error=json.loads(row[10]) if row[10] else None,
         )
 
+    def interrupt(self, job_ids: list[str]) -> None:
+        """Mark these jobs interrupted by a shutdown, unless they already finished."""
+        with self._lock:
+            self._db.executemany(
+                "UPDATE jobs SET status = 'interrupted', finished_at = ?, error = ? "
+                "WHERE id = ? AND status IN ('queued', 'running')",
+                [(time.time(), json.dumps(SHUT_DOWN), job_id) for job_id in job_ids],
+            )
+
     def prune(self, max_age_s: float) -> int:
         """Forget finished jobs older than the retention (their files go at the same age)."""
         with self._lock:
@@ -175,8 +186,11 @@ class JobManager:
         self.retention_s = retention_s
         self._controls: dict[str, Control] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._interrupted: set[str] = set()
 
     async def submit(self, kind: Kind, task: ImageTask | VideoTask) -> JobRecord:
+        if self.frontend.closing:
+            raise self.frontend.shutting_down()
         admission = self.frontend.admission[kind]
         admission.enter()  # 429 now rather than a job that waits forever
         job = JobRecord(
@@ -221,13 +235,19 @@ class JobManager:
         started = time.perf_counter()
         try:
             (result,) = await self.frontend.execute(kind, [task], [control])
-            if result.status == "cancelled" or control.cancelled():
+            interrupted = job.id in self._interrupted
+            if interrupted and result.status != "completed":
+                return  # interrupt_all() already wrote the record
+            if result.status == "cancelled" or (control.cancelled() and not interrupted):
                 if result.file_path is not None:
                     self.frontend.outputs.delete(result.file_path)
                 await self._finish(job.id, "cancelled")
                 return
+            # Finished, possibly just as a shutdown began: the picture is there, say so.
             response = self.frontend.response(task, result, time.perf_counter() - started, job.id)
             await self._finish(job.id, "completed", result=response.model_dump(), step=task.steps)
+        except ShuttingDown:
+            await self._finish(job.id, "interrupted", error=SHUT_DOWN)
         except BotModelsError as exc:
             await self._finish(job.id, "failed", error=exc.body()["error"])
         except Exception as exc:
@@ -264,6 +284,20 @@ class JobManager:
             control.cancel()
         await self._finish(job_id, "cancelled")
         return await self.get(job_id)
+
+    async def interrupt_all(self) -> list[str]:
+        """Shutdown: stop every queued or running job at its next step and mark it
+        `interrupted` now, so that a poll before the process exits (or the record after a
+        restart) says so. The caller waits for the jobs with `wait_idle`."""
+        self.frontend.cancel_all()
+        job_ids = [job_id for job_id in self._controls if job_id not in self._interrupted]
+        self._interrupted.update(job_ids)
+        for job_id in job_ids:
+            self._controls[job_id].cancel()
+        if job_ids:
+            await asyncio.to_thread(self.store.interrupt, job_ids)
+            log.warning("shutdown: %d job(s) interrupted", len(job_ids))
+        return job_ids
 
     async def wait_idle(self) -> None:
         """Wait for every running job (tests, shutdown)."""

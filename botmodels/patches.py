@@ -111,6 +111,17 @@
    and message; never the input): WARNING as uvicorn logs the requests it rejects, and because
    a served worker does not show INFO. A 5xx keeps upstream's ERROR and traceback. Always on.
    Drop it when upstream logs client errors without a traceback.
+
+16. One new connection per event-loop turn (libuv, under uvicorn's uvloop). Since libuv 1.45
+   ("unix: don't accept() connections in a loop") the listening socket yields one connection
+   per loop turn. Under a burst of new connections the queue drains one per turn, and every
+   turn also runs the request work that became ready, so a health probe's connection waits
+   behind the whole burst: up to 2.6 s for probes during a 700-request burst here, and 300
+   queued connections took 2.3-3.1 s to accept next to a 5 ms turn (one-off probe). The worker
+   now serves the listening socket through `ACCEPTORS` duplicates of its descriptor (one uvloop
+   server each, so up to that many accepts per turn); the kernel still keeps one queue. Its
+   cost: a lone new connection wakes every descriptor, and all but one `accept()` find nothing.
+   Drop it when uvloop accepts every pending connection per turn (or offers a setting).
 """
 
 from __future__ import annotations
@@ -120,6 +131,7 @@ import gc
 import logging
 import os
 import re
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -535,6 +547,31 @@ def _client_errors_in_one_line(log_exception: Callable[..., None]) -> Callable[.
 _header_config: tuple[dict[str, str], bool, Any] | None = None
 
 
+ACCEPTORS = 16  # accepts per loop turn; each is one more descriptor on the same socket
+
+
+def _fan_out_accepts(
+    startup: Callable[[Any, list[socket.socket] | None], Awaitable[None]],
+) -> Callable[[Any, list[socket.socket] | None], Awaitable[None]]:
+    async def startup_with_acceptors(self: Any, sockets: list[socket.socket] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        if sockets and type(loop).__module__.startswith("uvloop"):
+            # uvicorn makes one server per socket and closes each server (with its descriptor)
+            # at shutdown; the kernel's accept queue stays the one the arbiter listens on.
+            sockets = [
+                *sockets,
+                *(
+                    socket.socket(fileno=os.dup(sock.fileno()))
+                    for sock in sockets
+                    for _ in range(ACCEPTORS - 1)
+                ),
+            ]
+        await startup(self, sockets)
+
+    startup_with_acceptors.__wrapped__ = startup  # type: ignore[attr-defined]
+    return startup_with_acceptors
+
+
 def _add_response_headers(self: Any, resp: Any) -> None:
     global _header_config
     if _header_config is None:
@@ -595,6 +632,9 @@ def apply() -> None:
         Router.app = _static_route_lookup(  # type: ignore[method-assign,assignment]
             Router.app, (Route, Mount, PassiveMount)
         )
+        from uvicorn.server import Server
+
+        Server.startup = _fan_out_accepts(Server.startup)  # type: ignore[method-assign,assignment]
 
     # Workarounds 11, 12, 14 and 15 fix behaviour, not cost: never part of the benchmark switch.
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol

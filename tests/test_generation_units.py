@@ -3,6 +3,7 @@ runners (grouping by shape, per-item seeds, cancellation at the next step, memor
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import time
@@ -314,3 +315,68 @@ def test_a_model_that_is_not_a_string_is_a_400() -> None:
         assert raised.value.param == "model"
     with pytest.raises(NotFoundError):
         frontend.check_model("image", "dall-e-3")
+
+
+# --- shutdown ----------------------------------------------------------------------------------
+class _OnePool:
+    """The one runner GenerationFrontend asks for, without a RunnerPool."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+
+    def local(self, kind: str) -> Any:
+        return self.runner
+
+    def slot(self, kind: str) -> None:
+        return None
+
+
+def test_shutdown_interrupts_jobs_and_stops_blocking_generations(
+    image_runner: Any, tmp_path: Path
+) -> None:
+    """A running job stops at its next step and is `interrupted` (in the store, before it even
+    stops), a queued blocking generation is answered ShuttingDown, and new work is refused."""
+    from botmodels.config import get_settings
+    from botmodels.errors import ShuttingDown
+    from botmodels.generation import GenerationFrontend
+    from botmodels.jobs import JobManager
+
+    async def run() -> None:
+        pool: Any = _OnePool(image_runner)  # the two methods the frontend calls
+        outputs = OutputStore(tmp_path / "out", 3600, 2**30)
+        frontend = GenerationFrontend(get_settings(), pool, outputs)
+        jobs = JobManager(JobStore(tmp_path / "jobs.sqlite3"), frontend, 3600)
+
+        def task() -> Any:
+            return frontend.check_image(prompt="x", steps=100, width=64, height=64)
+
+        job = await jobs.submit("image", task())
+        deadline = time.monotonic() + 60
+        while (record := jobs.store.get(job.id)) is None or record.step < 1:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        blocking = asyncio.create_task(frontend.generate("image", task()))
+        await asyncio.sleep(0.1)  # queued behind the job (one pipeline at a time)
+
+        assert await jobs.interrupt_all() == [job.id]
+        marked = jobs.store.get(job.id)
+        assert marked is not None
+        assert marked.status == "interrupted"
+        await asyncio.wait_for(jobs.wait_idle(), 60)
+        with pytest.raises(ShuttingDown):
+            await asyncio.wait_for(blocking, 60)
+
+        final = jobs.store.get(job.id)
+        assert final is not None
+        assert final.status == "interrupted"
+        assert final.error is not None
+        assert final.error["code"] == "job_interrupted"
+        assert "shut down" in final.error["message"]
+        assert final.step < 100
+        with pytest.raises(ShuttingDown):
+            await jobs.submit("image", task())
+        with pytest.raises(ShuttingDown):
+            await frontend.generate("image", task())
+        assert frontend.admission["image"].in_flight == 0
+
+    asyncio.run(run())
