@@ -53,6 +53,7 @@ build: import-models
 
 bench: $(VENV)/.dev
 	$(PY) scripts/bench_embeddings.py
+	$(PY) scripts/bench_traffic.py
 	$(PY) scripts/bench_vision.py
 	$(PY) scripts/bench_overhead.py
 	$(PY) scripts/bench_generation.py
