@@ -251,7 +251,8 @@ def parse_size(value: object, default: int) -> tuple[int, int]:
     if not isinstance(value, str):
         raise InvalidInput(f"`size` must be a string like '512x512'; got {value!r}", param="size")
     parts = value.lower().split("x")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+    # ASCII digits only: str.isdigit() also accepts "²" and other digits int() refuses or reads.
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):
         raise InvalidInput(f"`size` must look like '512x512'; got {value!r}", param="size")
     return int(parts[0]), int(parts[1])
 

@@ -380,3 +380,16 @@ def test_shutdown_interrupts_jobs_and_stops_blocking_generations(
         assert frontend.admission["image"].in_flight == 0
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("size", ["²x64", "٣٢x64", "64x", "x64", "64x64x64", "-64x64", " 64x64"])
+def test_openai_size_takes_ascii_digits_only(size: str) -> None:
+    """`size` is WIDTHxHEIGHT in ASCII digits; other Unicode digits were a 500 (int() refuses
+    "²") or read as numbers ("٣٢" as 32)."""
+    from botmodels.errors import InvalidInput
+    from botmodels.generation import parse_size
+
+    with pytest.raises(InvalidInput, match="512x512") as raised:
+        parse_size(size, 512)
+    assert raised.value.param == "size"
+    assert parse_size("64X128", 512) == (64, 128)
