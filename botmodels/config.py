@@ -43,6 +43,13 @@ def _split_csv(value: object) -> object:
     return value
 
 
+# The `*_max_latency_ms` settings fed BentoML's dispatcher, which botmodels no longer uses.
+_NO_EFFECT = (
+    "Accepted for compatibility; no effect: botmodels' dispatcher holds no request and cancels "
+    "no queued work (README, Batching)."
+)
+
+
 class Settings(BaseSettings):
     """botmodels configuration. Each field is read from `BOTMODELS_<FIELD>`."""
 
@@ -67,7 +74,12 @@ class Settings(BaseSettings):
         None,
         description="File with one key per line; default <home>/api-key, generated if missing.",
     )
-    signature_tolerance_s: int = Field(300, ge=1, le=3600)
+    signature_tolerance_s: int = Field(
+        300,
+        ge=1,
+        le=3600,
+        description="An HMAC signature's timestamp must be this close to the server's clock, s.",
+    )
     replay_cache_s: int = Field(
         600,
         ge=1,
@@ -115,7 +127,9 @@ class Settings(BaseSettings):
     threads: int = Field(
         default_factory=_available_cpus, ge=1, description="torch intra-op threads per worker."
     )
-    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto", description="Where models run: auto (CUDA, then MPS, then CPU), cpu, cuda or mps."
+    )
 
     # --- embeddings runner ------------------------------------------------------------------
     embeddings_url: AnyHttpUrl | None = Field(
@@ -138,8 +152,17 @@ class Settings(BaseSettings):
         "threads (1 = one team on the whole batch; CUDA, MPS and eager models use 1). "
         "Opt-in: faster at 64 clients, slower at 1 and 16 (README, CPU workers).",
     )
-    embeddings_max_batch_size: int = Field(32, ge=2, le=1024)
-    embeddings_max_latency_ms: int = Field(10_000, ge=10)
+    embeddings_max_batch_size: int = Field(
+        32,
+        ge=2,
+        le=1024,
+        description="Most texts per embeddings batch (32 is the knee on a 2-core CPU).",
+    )
+    embeddings_max_latency_ms: int = Field(
+        10_000,
+        ge=10,
+        description=_NO_EFFECT,
+    )
     embeddings_max_inputs: int = Field(2048, ge=1, description="Inputs per request (OpenAI's).")
     embeddings_max_chars: int = Field(
         100_000, ge=1, description="Characters per input; longer inputs are rejected."
@@ -158,7 +181,11 @@ class Settings(BaseSettings):
         True,
         description="On CPU, decode short clips of a batch several to one 30 s Whisper window.",
     )
-    stt_max_latency_ms: int = Field(120_000, ge=100)
+    stt_max_latency_ms: int = Field(
+        120_000,
+        ge=100,
+        description=_NO_EFFECT,
+    )
     stt_max_audio_s: float = Field(
         1800.0, gt=0, description="Longest audio accepted (after decoding), in seconds."
     )
@@ -167,9 +194,15 @@ class Settings(BaseSettings):
     tts_url: AnyHttpUrl | None = Field(
         None, description="Serve text-to-speech from a remote botmodels at this URL instead."
     )
-    tts_quantization: Quantization | None = Field(None)
-    tts_max_batch_size: int = Field(8, ge=1, le=64)
-    tts_max_latency_ms: int = Field(120_000, ge=100)
+    tts_quantization: Quantization | None = Field(
+        None, description="TTS runner quantization (none, int8, 4bit); unset: the model manifest's."
+    )
+    tts_max_batch_size: int = Field(8, ge=1, le=64, description="Most texts per TTS batch.")
+    tts_max_latency_ms: int = Field(
+        120_000,
+        ge=100,
+        description=_NO_EFFECT,
+    )
     tts_max_chars: int = Field(4096, ge=1, description="Longest text to speak (OpenAI's limit).")
     tts_max_phonemes: int = Field(
         10_000,
@@ -209,11 +242,13 @@ class Settings(BaseSettings):
     image_max_queue: int = Field(
         16, ge=1, description="Images waiting or running (jobs included) before 429."
     )
-    image_max_prompt_chars: int = Field(2000, ge=1)
-    image_min_size: int = Field(64, ge=8)
+    image_max_prompt_chars: int = Field(
+        2000, ge=1, description="Longest image `prompt` or `negative_prompt`, characters."
+    )
+    image_min_size: int = Field(64, ge=8, description="Smallest image width or height, pixels.")
     image_max_size: int = Field(1536, ge=8, description="Largest width or height, pixels.")
-    image_max_steps: int = Field(100, ge=1)
-    image_max_guidance: float = Field(30.0, ge=0)
+    image_max_steps: int = Field(100, ge=1, description="Most denoising steps per image.")
+    image_max_guidance: float = Field(30.0, ge=0, description="Largest image `guidance_scale`.")
     image_max_n: int = Field(4, ge=1, description="`n` of /v1/images/generations.")
     image_default_steps: int = Field(4, ge=1, description="When a request names no `steps`.")
     image_default_guidance: float = Field(
@@ -224,20 +259,28 @@ class Settings(BaseSettings):
     video_quantization: Quantization | None = Field(
         None, description="Override the manifest's quantization: none, int8 or 4bit (CUDA)."
     )
-    video_max_batch_size: int = Field(2, ge=1, le=16)
-    video_max_latency_ms: int = Field(3_600_000, ge=1000)
+    video_max_batch_size: int = Field(2, ge=1, le=16, description="Most videos per pipeline call.")
+    video_max_latency_ms: int = Field(
+        3_600_000,
+        ge=1000,
+        description=_NO_EFFECT,
+    )
     video_max_queue: int = Field(4, ge=1, description="Videos waiting or running before 429.")
-    video_max_prompt_chars: int = Field(2000, ge=1)
-    video_min_size: int = Field(64, ge=8)
-    video_max_size: int = Field(1024, ge=8)
-    video_max_frames: int = Field(64, ge=1)
-    video_max_fps: int = Field(60, ge=1)
-    video_max_steps: int = Field(100, ge=1)
-    video_max_guidance: float = Field(30.0, ge=0)
-    video_default_frames: int = Field(16, ge=1)
-    video_default_fps: int = Field(8, ge=1)
-    video_default_steps: int = Field(25, ge=1)
-    video_default_guidance: float = Field(9.0, ge=0)
+    video_max_prompt_chars: int = Field(
+        2000, ge=1, description="Longest video `prompt` or `negative_prompt`, characters."
+    )
+    video_min_size: int = Field(64, ge=8, description="Smallest video width or height, pixels.")
+    video_max_size: int = Field(1024, ge=8, description="Largest video width or height, pixels.")
+    video_max_frames: int = Field(64, ge=1, description="Most frames per video (`num_frames`).")
+    video_max_fps: int = Field(60, ge=1, description="Largest video `fps`.")
+    video_max_steps: int = Field(100, ge=1, description="Most denoising steps per video.")
+    video_max_guidance: float = Field(30.0, ge=0, description="Largest video `guidance_scale`.")
+    video_default_frames: int = Field(16, ge=1, description="When a request names no `num_frames`.")
+    video_default_fps: int = Field(8, ge=1, description="When a request names no `fps`.")
+    video_default_steps: int = Field(25, ge=1, description="When a request names no `steps`.")
+    video_default_guidance: float = Field(
+        9.0, ge=0, description="When a request names no `guidance_scale`."
+    )
     # --- vision runners: captions (vision), visual questions (vqa), OCR (ocr) -----------------
     vision_url: AnyHttpUrl | None = Field(
         None, description="Serve captions from a remote botmodels at this URL instead."
@@ -247,7 +290,11 @@ class Settings(BaseSettings):
     )
     # BentoML refuses a batchable API with max_batch_size 1 (at start-up): hence ge=2.
     vision_max_batch_size: int = Field(16, ge=2, le=256, description="Images per caption batch.")
-    vision_max_latency_ms: int = Field(120_000, ge=10)
+    vision_max_latency_ms: int = Field(
+        120_000,
+        ge=10,
+        description=_NO_EFFECT,
+    )
     vision_max_new_tokens: int = Field(30, ge=1, le=200, description="Caption/answer length.")
     vision_max_image_pixels: int = Field(
         40_000_000,
@@ -264,12 +311,24 @@ class Settings(BaseSettings):
         200_000, ge=1, description="Most video frames scanned in one upload (bounds CPU time)."
     )
     vqa_url: AnyHttpUrl | None = Field(None, description="Remote botmodels serving VQA.")
-    vqa_quantization: Quantization | None = Field(None)
-    vqa_max_batch_size: int = Field(16, ge=2, le=256)
-    vqa_max_latency_ms: int = Field(120_000, ge=10)
+    vqa_quantization: Quantization | None = Field(
+        None, description="VQA runner quantization (none, int8, 4bit); unset: the model manifest's."
+    )
+    vqa_max_batch_size: int = Field(
+        16, ge=2, le=256, description="Most (image, question) pairs per VQA batch."
+    )
+    vqa_max_latency_ms: int = Field(
+        120_000,
+        ge=10,
+        description=_NO_EFFECT,
+    )
     ocr_url: AnyHttpUrl | None = Field(None, description="Remote botmodels serving OCR.")
     ocr_max_batch_size: int = Field(8, ge=2, le=256, description="Images per OCR batch.")
-    ocr_max_latency_ms: int = Field(120_000, ge=10)
+    ocr_max_latency_ms: int = Field(
+        120_000,
+        ge=10,
+        description=_NO_EFFECT,
+    )
     ocr_default_language: str = Field("eng", description="tesseract code used when none is sent.")
 
     @field_validator("runners", mode="before")
