@@ -119,11 +119,6 @@ class InvalidInput(BotModelsError):
     code = "invalid_input"
 
 
-class Unauthorized(BotModelsError):
-    status = 401
-    code = "invalid_api_key"
-
-
 class NotFoundError(BotModelsError):
     status = 404
     code = "not_found"
