@@ -29,8 +29,9 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from botmodels.asgi import replay_body
 from botmodels.errors import send_error
 
 log = logging.getLogger("botmodels.auth")
@@ -289,13 +290,4 @@ class AuthMiddleware:
             await _unauthorized(send, reason)
             return
 
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replay_body(body, receive), send)

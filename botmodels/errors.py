@@ -82,6 +82,12 @@ async def send_error(
     await send({"type": "http.response.body", "body": body})
 
 
+async def send_exception(send: Send, exc: BotModelsError) -> None:
+    """`exc` as a raw ASGI response (for middleware, which has no Response objects)."""
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
+    await send_error(send, exc.status, exc.message, code=exc.code, param=exc.param, headers=headers)
+
+
 def is_error_shape(payload: object) -> bool:
     if not isinstance(payload, dict) or set(payload) != {"error"}:
         return False

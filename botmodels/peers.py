@@ -17,9 +17,10 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from botmodels.errors import BotModelsError, InvalidInput, send_error
+from botmodels.asgi import replay_body
+from botmodels.errors import BotModelsError, InvalidInput, send_exception
 
 # A route's check: the parsed JSON body in, an admission held while the request runs out.
 RunnerCheck = Callable[[dict[str, Any]], AbstractContextManager[Any]]
@@ -64,7 +65,7 @@ class RunnerRouteGuard:
         try:
             check = self.checks().get(path)
         except BotModelsError as exc:  # the service is not constructed yet
-            await send_error(send, exc.status, exc.message, code=exc.code, headers=_raw(exc))
+            await send_exception(send, exc)
             return
         if check is None:
             await self.app(scope, receive, send)
@@ -86,27 +87,7 @@ class RunnerRouteGuard:
             try:
                 admission.enter_context(check(payload))  # a full queue raises here
             except BotModelsError as exc:
-                await send_error(
-                    send,
-                    exc.status,
-                    exc.message,
-                    code=exc.code,
-                    param=exc.param,
-                    headers=_raw(exc),
-                )
+                await send_exception(send, exc)
                 return
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": bytes(body), "more_body": False}
-            return await receive()
-
         with admission:
-            await self.app(scope, replay, send)
-
-
-def _raw(exc: BotModelsError) -> list[tuple[bytes, bytes]]:
-    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
+            await self.app(scope, replay_body(bytes(body), receive), send)
