@@ -38,6 +38,7 @@ from botmodels.errors import (
     ShuttingDown,
 )
 from botmodels.outputs import OutputStore
+from botmodels.peers import batch_items
 from botmodels.pool import RunnerPool
 
 BatchInfer = Callable[[str, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
@@ -403,21 +404,11 @@ class GenerationFrontend:
         """`/runners/<kind>/generate` from a peer: the public routes' limits for every task,
         and the same admission (held while the call runs; past the queue limit, a 429)."""
         admission = self.admission[kind]
-        tasks = payload.get("tasks")
-        if not isinstance(tasks, list) or not tasks:
-            raise InvalidInput("`tasks` must be a non-empty list of tasks", param="tasks")
-        if len(tasks) > admission.batch_size:
-            setting = f"BOTMODELS_{kind.upper()}_MAX_BATCH_SIZE"
-            raise InvalidInput(
-                f"`tasks` has {len(tasks)} items; at most {admission.batch_size} per call "
-                f"({setting})",
-                param="tasks",
-            )
+        setting = f"BOTMODELS_{kind.upper()}_MAX_BATCH_SIZE"
+        tasks = batch_items(payload, "tasks", admission.batch_size, setting)
         check = self.check_image if kind == "image" else self.check_video
         fields = ImageTask.model_fields if kind == "image" else VideoTask.model_fields
-        for i, task in enumerate(tasks):
-            if not isinstance(task, dict):
-                raise InvalidInput(f"`tasks[{i}]` must be an object", param="tasks")
+        for task in tasks:
             check(**{k: task.get(k) for k in fields if k != "task_id"})
         return _admitted(admission, len(tasks))
 

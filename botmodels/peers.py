@@ -26,28 +26,22 @@ from botmodels.errors import BotModelsError, InvalidInput, send_exception
 RunnerCheck = Callable[[dict[str, Any]], AbstractContextManager[Any]]
 
 
-def items_of(payload: Mapping[str, Any], field: str, limit: int, setting: str) -> list[Any]:
-    """The list under `field`, at most `limit` long (the limit's setting named in the error)."""
+def batch_items(
+    payload: Mapping[str, Any], field: str, most: int, setting: str
+) -> list[dict[str, Any]]:
+    """The non-empty list of objects under `field`, at most `most` long (a batch: the setting
+    that bounds it is named in the error)."""
     items = payload.get(field)
-    if not isinstance(items, list):
-        raise InvalidInput(f"`{field}` must be a list", param=field)
-    if len(items) > limit:
+    if not isinstance(items, list) or not items:
+        raise InvalidInput(f"`{field}` must be a non-empty list", param=field)
+    if len(items) > most:
         raise InvalidInput(
-            f"`{field}` has {len(items)} items; at most {limit} per call ({setting})",
-            param=field,
+            f"`{field}` has {len(items)} items; at most {most} per call ({setting})", param=field
         )
-    return items
-
-
-def each_object(items: list[Any], field: str) -> list[dict[str, Any]]:
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             raise InvalidInput(f"`{field}[{i}]` must be an object", param=field)
     return items
-
-
-def no_admission(_: dict[str, Any]) -> AbstractContextManager[Any]:
-    return contextlib.nullcontext()
 
 
 class RunnerRouteGuard:

@@ -32,6 +32,7 @@ from botmodels import audio as audio_io
 from botmodels.config import Settings
 from botmodels.errors import InvalidInput, PayloadTooLarge
 from botmodels.outputs import OutputStore
+from botmodels.peers import batch_items
 from botmodels.pool import RunnerPool
 from botmodels.remote import RemoteRunner
 from botmodels.speech_schemas import (
@@ -276,18 +277,8 @@ class SpeechFrontend:
         routes' limits for every job."""
         s = self.settings
         size = s.stt_max_batch_size if kind == "stt" else s.tts_max_batch_size
-        jobs = payload.get("jobs")
-        if not isinstance(jobs, list) or not jobs:
-            raise InvalidInput("`jobs` must be a non-empty list", param="jobs")
-        if len(jobs) > size:
-            raise InvalidInput(
-                f"`jobs` has {len(jobs)} items; at most {size} per call "
-                f"(BOTMODELS_{kind.upper()}_MAX_BATCH_SIZE)",
-                param="jobs",
-            )
+        jobs = batch_items(payload, "jobs", size, f"BOTMODELS_{kind.upper()}_MAX_BATCH_SIZE")
         for i, job in enumerate(jobs):
-            if not isinstance(job, dict):
-                raise InvalidInput(f"`jobs[{i}]` must be an object", param="jobs")
             if kind == "tts":
                 self._check_text(job.get("text"), "text")
                 check_tts_speed(job.get("speed", 1.0))

@@ -27,6 +27,7 @@ from botmodels.codes import read_codes
 from botmodels.config import Settings, get_settings
 from botmodels.errors import BotModelsError, InvalidInput, PayloadTooLarge
 from botmodels.media import decode_image, decode_video_frames, encode_png, read_upload
+from botmodels.peers import batch_items
 from botmodels.pool import RunnerPool
 from botmodels.remote import RemoteRunner
 from botmodels.vision_schemas import (
@@ -200,19 +201,9 @@ class VisionFrontend:
             "vqa": s.vqa_max_batch_size,
             "ocr": s.ocr_max_batch_size,
         }[kind]
-        items = payload.get("items")
-        if not isinstance(items, list) or not items:
-            raise InvalidInput("`items` must be a non-empty list", param="items")
-        if len(items) > size:
-            raise InvalidInput(
-                f"`items` has {len(items)} items; at most {size} per call "
-                f"(BOTMODELS_{kind.upper()}_MAX_BATCH_SIZE)",
-                param="items",
-            )
+        items = batch_items(payload, "items", size, f"BOTMODELS_{kind.upper()}_MAX_BATCH_SIZE")
         encoded_limit = s.max_upload_bytes * 4 // 3 + 4  # base64 of the upload limit
         for i, item in enumerate(items):
-            if not isinstance(item, dict):
-                raise InvalidInput(f"`items[{i}]` must be an object", param="items")
             png = item.get("image_png_b64")
             if isinstance(png, str) and len(png) > encoded_limit:
                 raise PayloadTooLarge(
