@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from botmodels.http import GENERIC_500, ErrorShapeMiddleware
 from tests.asgi_server import connection, uvicorn_server
-from tests.test_http_embeddings import assert_error
+from tests.helpers import assert_error
 
 
 async def ok(_: Request) -> JSONResponse:

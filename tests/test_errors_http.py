@@ -18,7 +18,7 @@ from PIL import Image
 from botmodels.auth import sign
 from botmodels.http import GENERIC_500
 from tests.conftest import KEY, auth
-from tests.test_http_embeddings import assert_error
+from tests.helpers import assert_error
 from tests.vision_media import png_bad_pixels, png_bomb, png_bytes
 
 RUNNER_ROUTES = {

@@ -14,7 +14,7 @@ import pytest
 from botmodels.errors import is_error_shape
 from tests.asgi_server import connection, raw_exchange
 from tests.conftest import Server, auth
-from tests.test_http_embeddings import assert_error
+from tests.helpers import assert_error
 from tests.vision_media import png_bad_pixels
 
 pytestmark = pytest.mark.serve

@@ -10,23 +10,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import KEY, OLD_KEY, auth
+from tests.helpers import assert_error
 
 
 def _vectors(body: dict[str, Any]) -> np.ndarray:
     return np.array([item["embedding"] for item in body["data"]], dtype=np.float32)
-
-
-def assert_error(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"message", "type", "code", "param"}
-    assert isinstance(body["error"]["message"], str)
-    assert body["error"]["message"]
-    assert "Traceback" not in response.text
-    error: dict[str, Any] = body["error"]
-    return error
 
 
 def test_embeddings_list_float(client: Any) -> None:

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import KEY, auth
-from tests.test_http_embeddings import assert_error
+from tests.helpers import assert_error
 
 IMAGE = {"prompt": "a red square", "steps": 2, "width": 64, "height": 64, "guidance_scale": 5.0}
 VIDEO = {"prompt": "a paper boat", "num_frames": 6, "fps": 12, "steps": 2}

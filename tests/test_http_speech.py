@@ -18,8 +18,8 @@ import pytest
 
 from botmodels import audio
 from tests.conftest import KEY, auth
+from tests.helpers import assert_error
 from tests.speech_helpers import transcode, wer
-from tests.test_http_embeddings import assert_error
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",

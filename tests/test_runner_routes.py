@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import auth
-from tests.test_http_embeddings import assert_error
+from tests.helpers import assert_error
 
 TASK = {
     "task_id": "t1",

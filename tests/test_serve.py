@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import KEY, Server, auth
+from tests.helpers import assert_all_ok, fire
 
 pytestmark = pytest.mark.serve
 
@@ -41,38 +42,9 @@ def batch_histogram(metrics: str, method: str) -> tuple[float, float, float]:
     return value("count"), value("sum"), value("bucket", r'le="1\.0"')
 
 
-async def _fire(url: str, texts: list[str], concurrency: int) -> list[httpx.Response | str]:
-    """POST each text; a transport failure is kept as its description, not raised, so the
-    assertion can show it next to the server's log."""
-    # keepalive_expiry under uvicorn's 5 s: never reuse a connection the server is closing.
-    limits = httpx.Limits(max_connections=concurrency, keepalive_expiry=2.0)
-    async with httpx.AsyncClient(base_url=url, headers=auth(), limits=limits, timeout=120) as c:
-        sem = asyncio.Semaphore(concurrency)
-
-        async def one(text: str) -> httpx.Response | str:
-            async with sem:
-                try:
-                    return await c.post("/v1/embeddings", json={"input": text})
-                except httpx.TransportError as exc:
-                    return f"{type(exc).__name__}: {exc!r}"
-
-        return list(await asyncio.gather(*(one(t) for t in texts)))
-
-
-def assert_all_ok(results: list[httpx.Response | str], server: Server) -> list[httpx.Response]:
-    failures = [r if isinstance(r, str) else f"{r.status_code} {r.text[:200]}" for r in results]
-    failures = [
-        f
-        for r, f in zip(results, failures, strict=True)
-        if isinstance(r, str) or r.status_code != 200
-    ]
-    assert not failures, f"{len(failures)} failed, e.g. {failures[:3]}\n{server.output()}"
-    return [r for r in results if isinstance(r, httpx.Response)]
-
-
 def test_concurrent_requests_are_batched(served: Server) -> None:
     texts = [f"sentence {i} about batching" for i in range(400)]
-    assert_all_ok(asyncio.run(_fire(served.url, texts, 64)), served)
+    assert_all_ok(asyncio.run(fire(served.url, texts, 64)), served)
     metrics = httpx.get(served.url + "/metrics").text
     batches, items, singles = batch_histogram(metrics, "embed_batch")
     assert items >= len(texts)
@@ -101,10 +73,10 @@ def test_cpu_workers_serve_the_same_vectors(served: Server, tmp_path: Path) -> N
         workers.wait_ready()
         models = httpx.get(workers.url + "/api/models", headers=auth()).json()["models"]
         assert models[0]["compute"] == "torchscript, 2 workers x 1 torch thread(s)"
-        got = assert_all_ok(asyncio.run(_fire(workers.url, texts, 64)), workers)
+        got = assert_all_ok(asyncio.run(fire(workers.url, texts, 64)), workers)
     finally:
         workers.stop()
-    want = assert_all_ok(asyncio.run(_fire(served.url, texts, 64)), served)
+    want = assert_all_ok(asyncio.run(fire(served.url, texts, 64)), served)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_allclose(
             a.json()["data"][0]["embedding"], b.json()["data"][0]["embedding"], atol=1e-5
@@ -118,7 +90,7 @@ def test_runner_served_elsewhere_by_url(served: Server, tmp_path: Path) -> None:
         entry.wait_ready()
         before = batch_histogram(httpx.get(served.url + "/metrics").text, "embed_batch")
         texts = [f"remote sentence {i}" for i in range(300)]
-        responses = assert_all_ok(asyncio.run(_fire(entry.url, texts, 64)), entry)  # none dropped
+        responses = assert_all_ok(asyncio.run(fire(entry.url, texts, 64)), entry)  # none dropped
 
         direct = httpx.post(
             served.url + "/v1/embeddings", json={"input": texts[7]}, headers=auth()

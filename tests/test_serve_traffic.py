@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import Server, auth
-from tests.test_serve import _fire, assert_all_ok
+from tests.helpers import assert_all_ok, fire
 
 pytestmark = pytest.mark.serve
 
@@ -63,7 +63,7 @@ def test_lone_requests_are_not_held_after_a_burst_or_a_large_request(server: Ser
         bound = 5 * fresh + 0.25  # generous: the machine may be busy
 
         texts = [f"sentence {i} of a burst" for i in range(500)]
-        assert_all_ok(asyncio.run(_fire(server.url, texts, 64)), server)
+        assert_all_ok(asyncio.run(fire(server.url, texts, 64)), server)
         before = client.get("/metrics").text
         after_burst = _lone_p50(client)
         after = client.get("/metrics").text

@@ -25,12 +25,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT
+from tests.helpers import long_text
 
 BUDGET_MIB = 300
-
-
-def long_text(unit: str, length: int = 4096) -> str:
-    return (unit * (length // len(unit) + 1))[:length]
 
 
 # the report: lowercase after each full stop, so espeak hears one 4,405-phoneme sentence

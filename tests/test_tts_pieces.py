@@ -19,7 +19,7 @@ from botmodels.errors import InvalidInput
 from botmodels.speech_schemas import SttJob, TtsJob, check_tts_speed, check_tts_text
 from runners import tts
 from runners.tts import TtsRunner, Voice, split_units
-from tests.test_tts_memory import long_text
+from tests.helpers import long_text
 
 ADVERSARIAL = {
     "hello-world": long_text("hello world. "),

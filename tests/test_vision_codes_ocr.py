@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import auth
-from tests.test_http_embeddings import assert_error
+from tests.helpers import assert_error
 from tests.vision_media import png_bytes, symbol_image, text_image
 
 # (zxing writer format, text written, type reported, text read back)

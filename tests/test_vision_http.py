@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import auth
-from tests.test_http_embeddings import assert_error
+from tests.helpers import assert_error
 from tests.vision_media import png_bomb, png_bytes, symbol_image, text_image, video_bytes
 
 ROUTES = [
