@@ -13,8 +13,9 @@ from typing import Annotated, Literal
 from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from runners.base import Quantization as Quantization  # the runners' vocabulary
+
 Profile = Literal["offline", "cpu", "gpu", "tiny"]
-Quantization = Literal["none", "int8", "4bit"]
 
 # Every runner kind the bundle knows. A kind that is not enabled loads nothing.
 KNOWN_RUNNERS: tuple[str, ...] = (

@@ -5,11 +5,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Literal
+
+from runners.base import Device as Device  # the runners' vocabulary
 
 log = logging.getLogger("botmodels.device")
 
-Device = Literal["cpu", "cuda", "mps"]
 _threads_set = False
 
 

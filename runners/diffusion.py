@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from botmodels.config import Quantization
-from botmodels.device import Device
+from runners.base import Device, Quantization
 
 log = logging.getLogger("botmodels.runners.diffusion")
 

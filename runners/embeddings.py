@@ -21,8 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from botmodels.config import Quantization
-from botmodels.device import Device
+from runners.base import Device, Quantization
 
 log = logging.getLogger("botmodels.runners.embeddings")
 

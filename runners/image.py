@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from botmodels.config import Quantization
-from botmodels.device import Device
+from runners.base import Device, Quantization
 from runners.diffusion import (
     GenerationCancelled,
     GroupControl,

@@ -21,8 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from botmodels.config import Quantization
-from botmodels.device import Device
+from runners.base import Device, Quantization
 
 log = logging.getLogger("botmodels.runners.ocr")
 

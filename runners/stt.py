@@ -30,8 +30,6 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import Counter
 
-from botmodels.config import Quantization
-from botmodels.device import Device
 from botmodels.errors import InvalidInput
 from botmodels.speech_schemas import (
     SAMPLE_RATE,
@@ -41,6 +39,7 @@ from botmodels.speech_schemas import (
     WordOut,
     check_samples,
 )
+from runners.base import Device, Quantization
 
 log = logging.getLogger("botmodels.runners.stt")
 

@@ -31,10 +31,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from botmodels.config import Quantization
-from botmodels.device import Device
 from botmodels.errors import InvalidInput
 from botmodels.speech_schemas import TtsJob, TtsResult, check_tts_speed, check_tts_text
+from runners.base import Device, Quantization
 
 log = logging.getLogger("botmodels.runners.tts")
 

@@ -19,8 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from botmodels.config import Quantization
-from botmodels.device import Device
+from runners.base import Device, Quantization
 from runners.diffusion import (
     GenerationCancelled,
     GroupControl,
