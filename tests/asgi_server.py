@@ -3,6 +3,7 @@ protocol-level answers), and a client that says which connection a response came
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -60,3 +61,25 @@ def raw_exchange(url: str, request: bytes) -> tuple[bytes, bool]:
             if not chunk:
                 return received, True
             received += chunk
+
+
+def until_closed(sock: socket.socket) -> tuple[bytes, float]:
+    """Everything the server sends until it closes, and how long that took (raises
+    TimeoutError if it never closes)."""
+    started = time.monotonic()
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data, time.monotonic() - started
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """One whole response (content-length framed) from a kept-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"content-length: (\d+)", head, re.I)[1])  # type: ignore[index]
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import socket
 import time
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 
 from botmodels import patches
+from tests.asgi_server import read_response, until_closed
 
 
 def test_local_call_wrapper_is_built_once_per_method_and_instance() -> None:
@@ -446,32 +446,10 @@ def _connect(port: int) -> socket.socket:
     return socket.create_connection(("127.0.0.1", port), timeout=HEAD_TIMEOUT_S + SLACK_S)
 
 
-def _until_closed(sock: socket.socket) -> tuple[bytes, float]:
-    """Everything the server sends until it closes, and how long that took (raises
-    TimeoutError if it never closes)."""
-    started = time.monotonic()
-    data = b""
-    while chunk := sock.recv(65536):
-        data += chunk
-    return data, time.monotonic() - started
-
-
-def _response(sock: socket.socket) -> bytes:
-    """One whole response (content-length framed) from a kept-alive connection."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = int(re.search(rb"content-length: (\d+)", head, re.I)[1])  # type: ignore[index]
-    while len(body) < length:
-        body += sock.recv(65536)
-    return head + b"\r\n\r\n" + body
-
-
 def test_half_a_request_head_gets_408_and_the_connection_closes(uvicorn_port: int) -> None:
     with _connect(uvicorn_port) as sock:
         sock.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\nX-Half: ")
-        data, waited = _until_closed(sock)
+        data, waited = until_closed(sock)
     assert waited < HEAD_TIMEOUT_S + SLACK_S
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408 ")
@@ -483,7 +461,7 @@ def test_half_a_request_head_gets_408_and_the_connection_closes(uvicorn_port: in
 
 def test_a_connection_that_sends_nothing_is_closed_silently(uvicorn_port: int) -> None:
     with _connect(uvicorn_port) as sock:
-        data, waited = _until_closed(sock)
+        data, waited = until_closed(sock)
     assert data == b""
     assert waited < HEAD_TIMEOUT_S + SLACK_S
 
@@ -498,14 +476,14 @@ def test_slow_bodies_slow_answers_and_idle_keep_alive_are_not_cut(uvicorn_port: 
         for piece in (b"ab", b"cd", b"ef"):
             time.sleep(HEAD_TIMEOUT_S * 0.6)
             sock.sendall(piece)
-        first = _response(sock)
+        first = read_response(sock)
         assert first.startswith(b"HTTP/1.1 200 ")
         assert first.endswith(b"length 6")
         # Idle on the kept-alive connection longer than the head timeout (under uvicorn's own
         # 5 s keep-alive), then a request whose answer takes longer than the head timeout.
         time.sleep(HEAD_TIMEOUT_S * 1.5)
         sock.sendall(b"GET /x?wait=%.1f HTTP/1.1\r\nHost: a\r\n\r\n" % (HEAD_TIMEOUT_S * 1.5))
-        second = _response(sock)
+        second = read_response(sock)
     assert second.startswith(b"HTTP/1.1 200 ")
     assert second.endswith(b"length 0")
 
@@ -515,20 +493,20 @@ def test_each_head_gets_the_whole_timeout_from_its_own_first_byte(uvicorn_port: 
     must measure that head from its own first byte, not from the connection's start."""
     with _connect(uvicorn_port) as sock:
         sock.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
-        assert _response(sock).startswith(b"HTTP/1.1 200 ")
+        assert read_response(sock).startswith(b"HTTP/1.1 200 ")
         time.sleep(HEAD_TIMEOUT_S * 0.8)
         sock.sendall(b"GET /x HTTP/1.1\r\n")
         time.sleep(HEAD_TIMEOUT_S * 0.5)  # past the connection's first deadline
         sock.sendall(b"Host: a\r\n\r\n")
-        assert _response(sock).startswith(b"HTTP/1.1 200 ")
+        assert read_response(sock).startswith(b"HTTP/1.1 200 ")
 
 
 def test_a_late_second_head_on_a_kept_alive_connection_is_timed_out(uvicorn_port: int) -> None:
     with _connect(uvicorn_port) as sock:
         sock.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
-        assert _response(sock).startswith(b"HTTP/1.1 200 ")
+        assert read_response(sock).startswith(b"HTTP/1.1 200 ")
         sock.sendall(b"GET /x HTTP/1.1\r\nHo")  # the next request's head never completes
-        data, waited = _until_closed(sock)
+        data, waited = until_closed(sock)
     assert data.startswith(b"HTTP/1.1 408 ")
     assert waited < HEAD_TIMEOUT_S + SLACK_S
 
@@ -543,7 +521,7 @@ def test_many_half_open_connections_do_not_stop_normal_requests(uvicorn_port: in
         answer = httpx.post(f"http://127.0.0.1:{uvicorn_port}/x", content=b"abc", timeout=10)
         assert answer.status_code == 200
         assert answer.text == "length 3"
-        closed = [_until_closed(sock)[0].startswith(b"HTTP/1.1 408 ") for sock in stuck]
+        closed = [until_closed(sock)[0].startswith(b"HTTP/1.1 408 ") for sock in stuck]
         assert all(closed)
     finally:
         for sock in stuck:

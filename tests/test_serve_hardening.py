@@ -5,7 +5,6 @@ signature replay cache across a restart."""
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import socket
 import time
@@ -16,6 +15,7 @@ import httpx
 import pytest
 
 from botmodels.auth import sign
+from tests.asgi_server import read_response, until_closed
 from tests.conftest import KEY, Server, auth
 
 pytestmark = pytest.mark.serve
@@ -55,30 +55,11 @@ def _connect(server: Server) -> socket.socket:
     return socket.create_connection(("127.0.0.1", server.port), timeout=HEAD_TIMEOUT_S + SLACK_S)
 
 
-def _until_closed(sock: socket.socket) -> tuple[bytes, float]:
-    started = time.monotonic()
-    data = b""
-    while chunk := sock.recv(65536):
-        data += chunk
-    return data, time.monotonic() - started
-
-
-def _response(sock: socket.socket) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = int(re.search(rb"content-length: (\d+)", head, re.I)[1])  # type: ignore[index]
-    while len(body) < length:
-        body += sock.recv(65536)
-    return head + b"\r\n\r\n" + body
-
-
 def test_half_a_request_head_is_answered_408_and_closed(bare: tuple[Server, Path]) -> None:
     server, _ = bare
     with _connect(server) as sock:
         sock.sendall(b"POST /api/ping HTTP/1.1\r\nHost: a\r\nX-API-Key: ")
-        data, waited = _until_closed(sock)
+        data, waited = until_closed(sock)
     assert waited < HEAD_TIMEOUT_S + SLACK_S
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408 "), data[:200]
@@ -98,13 +79,13 @@ def test_a_slow_but_complete_client_is_not_cut(bare: tuple[Server, Path]) -> Non
             time.sleep(0.05)
         time.sleep(HEAD_TIMEOUT_S * 1.5)  # the body later than the head timeout
         sock.sendall(body)
-        first = _response(sock)
+        first = read_response(sock)
         assert first.startswith(b"HTTP/1.1 200 "), first[:300]
         # Idle on the kept-alive connection for longer than the head timeout (under uvicorn's
         # 5 s keep-alive): the next request is served.
         time.sleep(HEAD_TIMEOUT_S * 1.5)
         sock.sendall(head + body)
-        second = _response(sock)
+        second = read_response(sock)
     assert second.startswith(b"HTTP/1.1 200 "), second[:300]
 
 
@@ -120,7 +101,7 @@ def test_many_half_open_connections_do_not_stop_normal_requests(
         answer = httpx.post(server.url + "/api/ping", json={}, headers=auth(), timeout=30)
         assert answer.status_code == 200, answer.text
         assert time.monotonic() - started < SLACK_S
-        closed = [_until_closed(sock)[0].startswith(b"HTTP/1.1 408 ") for sock in stuck]
+        closed = [until_closed(sock)[0].startswith(b"HTTP/1.1 408 ") for sock in stuck]
         assert all(closed), f"{closed.count(False)} of {len(stuck)} not answered 408"
     finally:
         for sock in stuck:
