@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,17 @@ COSINE_SET = [
     "I would like to book a table for two at eight.",
     "Error 503: the upstream service is unavailable.",
 ]
+
+
+def sentences_per_s(embed: Callable[[list[str]], object], batch: int, seconds: float) -> float:
+    """Sentences per second of `embed` on batches of one sentence repeated, after a warm-up."""
+    texts = [SENTENCE] * batch
+    embed(texts)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        embed(texts)
+        done += batch
+    return done / (time.perf_counter() - started)
 
 
 def measure_in_process(quantization: str, seconds: float, only_batch32: bool) -> dict[str, Any]:
@@ -82,13 +94,7 @@ def measure_in_process(quantization: str, seconds: float, only_batch32: bool) ->
                     state_bytes += part.numel() * part.element_size()
 
     def rate(batch: int) -> float:
-        texts = [SENTENCE] * batch
-        runner.embed(texts)
-        done, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            runner.embed(texts)
-            done += batch
-        return done / (time.perf_counter() - started)
+        return sentences_per_s(runner.embed, batch, seconds)
 
     if only_batch32:
         return {"batch32_per_s": rate(32)}

@@ -30,7 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scripts.bench_embeddings import SENTENCE, in_process  # noqa: E402
+from scripts.bench_embeddings import SENTENCE, in_process, sentences_per_s  # noqa: E402
 from scripts.loadgen import LoadResult, run_load  # noqa: E402
 
 MODEL_TAG = "embeddings-all-minilm-l6-v2:latest"
@@ -51,13 +51,7 @@ def measure_st(seconds: float) -> dict[str, float]:
     model = SentenceTransformer(model_dir(), device="cpu")
 
     def rate(batch: int) -> float:
-        texts = [SENTENCE] * batch
-        model.encode(texts, batch_size=batch)
-        done, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            model.encode(texts, batch_size=batch)
-            done += batch
-        return done / (time.perf_counter() - started)
+        return sentences_per_s(lambda t: model.encode(t, batch_size=batch), batch, seconds)
 
     return {"batch32_per_s": rate(32), "batch1_per_s": rate(1)}
 
