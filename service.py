@@ -28,9 +28,10 @@ from botmodels.api import batch_errors, error_response, json_errors
 from botmodels.auth import Authenticator, AuthMiddleware
 from botmodels.config import Quantization, get_settings
 from botmodels.device import Device
-from botmodels.embeddings import BATCH_API, BATCH_ROUTE, BatchInfer, EmbeddingsFrontend
+from botmodels.embeddings.front import BATCH_API, BATCH_ROUTE, BatchInfer, EmbeddingsFrontend
+from botmodels.embeddings.schemas import EmbeddedText, EmbeddingResponse
 from botmodels.errors import BotModelsError, NotFoundError, RunnerUnavailable, error_type
-from botmodels.generation import (
+from botmodels.generation.front import (
     IMAGE_BATCH_ROUTE,
     VIDEO_BATCH_ROUTE,
     GeneratedFile,
@@ -40,19 +41,19 @@ from botmodels.generation import (
     ImageTask,
     VideoTask,
 )
+from botmodels.generation.jobs import JobManager, JobStore
 from botmodels.http import HEALTH_PATHS, ErrorShapeMiddleware, LimitsMiddleware
-from botmodels.jobs import JobManager, JobStore
 from botmodels.keys import load_api_keys
 from botmodels.outputs import OutputStore, content_type
 from botmodels.peers import RunnerCheck, RunnerRouteGuard
 from botmodels.pool import RunnerPool
 from botmodels.remote import RemoteRunner
-from botmodels.schemas import EmbeddedText, EmbeddingResponse, Pong
 from botmodels.shutdown import Shutdown, ShutdownMiddleware
-from botmodels.speech import STT_ROUTE, TTS_ROUTE, SpeechFrontend
-from botmodels.speech_schemas import SttJob, SttResult, TtsJob, TtsResult
+from botmodels.speech.front import STT_ROUTE, TTS_ROUTE, SpeechFrontend
+from botmodels.speech.schemas import SttJob, SttResult, TtsJob, TtsResult
+from botmodels.status import Pong
 from botmodels.store import find_stored, load_manifest
-from botmodels.vision import (
+from botmodels.vision.front import (
     CAPTION_ROUTE,
     OCR_ROUTE,
     VQA_ROUTE,
@@ -61,7 +62,7 @@ from botmodels.vision import (
     caption_items,
     ocr_items,
 )
-from botmodels.vision_schemas import OcrAnswerOut, OcrJobIn, VisionAnswerOut, VisionJobIn
+from botmodels.vision.schemas import OcrAnswerOut, OcrJobIn, VisionAnswerOut, VisionJobIn
 from runners.embeddings import EmbeddingsRunner
 from runners.image import ImageRunner
 from runners.ocr import OcrRunner

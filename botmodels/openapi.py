@@ -29,19 +29,19 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.routing import Route
 
-from botmodels.audio import CONTENT_TYPES as AUDIO_CONTENT_TYPES
 from botmodels.auth import is_open_path
 from botmodels.config import Settings
-from botmodels.generation import MAX_SEED
-from botmodels.generation import GenerationResponse as MediaGenerationResponse
+from botmodels.generation.front import MAX_SEED
+from botmodels.generation.front import GenerationResponse as MediaGenerationResponse
 from botmodels.outputs import CONTENT_TYPES as OUTPUT_CONTENT_TYPES
-from botmodels.speech import SPEECH_FORMATS, TRANSCRIPTION_FORMATS
-from botmodels.speech_schemas import (
+from botmodels.speech.audio import CONTENT_TYPES as AUDIO_CONTENT_TYPES
+from botmodels.speech.front import SPEECH_FORMATS, TRANSCRIPTION_FORMATS
+from botmodels.speech.schemas import (
     DetectLanguageResponse,
     SpeechToTextResponse,
 )
-from botmodels.speech_schemas import GenerationResponse as SpeechGenerationResponse
-from botmodels.vision_schemas import (
+from botmodels.speech.schemas import GenerationResponse as SpeechGenerationResponse
+from botmodels.vision.schemas import (
     AnalyzeResponse,
     BarcodeResponse,
     DescribeResponse,

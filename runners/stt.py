@@ -31,7 +31,7 @@ import numpy.typing as npt
 from prometheus_client import Counter
 
 from botmodels.errors import InvalidInput
-from botmodels.speech_schemas import (
+from botmodels.speech.schemas import (
     SAMPLE_RATE,
     SegmentOut,
     SttJob,

@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from botmodels.errors import InvalidInput
-from botmodels.speech_schemas import TtsJob, TtsResult, check_tts_speed, check_tts_text
+from botmodels.speech.schemas import TtsJob, TtsResult, check_tts_speed, check_tts_text
 from runners.base import Device, Quantization
 
 log = logging.getLogger("botmodels.runners.tts")

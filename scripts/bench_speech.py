@@ -72,8 +72,8 @@ def stored_path(tag: str) -> Path:
 
 def speak_all(tts: Any) -> tuple[list[npt.NDArray[np.float32]], float, float]:
     """Piper speaks every sentence: (16 kHz audio per sentence, compute s, audio s)."""
-    from botmodels import audio
-    from botmodels.speech_schemas import TtsJob
+    from botmodels.speech import audio
+    from botmodels.speech.schemas import TtsJob
 
     clips, compute, seconds = [], 0.0, 0.0
     for sentence in SENTENCES:
@@ -89,7 +89,7 @@ def speak_all(tts: Any) -> tuple[list[npt.NDArray[np.float32]], float, float]:
 def in_process(
     clips: list[npt.NDArray[np.float32]], quantization: Quantization, repeats: int
 ) -> dict[str, Any]:
-    from botmodels.speech_schemas import SttJob
+    from botmodels.speech.schemas import SttJob
     from runners.stt import SttRunner
 
     runner = SttRunner(
@@ -126,7 +126,7 @@ def in_process(
 def served(clips: list[npt.NDArray[np.float32]], repeats: int) -> dict[str, Any]:
     import httpx
 
-    from botmodels import audio
+    from botmodels.speech import audio
 
     server = Server(
         {

@@ -248,7 +248,7 @@ def test_json_nested_too_deep_is_400(client: Any, path: str) -> None:
 def test_interrupted_job_result_is_409_with_a_4xx_type(client: Any, tmp_path: Path) -> None:
     """A job that was running when the server restarted: nothing to fetch, resubmit it."""
     import service
-    from botmodels.jobs import JobRecord, JobStore
+    from botmodels.generation.jobs import JobRecord, JobStore
 
     job_id = f"job_interrupted_{time.monotonic_ns()}"
     before = JobStore(tmp_path / "jobs.sqlite3")
@@ -320,7 +320,7 @@ def test_server_error_on_a_bentoml_api_keeps_its_traceback(
 
 
 def test_what_a_remote_frontend_sends_passes_the_checks(client: Any) -> None:
-    from botmodels.vision import _to_wire
+    from botmodels.vision.front import _to_wire
     from runners.vision import VisionJob
 
     image = Image.new("RGB", (64, 48), (20, 120, 200))

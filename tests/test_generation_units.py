@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from botmodels.jobs import JobRecord, JobStore
+from botmodels.generation.jobs import JobRecord, JobStore
 from botmodels.outputs import OutputStore
 
 
@@ -299,7 +299,7 @@ def test_a_model_that_is_not_a_string_is_a_400() -> None:
 
     from botmodels.config import Settings
     from botmodels.errors import InvalidInput, NotFoundError
-    from botmodels.generation import GenerationFrontend
+    from botmodels.generation.front import GenerationFrontend
 
     class Pool:
         def slot(self, kind: str) -> None:
@@ -338,8 +338,8 @@ def test_shutdown_interrupts_jobs_and_stops_blocking_generations(
     stops), a queued blocking generation is answered ShuttingDown, and new work is refused."""
     from botmodels.config import get_settings
     from botmodels.errors import ShuttingDown
-    from botmodels.generation import GenerationFrontend
-    from botmodels.jobs import JobManager
+    from botmodels.generation.front import GenerationFrontend
+    from botmodels.generation.jobs import JobManager
 
     async def run() -> None:
         pool: Any = _OnePool(image_runner)  # the two methods the frontend calls
@@ -387,7 +387,7 @@ def test_openai_size_takes_ascii_digits_only(size: str) -> None:
     """`size` is WIDTHxHEIGHT in ASCII digits; other Unicode digits were a 500 (int() refuses
     "²") or read as numbers ("٣٢" as 32)."""
     from botmodels.errors import InvalidInput
-    from botmodels.generation import parse_size
+    from botmodels.generation.front import parse_size
 
     with pytest.raises(InvalidInput, match="512x512") as raised:
         parse_size(size, 512)

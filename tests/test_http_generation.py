@@ -368,7 +368,7 @@ def test_official_openai_client_images(client: Any) -> None:
 def test_finished_job_is_still_there_for_a_restarted_process(client: Any) -> None:
     """A restart opens the same SQLite file and outputs folder: what a new process would see."""
     import service
-    from botmodels.jobs import JobStore
+    from botmodels.generation.jobs import JobStore
     from botmodels.outputs import OutputStore
 
     job = client.post("/api/image/jobs", json=IMAGE, headers=auth()).json()

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from botmodels import audio
+from botmodels.speech import audio
 from tests.conftest import KEY, auth
 from tests.helpers import assert_error
 from tests.speech_helpers import transcode, wer

@@ -10,8 +10,8 @@ from pathlib import Path
 from tests.conftest import ROOT
 
 STILL_IMPORTING = {
-    "stt.py": {"botmodels.errors", "botmodels.speech_schemas"},
-    "tts.py": {"botmodels.errors", "botmodels.speech_schemas"},
+    "stt.py": {"botmodels.errors", "botmodels.speech.schemas"},
+    "tts.py": {"botmodels.errors", "botmodels.speech.schemas"},
 }
 
 

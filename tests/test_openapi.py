@@ -19,8 +19,8 @@ from starlette.routing import Route
 from botmodels import errors, openapi, patches
 from botmodels.auth import is_open_path
 from botmodels.config import Settings
-from botmodels.embeddings import check_input
-from botmodels.generation import GenerationFrontend
+from botmodels.embeddings.front import check_input
+from botmodels.generation.front import GenerationFrontend
 from scripts import fuzz
 
 METHODS = ("get", "head", "post", "put", "patch", "delete")

@@ -111,8 +111,8 @@ def test_answers_random_data_rarely_reaches_match_the_document(api_schema: Any) 
 
     import numpy as np
 
-    from botmodels import audio
-    from botmodels.speech import SPEECH_FORMATS, TRANSCRIPTION_FORMATS
+    from botmodels.speech import audio
+    from botmodels.speech.front import SPEECH_FORMATS, TRANSCRIPTION_FORMATS
 
     tone = (0.3 * np.sin(np.linspace(0, 2 * np.pi * 440, 16_000))).astype(np.float32)
     wav = audio.wav_bytes(tone, 16_000)

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from botmodels import audio
+from botmodels.speech import audio
 from tests.conftest import Server, auth
 
 pytestmark = pytest.mark.serve

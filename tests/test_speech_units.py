@@ -13,11 +13,11 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from botmodels import audio
 from botmodels.errors import InvalidInput, PayloadTooLarge
 from botmodels.outputs import OutputStore
-from botmodels.speech import to_srt, to_vtt, verbose_json
-from botmodels.speech_schemas import SegmentOut, SttJob, SttResult, TtsJob, WordOut
+from botmodels.speech import audio
+from botmodels.speech.front import to_srt, to_vtt, verbose_json
+from botmodels.speech.schemas import SegmentOut, SttJob, SttResult, TtsJob, WordOut
 from runners.tts import language_matches
 from tests.speech_helpers import transcode, wer
 

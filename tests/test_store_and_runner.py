@@ -440,7 +440,7 @@ def test_the_app_factory_gets_botmodels_dispatcher_and_hands_the_service_batch_i
 
 
 def test_batches_at_once_follows_the_runners_workers() -> None:
-    from botmodels.embeddings import batches_at_once
+    from botmodels.embeddings.front import batches_at_once
 
     def count(**kwargs: Any) -> int:
         return batches_at_once(Settings(device="cpu", threads=2, **kwargs))

@@ -13,8 +13,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from botmodels import audio
-from botmodels.speech_schemas import SttJob, TtsJob
+from botmodels.speech import audio
+from botmodels.speech.schemas import SttJob, TtsJob
 from runners.stt import PACK_GAP_FRAMES, _Chunk, _split_packed, _timed_segments
 from tests.speech_helpers import wer, words
 

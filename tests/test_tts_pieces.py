@@ -16,7 +16,7 @@ import pytest
 from pydantic import ValidationError
 
 from botmodels.errors import InvalidInput
-from botmodels.speech_schemas import SttJob, TtsJob, check_tts_speed, check_tts_text
+from botmodels.speech.schemas import SttJob, TtsJob, check_tts_speed, check_tts_text
 from runners import tts
 from runners.tts import TtsRunner, Voice, split_units
 from tests.helpers import long_text

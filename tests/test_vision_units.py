@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from botmodels.codes import _upce_from_upca
 from botmodels.errors import InvalidInput, UnsupportedMediaType
 from botmodels.media import decode_image, decode_video_frames
-from botmodels.vision import _merge_captions
+from botmodels.vision.codes import _upce_from_upca
+from botmodels.vision.front import _merge_captions
 from runners.ocr import OcrRunner, UnknownLanguage, _parse_tsv
 from runners.vision import VisionJob, VisionRunner, build_tiny, build_tiny_vqa
 from tests.vision_media import png_bomb, png_bytes, video_bytes

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from botmodels.vision_schemas import CodeFound, Point, Rect
+from botmodels.vision.schemas import CodeFound, Point, Rect
 
 # zxing-cpp format name -> the type we report
 TYPE_NAMES: dict[str, str] = {

@@ -28,14 +28,14 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from botmodels import audio as audio_io
 from botmodels.config import Settings
 from botmodels.errors import InvalidInput, PayloadTooLarge
 from botmodels.outputs import OutputStore
 from botmodels.peers import batch_items
 from botmodels.pool import RunnerPool
 from botmodels.remote import RemoteRunner
-from botmodels.speech_schemas import (
+from botmodels.speech import audio as audio_io
+from botmodels.speech.schemas import (
     SAMPLE_RATE,
     DetectLanguageResponse,
     GenerationResponse,

@@ -1,4 +1,4 @@
-"""Request and response models of the entry routes (OpenAI's field names where they exist)."""
+"""Embeddings request and response models (OpenAI's field names)."""
 
 from __future__ import annotations
 
@@ -30,8 +30,3 @@ class EmbeddingResponse(BaseModel):
     data: list[EmbeddingData]
     model: str
     usage: EmbeddingUsage
-
-
-class Pong(BaseModel):
-    ok: bool = True
-    version: str

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from botmodels.errors import BotModelsError, ShuttingDown
-from botmodels.generation import Control, GenerationFrontend, ImageTask, Kind, VideoTask
+from botmodels.generation.front import Control, GenerationFrontend, ImageTask, Kind, VideoTask
 
 log = logging.getLogger("botmodels.jobs")
 

@@ -20,15 +20,15 @@ import numpy as np
 
 from botmodels.config import Settings
 from botmodels.device import keep_threads, pick_device
-from botmodels.errors import InvalidInput
-from botmodels.pool import RunnerPool
-from botmodels.remote import RemoteRunner
-from botmodels.schemas import (
+from botmodels.embeddings.schemas import (
     EmbeddedText,
     EmbeddingData,
     EmbeddingResponse,
     EmbeddingUsage,
 )
+from botmodels.errors import InvalidInput
+from botmodels.pool import RunnerPool
+from botmodels.remote import RemoteRunner
 from runners.embeddings import EmbeddingBatch, cpu_workers
 
 BATCH_API = "embed_batch"

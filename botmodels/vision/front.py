@@ -23,14 +23,14 @@ from typing import Any
 
 from starlette.requests import Request
 
-from botmodels.codes import read_codes
 from botmodels.config import Settings, get_settings
 from botmodels.errors import BotModelsError, InvalidInput, PayloadTooLarge
 from botmodels.media import decode_image, decode_video_frames, encode_png, read_upload
 from botmodels.peers import batch_items
 from botmodels.pool import RunnerPool
 from botmodels.remote import RemoteRunner
-from botmodels.vision_schemas import (
+from botmodels.vision.codes import read_codes
+from botmodels.vision.schemas import (
     AnalyzeResponse,
     BarcodeItem,
     BarcodeResponse,

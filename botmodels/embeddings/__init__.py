@@ -1,0 +1,3 @@
+"""Embeddings: `/v1/embeddings` and its runner API (`schemas`, `front`);
+runner: `runners/embeddings.py`.
+"""

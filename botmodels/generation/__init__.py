@@ -1,0 +1,3 @@
+"""Image and video generation, blocking and as jobs (`front`, `jobs`);
+runners: `runners/image.py`, `runners/video.py`.
+"""
