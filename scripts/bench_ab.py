@@ -19,11 +19,10 @@ import statistics
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from scripts.loadgen import run_load
+from scripts.serverproc import Server
 
-from scripts.loadgen import run_load  # noqa: E402
-from scripts.serverproc import Server  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 EMBEDDINGS_BODY = {"input": "The quick brown fox jumps over the lazy dog.", "model": "ab"}
 

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
 COSINE_SET = [

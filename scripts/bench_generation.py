@@ -27,8 +27,6 @@ from pathlib import Path
 from queue import Empty
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 
 def _measure(
     model_dir: str,

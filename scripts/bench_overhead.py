@@ -12,11 +12,10 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from scripts.loadgen import run_load
+from scripts.serverproc import Server
 
-from scripts.loadgen import run_load  # noqa: E402
-from scripts.serverproc import Server  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def measure(requests: int, env: dict[str, str]) -> list[tuple[str, float, float, float, int]]:

@@ -27,11 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from scripts.bench_embeddings import SENTENCE, in_process, sentences_per_s
+from scripts.loadgen import LoadResult, run_load
 
-from scripts.bench_embeddings import SENTENCE, in_process, sentences_per_s  # noqa: E402
-from scripts.loadgen import LoadResult, run_load  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 MODEL_TAG = "embeddings-all-minilm-l6-v2:latest"
 

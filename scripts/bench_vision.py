@@ -27,10 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from scripts.serverproc import Server, batch_histogram
 
-from scripts.serverproc import Server, batch_histogram  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 KEY = "bench-key-0123456789abcdef"
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"

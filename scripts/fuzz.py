@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import secrets
-import sys
 import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -30,8 +29,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 GATE = "tests/test_schemathesis.py"
 CHECKS = (

@@ -14,8 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from botmodels.config import KNOWN_RUNNERS, get_settings
 from botmodels.store import ManifestError, TinyBuilder, import_spec, load_manifest
 from runners import embeddings, image, stt, tts, video, vision

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 PROBE_PATHS = ("/readyz", "/livez", "/api/health")
 PROBE_TIMEOUT_S = 30.0

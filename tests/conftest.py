@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -29,7 +28,6 @@ os.environ["BOTMODELS_PROFILE"] = "offline"
 os.environ.pop("BOTMODELS_EMBEDDINGS_URL", None)
 os.environ.pop("BOTMODELS_RUNNERS", None)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(ROOT))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
