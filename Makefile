@@ -7,7 +7,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 .PHONY: serve test lint build bench import-models clean system-deps
 
 # OCR engine (Debian tesseract 5 + English/Portuguese/Spanish data): installed only when missing,
-# so repeated `make` runs never touch apt. Chosen over rapidocr by measurement (README, OCR).
+# so repeated `make` runs never touch apt. Chosen over rapidocr by measurement (docs/benchmarks.md, Vision and OCR).
 TESSERACT_PKGS := tesseract-ocr tesseract-ocr-eng tesseract-ocr-por tesseract-ocr-spa
 system-deps:
 	@if ! command -v dpkg >/dev/null 2>&1; then \

@@ -11,7 +11,7 @@ Measures, with the offline models (Whisper base CTranslate2 + Piper `joe`):
      in-process, one batch of 8 vs 8 single calls (and that their texts agree).
   3. TTS real-time factor (Piper, in-process and served `/v1/audio/speech`).
   4. int8 vs float32 Whisper: speed and word error rate on the fixed sentences.
-Prints a Markdown table for the README. Numbers depend on the machine: run it on an idle one.
+Prints a Markdown table for docs/benchmarks.md. Numbers depend on the machine: run it idle.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ def _one_torch_thread() -> Iterator[None]:
 
 
 # Across batch compositions (one image alone, or the first of two), the same seed gives the same
-# picture within these bounds, in 0-255 levels per channel (measured: see the README).
+# picture within these bounds, in 0-255 levels per channel (docs/benchmarks.md, Image seeds).
 PIXEL_TOLERANCE_MAX = 4
 PIXEL_TOLERANCE_MEAN = 0.1
 
@@ -355,7 +355,7 @@ def test_official_openai_client_images(client: Any) -> None:
     assert all(NAME.fullmatch(item.url.removeprefix("http://testserver")) for item in urls.data)
     # Seed 5 again, as the first of a batch of two: the same picture within a small tolerance.
     # Not bit-equal: a batch's kernels need not give the same floats as a batch of one (they do
-    # on AVX2, not on AVX-512). The README states this guarantee.
+    # on AVX2, not on AVX-512). The README (Generation) states this guarantee.
     diff = _pixel_diff(first, payload)
     assert diff.max() <= PIXEL_TOLERANCE_MAX, diff.max()
     assert diff.mean() <= PIXEL_TOLERANCE_MEAN, diff.mean()

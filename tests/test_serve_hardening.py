@@ -26,7 +26,7 @@ SLACK_S = 8.0  # a shared, busy machine: only the order of magnitude is asserted
 
 def _bare_server(home: Path, bentoml_home: Path, **env: str) -> Server:
     """No runner: nothing to load. Its own BENTOML_HOME, so it never empties another server's
-    Prometheus directory (README, Topology)."""
+    Prometheus directory (docs/design.md, Topology)."""
     bentoml_home.mkdir(parents=True, exist_ok=True)
     return Server(
         {
