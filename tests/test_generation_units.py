@@ -71,6 +71,23 @@ def test_resolve_refuses_traversal_and_links(tmp_path: Path) -> None:
         assert store.resolve(url) is None, url
 
 
+def test_an_encoder_writes_an_output_the_same_way(tmp_path: Path) -> None:
+    """PNGs and MP4s are written by their encoders at a path: atomically, like bytes, and an
+    encoder that fails leaves no file behind."""
+    store = OutputStore(tmp_path, max_age_s=3600, max_total_bytes=2**20)
+    saved = store.save("images", lambda path: path.write_bytes(b"\x89PNG"), "png")
+    assert store.resolve(saved.url_path) == saved.path.resolve()
+    assert saved.path.read_bytes() == b"\x89PNG"
+
+    def broken(path: Path) -> None:
+        path.write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        store.save("images", broken, "png")
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == [saved.path.name]
+
+
 def test_prune_by_age_then_by_total_size(tmp_path: Path) -> None:
     store = OutputStore(tmp_path, max_age_s=100, max_total_bytes=25)
     made = []

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import math
 import secrets
 import threading
@@ -25,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from botmodels.config import Settings
@@ -128,6 +130,10 @@ def _admitted(admission: Admission, count: int) -> Iterator[None]:
         admission.leave(count)
 
 
+def _write_png(image: Any, path: Path) -> None:
+    image.save(path, format="PNG")
+
+
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -214,7 +220,6 @@ class GenerationFrontend:
         self._controls: dict[str, Control] = {}
         self._controls_lock = threading.Lock()
         self._closing = False
-        self._last_prune = 0.0
 
     def model_name(self, kind: Kind) -> str:
         slot = self.pool.slot(kind)
@@ -409,11 +414,13 @@ class GenerationFrontend:
             if image is None:
                 results.append(GeneratedFile(task_id=task.task_id, status="cancelled"))
                 continue
-            path, url = self.outputs.new_path("images", ".png")
-            image.save(path, format="PNG")
+            saved = self.outputs.save("images", functools.partial(_write_png, image), "png")
             results.append(
                 GeneratedFile(
-                    task_id=task.task_id, status="completed", file_path=url, seconds=seconds
+                    task_id=task.task_id,
+                    status="completed",
+                    file_path=saved.url_path,
+                    seconds=seconds,
                 )
             )
         self.admission["image"].observe(seconds / max(1, len(tasks)))
@@ -449,13 +456,14 @@ class GenerationFrontend:
             if frames is None:
                 results.append(GeneratedFile(task_id=task.task_id, status="cancelled"))
                 continue
-            path, url = self.outputs.new_path("videos", ".mp4")
-            write_mp4(frames, task.fps, path)
+            saved = self.outputs.save(
+                "videos", functools.partial(write_mp4, frames, task.fps), "mp4"
+            )
             results.append(
                 GeneratedFile(
                     task_id=task.task_id,
                     status="completed",
-                    file_path=url,
+                    file_path=saved.url_path,
                     seconds=time.perf_counter() - started,
                 )
             )
@@ -484,18 +492,11 @@ class GenerationFrontend:
             headers={"Retry-After": "2"},
         )
 
-    def _prune_now_and_then(self) -> None:
-        now = time.monotonic()
-        if now - self._last_prune > 60:
-            self._last_prune = now
-            self.outputs.prune()
-
     async def execute(
         self, kind: Kind, tasks: Sequence[ImageTask | VideoTask], controls: Sequence[Control]
     ) -> list[GeneratedFile]:
         """Run already-admitted tasks through the runner's batchable API."""
         self.pool.local(kind)  # 503 now, before queueing, if not ready
-        await asyncio.to_thread(self._prune_now_and_then)
         with self._controls_lock:
             if self._closing:
                 raise self.shutting_down()
