@@ -64,7 +64,7 @@ class OutputStore:
         name = secrets.token_hex(16) + suffix  # 128 random bits
         return folder / name, f"/outputs/{kind}/{name}"
 
-    def save(self, kind: str, data: bytes | Callable[[Path], None], ext: str) -> SavedOutput:
+    def save(self, kind: str, data: bytes | Callable[[Path], object], ext: str) -> SavedOutput:
         """Write a new output, atomically (a reader never sees half a file), then prune: `data`
         is the file's bytes, or a function that writes the file at the path it is given (an
         encoder that writes to a path: a PNG, an MP4)."""
