@@ -20,7 +20,7 @@ import bentoml
 from pydantic import Field
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from botmodels import openapi, patches
@@ -30,21 +30,23 @@ from botmodels.config import Quantization, get_settings
 from botmodels.device import Device
 from botmodels.embeddings.front import BATCH_API, BATCH_ROUTE, BatchInfer, EmbeddingsFrontend
 from botmodels.embeddings.schemas import EmbeddedText, EmbeddingResponse
-from botmodels.errors import BotModelsError, NotFoundError, RunnerUnavailable, error_type
-from botmodels.generation.front import (
-    IMAGE_BATCH_ROUTE,
-    VIDEO_BATCH_ROUTE,
+from botmodels.errors import BotModelsError, RunnerUnavailable
+from botmodels.generation.front import IMAGE_BATCH_ROUTE, VIDEO_BATCH_ROUTE, GenerationFrontend
+from botmodels.generation.jobs import JobManager, JobStore
+from botmodels.generation.routes import generation_routes
+from botmodels.generation.schemas import (
     GeneratedFile,
-    GenerationFrontend,
     GenerationResponse,
+    ImageRequest,
     ImagesResponse,
     ImageTask,
+    OpenAIImagesRequest,
+    VideoRequest,
     VideoTask,
 )
-from botmodels.generation.jobs import JobManager, JobStore
 from botmodels.http import HEALTH_PATHS, ErrorShapeMiddleware, LimitsMiddleware
 from botmodels.keys import load_api_keys
-from botmodels.outputs import OutputStore, content_type
+from botmodels.outputs import OutputStore
 from botmodels.peers import RunnerCheck, RunnerRouteGuard
 from botmodels.pool import RunnerPool
 from botmodels.remote import RemoteRunner
@@ -232,6 +234,14 @@ def _service() -> BotModels:
     return _instance
 
 
+def _outputs() -> OutputStore:
+    return _service().outputs
+
+
+def _jobs() -> JobManager:
+    return _service().jobs
+
+
 async def _botmodels_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, BotModelsError)
     return error_response(exc)
@@ -253,60 +263,6 @@ async def embeddings_health(_: Request) -> JSONResponse:
 
 async def api_models(_: Request) -> JSONResponse:
     return JSONResponse({"models": _instance.models() if _instance is not None else []})
-
-
-async def get_output(request: Request) -> Response:
-    """Generated files: open without a key (botserver hands the URL to bot scripts); the
-    128-bit random name is the secret, and only names of that exact shape resolve."""
-    outputs = _service().outputs
-    path = outputs.resolve(request.url.path)
-    if path is None:
-        return error_response(NotFoundError("no such output (it may have expired)"))
-    # nosniff: a browser opening the URL must take the type we send, never guess from the bytes.
-    return FileResponse(
-        path, media_type=content_type(path), headers={"X-Content-Type-Options": "nosniff"}
-    )
-
-
-async def get_job(request: Request) -> Response:
-    job = await _service().jobs.get(request.path_params["job_id"])
-    if job is None:
-        return error_response(NotFoundError("no such job (or it expired)", code="job_not_found"))
-    return JSONResponse(job.public())
-
-
-async def get_job_result(request: Request) -> Response:
-    """The finished job's generation response (200), or its status while it runs (202); a
-    cancelled job answers as cancelled; a failed one with its error, in the one shape."""
-    job = await _service().jobs.get(request.path_params["job_id"])
-    if job is None:
-        return error_response(NotFoundError("no such job (or it expired)", code="job_not_found"))
-    if job.status == "completed" and job.result is not None:
-        if _service().outputs.resolve(str(job.result.get("file_path"))) is None:
-            return error_response(
-                NotFoundError("this job's file has expired", code="result_expired")
-            )
-        return JSONResponse(job.result)
-    if job.status in ("failed", "interrupted") and job.error is not None:
-        status = 500 if job.status == "failed" and job.error.get("type") == "server_error" else 409
-        if job.error.get("code") in ("runner_unavailable", "runner_loading", "runner_failed"):
-            status = 503
-        # The record says why the job ended; this answer's type follows this answer's status
-        # (an interrupted job's 409: nothing to fetch, resubmit it).
-        error = {**job.error, "type": error_type(status)}
-        return JSONResponse({"error": error}, status_code=status)
-    if job.status == "cancelled":
-        return JSONResponse(
-            {"status": "cancelled", "file_path": None, "error": None, "job_id": job.id}
-        )
-    return JSONResponse(job.public(), status_code=202)
-
-
-async def cancel_job(request: Request) -> Response:
-    job = await _service().jobs.cancel(request.path_params["job_id"])
-    if job is None:
-        return error_response(NotFoundError("no such job (or it expired)", code="job_not_found"))
-    return JSONResponse(job.public())
 
 
 def _vision_route(name: str) -> Callable[[Request], Awaitable[Response]]:
@@ -369,11 +325,7 @@ status_app = Starlette(
         Route("/api/health", api_health, methods=["GET"]),
         Route("/health", embeddings_health, methods=["GET", "HEAD"]),
         Route("/api/models", api_models, methods=["GET"]),
-        Route("/outputs/{kind}/{name}", get_output, methods=["GET", "HEAD"]),
-        Route("/api/jobs/{job_id}", get_job, methods=["GET"]),
-        Route("/api/jobs/{job_id}", cancel_job, methods=["DELETE"]),
-        Route("/api/jobs/{job_id}/result", get_job_result, methods=["GET"]),
-        Route("/api/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
+        *generation_routes(_outputs, _jobs),
         *(Route(p, _vision_route(n), methods=["POST"]) for p, n in VISION_ROUTES.items()),
         Route("/api/speech/totext", speech_to_text, methods=["POST"]),
         Route("/api/speech/to-text", speech_to_text, methods=["POST"]),
@@ -652,160 +604,41 @@ class BotModels:
         """The video runner: same-shape tasks share one pipeline call; writes the MP4s."""
         return self.generation.run_video_batch(tasks)
 
-    @bentoml.api(route="/api/image/generate")
+    @bentoml.api(route="/api/image/generate", input_spec=ImageRequest)
     @json_errors
-    async def image_generate(
-        self,
-        prompt: Any = None,
-        steps: Any = None,
-        width: Any = None,
-        height: Any = None,
-        guidance_scale: Any = None,
-        seed: Any = None,
-        negative_prompt: Any = None,
-        model: Any = None,
-    ) -> GenerationResponse:
+    async def image_generate(self, **body: Any) -> GenerationResponse:
         """botserver's IMAGE keyword: blocks until the PNG is written under /outputs/images/.
         Fields are checked by hand so that each error names its rule (see botmodels.generation).
         """
-        self.generation.check_model("image", model)
-        task = self.generation.check_image(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            steps=steps,
-            width=width,
-            height=height,
-            guidance_scale=guidance_scale,
-            seed=seed,
-        )
-        return await self.generation.generate("image", task)
+        return await self.generation.api_generate("image", body)
 
-    @bentoml.api(route="/api/video/generate")
+    @bentoml.api(route="/api/video/generate", input_spec=VideoRequest)
     @json_errors
-    async def video_generate(
-        self,
-        prompt: Any = None,
-        num_frames: Any = None,
-        fps: Any = None,
-        steps: Any = None,
-        width: Any = None,
-        height: Any = None,
-        guidance_scale: Any = None,
-        seed: Any = None,
-        negative_prompt: Any = None,
-        model: Any = None,
-    ) -> GenerationResponse:
+    async def video_generate(self, **body: Any) -> GenerationResponse:
         """botserver's VIDEO keyword: blocks until the H.264 MP4 is written under
         /outputs/videos/. For work longer than the caller's timeout, use /api/video/jobs."""
-        self.generation.check_model("video", model)
-        task = self.generation.check_video(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            num_frames=num_frames,
-            fps=fps,
-            steps=steps,
-            width=width,
-            height=height,
-            guidance_scale=guidance_scale,
-            seed=seed,
-        )
-        return await self.generation.generate("video", task)
+        return await self.generation.api_generate("video", body)
 
-    @bentoml.api(route="/api/image/jobs")
+    @bentoml.api(route="/api/image/jobs", input_spec=ImageRequest)
     @json_errors
-    async def image_job(
-        self,
-        prompt: Any = None,
-        steps: Any = None,
-        width: Any = None,
-        height: Any = None,
-        guidance_scale: Any = None,
-        seed: Any = None,
-        negative_prompt: Any = None,
-        model: Any = None,
-    ) -> dict[str, Any]:
+    async def image_job(self, **body: Any) -> dict[str, Any]:
         """Submit an image generation as a job: 202 with its id at once; poll
         GET /api/jobs/{id}, fetch GET /api/jobs/{id}/result, cancel POST /api/jobs/{id}/cancel.
         """
-        self.generation.check_model("image", model)
-        task = self.generation.check_image(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            steps=steps,
-            width=width,
-            height=height,
-            guidance_scale=guidance_scale,
-            seed=seed,
-        )
-        job = await self.jobs.submit("image", task)
-        return JSONResponse(job.public(), status_code=202)  # type: ignore[return-value]
+        return await self.jobs.api_submit("image", body)  # type: ignore[return-value]
 
-    @bentoml.api(route="/api/video/jobs")
+    @bentoml.api(route="/api/video/jobs", input_spec=VideoRequest)
     @json_errors
-    async def video_job(
-        self,
-        prompt: Any = None,
-        num_frames: Any = None,
-        fps: Any = None,
-        steps: Any = None,
-        width: Any = None,
-        height: Any = None,
-        guidance_scale: Any = None,
-        seed: Any = None,
-        negative_prompt: Any = None,
-        model: Any = None,
-    ) -> dict[str, Any]:
+    async def video_job(self, **body: Any) -> dict[str, Any]:
         """Submit a video generation as a job (see /api/image/jobs)."""
-        self.generation.check_model("video", model)
-        task = self.generation.check_video(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            num_frames=num_frames,
-            fps=fps,
-            steps=steps,
-            width=width,
-            height=height,
-            guidance_scale=guidance_scale,
-            seed=seed,
-        )
-        job = await self.jobs.submit("video", task)
-        return JSONResponse(job.public(), status_code=202)  # type: ignore[return-value]
+        return await self.jobs.api_submit("video", body)  # type: ignore[return-value]
 
-    @bentoml.api(route="/v1/images/generations")
+    @bentoml.api(route="/v1/images/generations", input_spec=OpenAIImagesRequest)
     @json_errors
-    async def create_images(
-        self,
-        ctx: bentoml.Context,
-        prompt: Any = None,
-        model: Any = None,
-        n: Any = None,
-        size: Any = None,
-        response_format: Any = None,
-        seed: Any = None,
-        steps: Any = None,
-        guidance_scale: Any = None,
-        negative_prompt: Any = None,
-        quality: Any = None,
-        style: Any = None,
-        user: Any = None,
-    ) -> ImagesResponse:
+    async def create_images(self, ctx: bentoml.Context, **body: Any) -> ImagesResponse:
         """OpenAI-compatible image generation. `quality`, `style` and `user` are accepted and
         ignored; `seed`, `steps`, `guidance_scale` and `negative_prompt` are extensions."""
-        base = (
-            str(self.settings.public_url) if self.settings.public_url else str(ctx.request.base_url)
-        )
-        return await self.generation.openai_images(
-            prompt=prompt,
-            model=model,
-            n=n,
-            size=size,
-            response_format=response_format,
-            seed=seed,
-            steps=steps,
-            guidance_scale=guidance_scale,
-            negative_prompt=negative_prompt,
-            base_url=base,
-        )
+        return await self.generation.api_openai_images(body, str(ctx.request.base_url))
 
     # --- speech ------------------------------------------------------------------------------
     @bentoml.api(

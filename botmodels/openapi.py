@@ -32,7 +32,7 @@ from starlette.routing import Route
 from botmodels.auth import is_open_path
 from botmodels.config import Settings
 from botmodels.generation.front import MAX_SEED
-from botmodels.generation.front import GenerationResponse as MediaGenerationResponse
+from botmodels.generation.schemas import GenerationResponse as MediaGenerationResponse
 from botmodels.outputs import CONTENT_TYPES as OUTPUT_CONTENT_TYPES
 from botmodels.speech.audio import CONTENT_TYPES as AUDIO_CONTENT_TYPES
 from botmodels.speech.front import SPEECH_FORMATS, TRANSCRIPTION_FORMATS

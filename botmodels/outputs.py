@@ -13,6 +13,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,12 +64,20 @@ class OutputStore:
         name = secrets.token_hex(16) + suffix  # 128 random bits
         return folder / name, f"/outputs/{kind}/{name}"
 
-    def save(self, kind: str, data: bytes, ext: str) -> SavedOutput:
-        """Write `data` as a new output, atomically (a reader never sees half a file)."""
+    def save(self, kind: str, data: bytes | Callable[[Path], object], ext: str) -> SavedOutput:
+        """Write a new output, atomically (a reader never sees half a file), then prune: `data`
+        is the file's bytes, or a function that writes the file at the path it is given (an
+        encoder that writes to a path: a PNG, an MP4)."""
         path, url_path = self.new_path(kind, "." + ext)
         partial = path.with_name(f".{path.name}.part")  # never served: the URL shape rejects it
-        partial.write_bytes(data)
-        os.replace(partial, path)
+        try:
+            if isinstance(data, bytes):
+                partial.write_bytes(data)
+            else:
+                data(partial)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)  # a writer that failed half way leaves nothing
         self.prune()
         return SavedOutput(path, url_path)
 

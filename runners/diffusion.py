@@ -1,6 +1,7 @@
 """What the image and video runners share: loading a diffusers pipeline from a store folder with
-the profile's dtype and quantization, per-step progress and cancellation, grouping same-shape
-requests into one pipeline call, and a byte-level CLIP tokenizer for the tiny test pipelines.
+the profile's dtype and quantization, per-step progress and cancellation, the generation loop
+(same-shape requests share one pipeline call), and a byte-level CLIP tokenizer for the tiny test
+pipelines.
 
 Quantization (`quantization` of the runner):
   * CUDA: "none" = fp16; "int8" / "4bit" = bitsandbytes LLM.int8() / nf4 (fp16 compute) on the
@@ -17,7 +18,7 @@ import gc
 import json
 import logging
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -222,6 +223,80 @@ def step_kwargs(pipe: Any, control: GroupControl) -> dict[str, Any]:
     if "callback" in params:
         return {"callback": control.on_step, "callback_steps": 1}
     return {}
+
+
+class DiffusionSpec(Protocol):
+    """What the generation loop reads of an image or video request."""
+
+    @property
+    def prompt(self) -> str: ...
+
+    @property
+    def negative_prompt(self) -> str | None: ...
+
+    @property
+    def steps(self) -> int: ...
+
+    @property
+    def seed(self) -> int: ...
+
+    def shape(self) -> Hashable: ...
+
+
+S = TypeVar("S", bound=DiffusionSpec)
+R = TypeVar("R")
+
+
+def generate_groups(
+    pipe: Any,
+    device: Device,
+    specs: Sequence[S],
+    controls: Sequence[StepControl | None] | None,
+    call_kwargs: Callable[[S], dict[str, Any]],
+    split: Callable[[Any], Iterable[R]],
+) -> list[R | None]:
+    """The image and video runners' loop: one result per spec, or None where that request was
+    cancelled. Same-shape specs share one pipeline call (`call_kwargs` of the group's first spec
+    says the shape to the pipeline, `split` turns its output into one result per prompt), each
+    with its own seeded generator, so that neither batch mates nor earlier calls change a
+    seeded request's starting noise. A call stops at its next step once every request in it is
+    cancelled; a request cancelled while queued never runs."""
+    import torch
+
+    controls = list(controls) if controls is not None else [None] * len(specs)
+    results: list[R | None] = [None] * len(specs)
+    try:
+        for indices in group_by(specs, lambda spec: spec.shape()).values():
+            live = [i for i in indices if not _cancelled(controls[i])]
+            if not live:
+                continue
+            first = specs[live[0]]
+            group = GroupControl([controls[i] for i in live], first.steps)
+            negatives = [specs[i].negative_prompt or "" for i in live]
+            try:
+                with torch.inference_mode():
+                    output = pipe(
+                        prompt=[specs[i].prompt for i in live],
+                        negative_prompt=negatives if any(negatives) else None,
+                        generator=[
+                            torch.Generator(device).manual_seed(specs[i].seed) for i in live
+                        ],
+                        **call_kwargs(first),
+                        **step_kwargs(pipe, group),
+                    )
+            except GenerationCancelled:
+                continue
+            for i, result in zip(live, split(output), strict=True):
+                if not _cancelled(controls[i]):
+                    results[i] = result
+            del output
+    finally:
+        free_memory(device)
+    return results
+
+
+def _cancelled(control: StepControl | None) -> bool:
+    return control is not None and control.cancelled()
 
 
 # --- tiny pipelines -----------------------------------------------------------------------------

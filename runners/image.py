@@ -18,13 +18,9 @@ from typing import Any
 
 from runners.base import Device, Quantization
 from runners.diffusion import (
-    GenerationCancelled,
-    GroupControl,
     StepControl,
-    free_memory,
-    group_by,
+    generate_groups,
     load_runner_pipeline,
-    step_kwargs,
     tiny_clip_parts,
     tiny_scheduler,
     tiny_vae,
@@ -82,49 +78,22 @@ class ImageRunner:
         self, specs: Sequence[ImageSpec], controls: Sequence[StepControl | None] | None = None
     ) -> list[Any | None]:
         """One PIL image per spec, or None where that request was cancelled."""
-        import torch
-
         if self._pipe is None:
             raise RuntimeError("ImageRunner.generate() called before load()")
-        controls = list(controls) if controls is not None else [None] * len(specs)
-        results: list[Any | None] = [None] * len(specs)
         with self._lock:
-            try:
-                for shape, indices in group_by(specs, ImageSpec.shape).items():
-                    live = [i for i in indices if not _cancelled(controls[i])]
-                    if not live:
-                        continue
-                    width, height, steps, guidance = shape
-                    group = GroupControl([controls[i] for i in live], steps)
-                    negatives = [specs[i].negative_prompt or "" for i in live]
-                    try:
-                        with torch.inference_mode():
-                            output = self._pipe(
-                                prompt=[specs[i].prompt for i in live],
-                                negative_prompt=negatives if any(negatives) else None,
-                                width=width,
-                                height=height,
-                                num_inference_steps=steps,
-                                guidance_scale=guidance,
-                                generator=[
-                                    torch.Generator(self.device).manual_seed(specs[i].seed)
-                                    for i in live
-                                ],
-                                **step_kwargs(self._pipe, group),
-                            )
-                    except GenerationCancelled:
-                        continue
-                    for i, image in zip(live, output.images, strict=True):
-                        if not _cancelled(controls[i]):
-                            results[i] = image
-                    del output
-            finally:
-                free_memory(self.device)
-        return results
-
-
-def _cancelled(control: StepControl | None) -> bool:
-    return control is not None and control.cancelled()
+            return generate_groups(
+                self._pipe,
+                self.device,
+                specs,
+                controls,
+                call_kwargs=lambda spec: {
+                    "width": spec.width,
+                    "height": spec.height,
+                    "num_inference_steps": spec.steps,
+                    "guidance_scale": spec.guidance_scale,
+                },
+                split=lambda output: output.images,
+            )
 
 
 def build_tiny(folder: Path) -> None:

@@ -21,13 +21,9 @@ import numpy.typing as npt
 
 from runners.base import Device, Quantization
 from runners.diffusion import (
-    GenerationCancelled,
-    GroupControl,
     StepControl,
-    free_memory,
-    group_by,
+    generate_groups,
     load_runner_pipeline,
-    step_kwargs,
     tiny_clip_parts,
     tiny_scheduler,
     tiny_vae,
@@ -87,52 +83,25 @@ class VideoRunner:
         self, specs: Sequence[VideoSpec], controls: Sequence[StepControl | None] | None = None
     ) -> list[Frames | None]:
         """One uint8 RGB frame array per spec, or None where that request was cancelled."""
-        import torch
-
         if self._pipe is None:
             raise RuntimeError("VideoRunner.generate() called before load()")
-        controls = list(controls) if controls is not None else [None] * len(specs)
-        results: list[Frames | None] = [None] * len(specs)
         with self._lock:
-            try:
-                for shape, indices in group_by(specs, VideoSpec.shape).items():
-                    live = [i for i in indices if not _cancelled(controls[i])]
-                    if not live:
-                        continue
-                    width, height, num_frames, steps, guidance = shape
-                    group = GroupControl([controls[i] for i in live], steps)
-                    negatives = [specs[i].negative_prompt or "" for i in live]
-                    try:
-                        with torch.inference_mode():
-                            output = self._pipe(
-                                prompt=[specs[i].prompt for i in live],
-                                negative_prompt=negatives if any(negatives) else None,
-                                width=width,
-                                height=height,
-                                num_frames=num_frames,
-                                num_inference_steps=steps,
-                                guidance_scale=guidance,
-                                generator=[
-                                    torch.Generator(self.device).manual_seed(specs[i].seed)
-                                    for i in live
-                                ],
-                                output_type="np",
-                                **step_kwargs(self._pipe, group),
-                            )
-                    except GenerationCancelled:
-                        continue
-                    videos = np.asarray(output.frames)  # (batch, frames, H, W, 3) in [0, 1]
-                    for j, i in enumerate(live):
-                        if not _cancelled(controls[i]):
-                            results[i] = to_uint8(videos[j])
-                    del output, videos
-            finally:
-                free_memory(self.device)
-        return results
-
-
-def _cancelled(control: StepControl | None) -> bool:
-    return control is not None and control.cancelled()
+            return generate_groups(
+                self._pipe,
+                self.device,
+                specs,
+                controls,
+                call_kwargs=lambda spec: {
+                    "width": spec.width,
+                    "height": spec.height,
+                    "num_frames": spec.num_frames,
+                    "num_inference_steps": spec.steps,
+                    "guidance_scale": spec.guidance_scale,
+                    "output_type": "np",
+                },
+                # (batch, frames, H, W, 3) in [0, 1]; each video converted as it is taken
+                split=lambda output: map(to_uint8, np.asarray(output.frames)),
+            )
 
 
 def to_uint8(frames: npt.NDArray[Any]) -> Frames:

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
 
+from botmodels.errors import InvalidInput, RunnerUnavailable
 from botmodels.generation.jobs import JobRecord, JobStore
 from botmodels.outputs import OutputStore
 
@@ -68,6 +71,23 @@ def test_resolve_refuses_traversal_and_links(tmp_path: Path) -> None:
         assert store.resolve(url) is None, url
 
 
+def test_an_encoder_writes_an_output_the_same_way(tmp_path: Path) -> None:
+    """PNGs and MP4s are written by their encoders at a path: atomically, like bytes, and an
+    encoder that fails leaves no file behind."""
+    store = OutputStore(tmp_path, max_age_s=3600, max_total_bytes=2**20)
+    saved = store.save("images", lambda path: path.write_bytes(b"\x89PNG"), "png")
+    assert store.resolve(saved.url_path) == saved.path.resolve()
+    assert saved.path.read_bytes() == b"\x89PNG"
+
+    def broken(path: Path) -> None:
+        path.write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        store.save("images", broken, "png")
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == [saved.path.name]
+
+
 def test_prune_by_age_then_by_total_size(tmp_path: Path) -> None:
     store = OutputStore(tmp_path, max_age_s=100, max_total_bytes=25)
     made = []
@@ -103,10 +123,58 @@ def test_job_records_survive_a_restart(tmp_path: Path) -> None:
         assert job.status == "interrupted"
         assert job.error is not None
         assert job.error["code"] == "job_interrupted"
+        assert job.http_status == 409  # its result: nothing to fetch, submit it again
     running = reopened.get("job_running")
     assert running is not None
     assert (running.step, running.total_steps) == (3, 10)
     assert reopened.get("job_nope") is None
+
+
+def test_job_records_from_before_the_status_column_keep_their_answers(tmp_path: Path) -> None:
+    """A database written before records stored their result status: opening it adds the
+    column and gives each ended job the status its result was answered with then."""
+    db = tmp_path / "jobs.sqlite3"
+    old = sqlite3.connect(db)
+    old.execute(
+        "CREATE TABLE jobs (id TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, "
+        "request TEXT NOT NULL, created_at REAL NOT NULL, started_at REAL, finished_at REAL, "
+        "step INTEGER NOT NULL DEFAULT 0, total_steps INTEGER NOT NULL DEFAULT 0, "
+        "result TEXT, error TEXT)"
+    )
+
+    def error(type_: str, code: str) -> str:
+        return json.dumps({"message": "m", "type": type_, "code": code, "param": None})
+
+    rows = [
+        ("job_loading", "failed", error("service_unavailable", "runner_loading")),
+        ("job_broke", "failed", error("server_error", "generation_failed")),
+        ("job_refused", "failed", error("invalid_request_error", "invalid_input")),
+        ("job_stopped", "interrupted", error("server_error", "job_interrupted")),
+        ("job_done", "completed", None),
+    ]
+    old.executemany(
+        "INSERT INTO jobs (id, kind, status, request, created_at, error) "
+        "VALUES (?, 'image', ?, '{}', 0, ?)",
+        rows,
+    )
+    old.commit()
+    old.close()
+
+    store = JobStore(db)
+    statuses = {}
+    for job_id, *_ in rows:
+        job = store.get(job_id)
+        assert job is not None
+        statuses[job_id] = job.http_status
+    assert statuses == {
+        "job_loading": 503,
+        "job_broke": 500,
+        "job_refused": 409,
+        "job_stopped": 409,
+        "job_done": None,
+    }
+    store.close()
+    JobStore(db).close()  # migrated once: opening it again changes nothing
 
 
 def test_job_retention(tmp_path: Path) -> None:
@@ -378,6 +446,51 @@ def test_shutdown_interrupts_jobs_and_stops_blocking_generations(
         with pytest.raises(ShuttingDown):
             await frontend.generate("image", task())
         assert frontend.admission["image"].in_flight == 0
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("raised", "code", "status"),
+    [
+        (RunnerUnavailable("loading", code="runner_loading"), "runner_loading", 503),
+        (RunnerUnavailable("off", code="runner_disabled"), "runner_disabled", 409),
+        (InvalidInput("refused by the runner"), "invalid_input", 409),
+        (RuntimeError("broke"), "generation_failed", 500),
+    ],
+)
+def test_a_failed_job_keeps_the_status_its_result_answers(
+    tmp_path: Path, raised: Exception, code: str, status: int
+) -> None:
+    """The result route answers a failed job with the status in its record, set when it
+    failed: 503 while its runner could not run it, 500 for a server error, else 409."""
+    from botmodels.config import get_settings
+    from botmodels.generation.front import GenerationFrontend
+    from botmodels.generation.jobs import JobManager
+    from botmodels.generation.schemas import ImageTask
+
+    async def run() -> None:
+        outputs = OutputStore(tmp_path / "out", 3600, 2**30)
+        frontend = GenerationFrontend(get_settings(), cast(Any, _OnePool(None)), outputs)
+
+        async def fail(*_: Any) -> list[Any]:
+            raise raised
+
+        setattr(frontend, "execute", fail)  # noqa: B010 - the runner's failure, without one
+        jobs = JobManager(JobStore(tmp_path / "jobs.sqlite3"), frontend, 3600)
+        task = ImageTask(
+            task_id="t", prompt="x", width=64, height=64, steps=1, guidance_scale=0, seed=0
+        )
+        job = await jobs.submit("image", task)
+        await asyncio.wait_for(jobs.wait_idle(), 60)
+        record = jobs.store.get(job.id)
+        assert record is not None
+        assert record.error is not None
+        assert (record.status, record.error["code"], record.http_status) == (
+            "failed",
+            code,
+            status,
+        )
 
     asyncio.run(run())
 

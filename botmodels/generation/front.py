@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import math
 import secrets
 import threading
@@ -25,9 +26,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
-
-from pydantic import BaseModel
 
 from botmodels.config import Settings
 from botmodels.errors import (
@@ -36,6 +36,14 @@ from botmodels.errors import (
     Overloaded,
     RunnerUnavailable,
     ShuttingDown,
+)
+from botmodels.generation.schemas import (
+    GeneratedFile,
+    GenerationResponse,
+    ImageData,
+    ImagesResponse,
+    ImageTask,
+    VideoTask,
 )
 from botmodels.outputs import OutputStore
 from botmodels.peers import batch_items
@@ -49,70 +57,6 @@ IMAGE_BATCH_ROUTE = "/runners/image/generate"
 VIDEO_BATCH_API = "generate_videos"
 VIDEO_BATCH_ROUTE = "/runners/video/generate"
 MAX_SEED = 2**63 - 1
-
-
-# --- wire models ---------------------------------------------------------------------------------
-class ImageTask(BaseModel):
-    """One image to make: the item type of the batchable image API."""
-
-    task_id: str
-    prompt: str
-    negative_prompt: str | None = None
-    width: int
-    height: int
-    steps: int
-    guidance_scale: float
-    seed: int
-
-
-class VideoTask(BaseModel):
-    task_id: str
-    prompt: str
-    negative_prompt: str | None = None
-    width: int
-    height: int
-    num_frames: int
-    fps: int
-    steps: int
-    guidance_scale: float
-    seed: int
-
-
-class GeneratedFile(BaseModel):
-    """One result of a batchable generation API."""
-
-    task_id: str
-    status: Literal["completed", "cancelled"]
-    file_path: str | None = None
-    seconds: float = 0.0
-
-
-class GenerationResponse(BaseModel):
-    """botserver's shape (`status`, `file_path`, `error`), plus what a caller may want to log."""
-
-    status: Literal["completed", "cancelled"]
-    file_path: str | None
-    generation_time: float
-    error: str | None = None
-    timestamp: str
-    seed: int
-    width: int
-    height: int
-    steps: int
-    num_frames: int | None = None
-    fps: int | None = None
-    job_id: str | None = None
-
-
-class ImageData(BaseModel):
-    url: str | None = None
-    b64_json: str | None = None
-    revised_prompt: str | None = None
-
-
-class ImagesResponse(BaseModel):
-    created: int
-    data: list[ImageData]
 
 
 # --- per-request control -------------------------------------------------------------------------
@@ -184,6 +128,10 @@ def _admitted(admission: Admission, count: int) -> Iterator[None]:
         yield
     finally:
         admission.leave(count)
+
+
+def _write_png(image: Any, path: Path) -> None:
+    image.save(path, format="PNG")
 
 
 def _now_iso() -> str:
@@ -272,7 +220,6 @@ class GenerationFrontend:
         self._controls: dict[str, Control] = {}
         self._controls_lock = threading.Lock()
         self._closing = False
-        self._last_prune = 0.0
 
     def model_name(self, kind: Kind) -> str:
         slot = self.pool.slot(kind)
@@ -295,6 +242,26 @@ class GenerationFrontend:
                 param="model",
                 code="model_not_found",
             )
+
+    # 0. The public routes: service.py's APIs hand over their request model's fields --------
+    def check_request(self, kind: Kind, fields: dict[str, Any]) -> ImageTask | VideoTask:
+        """An ImageRequest's or VideoRequest's fields: the model, then each field, by hand."""
+        fields = dict(fields)
+        self.check_model(kind, fields.pop("model", None))
+        if kind == "image":
+            return self.check_image(**fields)
+        return self.check_video(**fields)
+
+    async def api_generate(self, kind: Kind, fields: dict[str, Any]) -> GenerationResponse:
+        """botserver's blocking IMAGE / VIDEO routes."""
+        return await self.generate(kind, self.check_request(kind, fields))
+
+    async def api_openai_images(self, fields: dict[str, Any], request_base: str) -> ImagesResponse:
+        """OpenAI's route: its URLs start with BOTMODELS_PUBLIC_URL, or the request's own base.
+        `quality`, `style` and `user` are accepted and ignored."""
+        base = str(self.settings.public_url) if self.settings.public_url else request_base
+        kept = {k: v for k, v in fields.items() if k not in ("quality", "style", "user")}
+        return await self.openai_images(**kept, base_url=base)
 
     # 1. Check inputs ------------------------------------------------------------------------
     def check_image(
@@ -447,11 +414,13 @@ class GenerationFrontend:
             if image is None:
                 results.append(GeneratedFile(task_id=task.task_id, status="cancelled"))
                 continue
-            path, url = self.outputs.new_path("images", ".png")
-            image.save(path, format="PNG")
+            saved = self.outputs.save("images", functools.partial(_write_png, image), "png")
             results.append(
                 GeneratedFile(
-                    task_id=task.task_id, status="completed", file_path=url, seconds=seconds
+                    task_id=task.task_id,
+                    status="completed",
+                    file_path=saved.url_path,
+                    seconds=seconds,
                 )
             )
         self.admission["image"].observe(seconds / max(1, len(tasks)))
@@ -487,13 +456,14 @@ class GenerationFrontend:
             if frames is None:
                 results.append(GeneratedFile(task_id=task.task_id, status="cancelled"))
                 continue
-            path, url = self.outputs.new_path("videos", ".mp4")
-            write_mp4(frames, task.fps, path)
+            saved = self.outputs.save(
+                "videos", functools.partial(write_mp4, frames, task.fps), "mp4"
+            )
             results.append(
                 GeneratedFile(
                     task_id=task.task_id,
                     status="completed",
-                    file_path=url,
+                    file_path=saved.url_path,
                     seconds=time.perf_counter() - started,
                 )
             )
@@ -522,18 +492,11 @@ class GenerationFrontend:
             headers={"Retry-After": "2"},
         )
 
-    def _prune_now_and_then(self) -> None:
-        now = time.monotonic()
-        if now - self._last_prune > 60:
-            self._last_prune = now
-            self.outputs.prune()
-
     async def execute(
         self, kind: Kind, tasks: Sequence[ImageTask | VideoTask], controls: Sequence[Control]
     ) -> list[GeneratedFile]:
         """Run already-admitted tasks through the runner's batchable API."""
         self.pool.local(kind)  # 503 now, before queueing, if not ready
-        await asyncio.to_thread(self._prune_now_and_then)
         with self._controls_lock:
             if self._closing:
                 raise self.shutting_down()

@@ -21,8 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from starlette.responses import JSONResponse
+
 from botmodels.errors import BotModelsError, ShuttingDown
-from botmodels.generation.front import Control, GenerationFrontend, ImageTask, Kind, VideoTask
+from botmodels.generation.front import Control, GenerationFrontend, Kind
+from botmodels.generation.schemas import ImageTask, VideoTask
 
 log = logging.getLogger("botmodels.jobs")
 
@@ -41,6 +44,22 @@ def _interrupted_error(message: str) -> dict[str, Any]:
 
 RESTARTED = _interrupted_error("the server restarted before this job finished; submit it again")
 SHUT_DOWN = _interrupted_error("the server shut down before this job finished; submit it again")
+# Codes of a runner that could not run the job: its result is a 503 (retry once it is up).
+_RUNNER_DOWN = frozenset({"runner_unavailable", "runner_loading", "runner_failed"})
+INTERRUPTED_STATUS = 409
+
+
+def result_status(status: str, error: dict[str, Any]) -> int:
+    """The status GET /api/jobs/{id}/result answers for a job that ended with `error`, decided
+    once when the job ends and kept in its record: 503 while the runner could not run it, 500
+    for a failed job's server error, else 409 (nothing to fetch: an interrupted job is submitted
+    again)."""
+    if error.get("code") in _RUNNER_DOWN:
+        return 503
+    if status == "failed" and error.get("type") == "server_error":
+        return 500
+    return INTERRUPTED_STATUS
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -54,7 +73,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     step        INTEGER NOT NULL DEFAULT 0,
     total_steps INTEGER NOT NULL DEFAULT 0,
     result      TEXT,
-    error       TEXT
+    error       TEXT,
+    http_status INTEGER
 )
 """
 
@@ -72,6 +92,7 @@ class JobRecord:
     total_steps: int = 0
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    http_status: int | None = None  # what the result route answers for a failed job
 
     def public(self) -> dict[str, Any]:
         return {
@@ -105,22 +126,55 @@ class JobStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
+            self._migrate()
             # Whatever was in flight when the last process stopped will never finish.
             self._db.execute(
-                "UPDATE jobs SET status = 'interrupted', finished_at = ?, error = ? "
-                "WHERE status IN ('queued', 'running')",
-                (time.time(), json.dumps(RESTARTED)),
+                "UPDATE jobs SET status = 'interrupted', finished_at = ?, error = ?, "
+                "http_status = ? WHERE status IN ('queued', 'running')",
+                (time.time(), json.dumps(RESTARTED), INTERRUPTED_STATUS),
             )
+
+    def _migrate(self) -> None:
+        """A database from before `http_status` gets the column, and each of its ended jobs the
+        status the result route derived from the stored error then (`result_status`)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "http_status" in columns:
+            return
+        self._db.execute("ALTER TABLE jobs ADD COLUMN http_status INTEGER")
+        rows = self._db.execute(
+            "SELECT id, status, error FROM jobs WHERE error IS NOT NULL"
+        ).fetchall()
+        self._db.executemany(
+            "UPDATE jobs SET http_status = ? WHERE id = ?",
+            [(result_status(status, json.loads(error)), job_id) for job_id, status, error in rows],
+        )
 
     def insert(self, job: JobRecord) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT INTO jobs (id, kind, status, request, created_at) VALUES (?, ?, ?, ?, ?)",
-                (job.id, job.kind, job.status, json.dumps(job.request), job.created_at),
+                "INSERT INTO jobs (id, kind, status, request, created_at, http_status) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    job.id,
+                    job.kind,
+                    job.status,
+                    json.dumps(job.request),
+                    job.created_at,
+                    job.http_status,
+                ),
             )
 
     def update(self, job_id: str, **fields: Any) -> None:
-        columns = {"status", "started_at", "finished_at", "step", "total_steps", "result", "error"}
+        columns = {
+            "status",
+            "started_at",
+            "finished_at",
+            "step",
+            "total_steps",
+            "result",
+            "error",
+            "http_status",
+        }
         unknown = set(fields) - columns
         if unknown:
             raise ValueError(f"not job columns: {sorted(unknown)}")
@@ -136,7 +190,7 @@ class JobStore:
         with self._lock:
             row = self._db.execute(
                 "SELECT id, kind, status, request, created_at, started_at, finished_at, step, "
-                "total_steps, result, error FROM jobs WHERE id = ?",
+                "total_steps, result, error, http_status FROM jobs WHERE id = ?",
                 (job_id,),
             ).fetchone()
         if row is None:
@@ -153,15 +207,19 @@ class JobStore:
             total_steps=row[8],
             result=json.loads(row[9]) if row[9] else None,
             error=json.loads(row[10]) if row[10] else None,
+            http_status=row[11],
         )
 
     def interrupt(self, job_ids: list[str]) -> None:
         """Mark these jobs interrupted by a shutdown, unless they already finished."""
         with self._lock:
             self._db.executemany(
-                "UPDATE jobs SET status = 'interrupted', finished_at = ?, error = ? "
-                "WHERE id = ? AND status IN ('queued', 'running')",
-                [(time.time(), json.dumps(SHUT_DOWN), job_id) for job_id in job_ids],
+                "UPDATE jobs SET status = 'interrupted', finished_at = ?, error = ?, "
+                "http_status = ? WHERE id = ? AND status IN ('queued', 'running')",
+                [
+                    (time.time(), json.dumps(SHUT_DOWN), INTERRUPTED_STATUS, job_id)
+                    for job_id in job_ids
+                ],
             )
 
     def prune(self, max_age_s: float) -> int:
@@ -187,6 +245,11 @@ class JobManager:
         self._controls: dict[str, Control] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._interrupted: set[str] = set()
+
+    async def api_submit(self, kind: Kind, fields: dict[str, Any]) -> JSONResponse:
+        """The public job routes: check the request's fields, submit, answer 202 with the job."""
+        job = await self.submit(kind, self.frontend.check_request(kind, fields))
+        return JSONResponse(job.public(), status_code=202)
 
     async def submit(self, kind: Kind, task: ImageTask | VideoTask) -> JobRecord:
         if self.frontend.closing:
@@ -267,6 +330,9 @@ class JobManager:
             self._controls.pop(job.id, None)
 
     async def _finish(self, job_id: str, status: JobStatus, **fields: Any) -> None:
+        error = fields.get("error")
+        if error is not None:
+            fields["http_status"] = result_status(status, error)
         await asyncio.to_thread(
             self.store.update, job_id, status=status, finished_at=time.time(), **fields
         )
@@ -300,6 +366,6 @@ class JobManager:
         return job_ids
 
     async def wait_idle(self) -> None:
-        """Wait for every running job (tests, shutdown)."""
+        """Wait for every job task to end (the drain, after `interrupt_all`)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
