@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from runners.base import Device, Quantization
+from runners.base import Device, InvalidItem, Quantization
 
 log = logging.getLogger("botmodels.runners.ocr")
 
@@ -179,8 +179,10 @@ ISO_639_1 = {
 }
 
 
-class UnknownLanguage(ValueError):
+class UnknownLanguage(InvalidItem):
     """The language code is not a tesseract code, or its data is not installed."""
+
+    param = "language"
 
 
 @dataclass(frozen=True)
