@@ -52,7 +52,7 @@ from botmodels.pool import RunnerPool
 from botmodels.remote import RemoteRunner
 from botmodels.shutdown import Shutdown, ShutdownMiddleware
 from botmodels.speech.front import STT_ROUTE, TTS_ROUTE, SpeechFrontend
-from botmodels.speech.schemas import SttJob, SttResult, TtsJob, TtsResult
+from botmodels.speech.schemas import TtsJob
 from botmodels.status import Pong
 from botmodels.store import find_stored, load_manifest
 from botmodels.vision.front import (
@@ -68,8 +68,8 @@ from botmodels.vision.schemas import OcrAnswerOut, OcrJobIn, VisionAnswerOut, Vi
 from runners.embeddings import EmbeddingsRunner
 from runners.image import ImageRunner
 from runners.ocr import OcrRunner
-from runners.stt import SttRunner
-from runners.tts import TtsRunner
+from runners.stt import SttJob, SttResult, SttRunner
+from runners.tts import TtsResult, TtsRunner
 from runners.video import VideoRunner
 from runners.vision import VisionRunner
 

@@ -10,11 +10,15 @@ Exceptions carry their status; nothing matches on message text.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from http import HTTPStatus
 from typing import Any
 
 from starlette.types import Send
+
+from runners.base import InvalidItem
 
 # type per status: OpenAI's names where it has one.
 _TYPES: dict[int, str] = {
@@ -123,6 +127,22 @@ class BotModelsError(Exception):
 class InvalidInput(BotModelsError):
     status = 400
     code = "invalid_input"
+
+
+def from_runner_error(exc: InvalidItem) -> InvalidInput:
+    """A runner's client error (one of its input items is wrong) as the platform's 400, with the
+    runner's message, code and parameter. Runners raise their own `InvalidItem` subclasses and
+    import nothing from botmodels/; this is the one place those become an answer."""
+    return InvalidInput(exc.message, param=exc.param, code=exc.code)
+
+
+@contextlib.contextmanager
+def runner_errors() -> Iterator[None]:
+    """Around a call into runner code: its `InvalidItem` leaves as `InvalidInput` (a 400)."""
+    try:
+        yield
+    except InvalidItem as exc:
+        raise from_runner_error(exc) from exc
 
 
 class NotFoundError(BotModelsError):

@@ -11,6 +11,7 @@ The contract (written down, as LitServe writes down its own):
 - one predict method that takes a whole batch (a list) and answers one result per item, in
   order (`embed`, `generate`, `caption`/`answer`, `recognize`, `transcribe`, `synthesize`).
 - the module's `build_tiny(folder)`: random weights of the model's architecture, for tests.
+- a wrong input item raises a subclass of `InvalidItem` (below), never a platform error.
 """
 
 from __future__ import annotations
@@ -28,3 +29,23 @@ class Runner(Protocol):
     dtype: str
 
     def load(self) -> None: ...
+
+
+class InvalidItem(ValueError):
+    """A client error in one input item (an unknown language, text that cannot be spoken…).
+
+    Each runner raises its own subclass; the platform answers every one of them as a 400 in its
+    one error shape, with this `code` and `param` (botmodels/errors.py, `from_runner_error`).
+    A ValueError, so pydantic reports one raised in a validator as a validation error.
+    """
+
+    code: str = "invalid_input"
+    param: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if param is not None:
+            self.param = param
+        if code is not None:
+            self.code = code

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from runners.base import Device, Quantization
+from runners.base import Device, InvalidItem, Quantization
 
 log = logging.getLogger("botmodels.runners.ocr")
 
@@ -179,8 +179,10 @@ ISO_639_1 = {
 }
 
 
-class UnknownLanguage(ValueError):
+class UnknownLanguage(InvalidItem):
     """The language code is not a tesseract code, or its data is not installed."""
+
+    param = "language"
 
 
 @dataclass(frozen=True)
@@ -191,7 +193,7 @@ class OcrResult:
     language: str  # the tesseract code(s) used, e.g. "por" or "eng+por"
 
 
-def _parse_tsv(tsv: str) -> tuple[str, float, int]:
+def parse_tsv(tsv: str) -> tuple[str, float, int]:
     """tesseract's TSV: one row per page/block/paragraph/line/word; words (level 5) carry conf."""
     lines: dict[tuple[int, int, int, int], list[str]] = {}
     confidences: list[float] = []
@@ -302,7 +304,7 @@ class OcrRunner:
         if done.returncode != 0:
             message = done.stderr.decode("utf-8", "replace").strip()[-300:]
             raise RuntimeError(f"tesseract exited with {done.returncode}: {message}")
-        text, confidence, words = _parse_tsv(done.stdout.decode("utf-8", "replace"))
+        text, confidence, words = parse_tsv(done.stdout.decode("utf-8", "replace"))
         return OcrResult(text=text, confidence=confidence, words=words, language=language)
 
     def recognize(self, images: list[bytes], languages: list[str]) -> list[OcrResult]:

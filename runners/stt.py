@@ -6,8 +6,9 @@ Two engines, chosen by what the store folder holds:
     chunks of every job in a batch are encoded in one call and decoded in one `generate` call,
     each with its own prompt (language, task).
     On CPU, short clips of a batch are also *packed*: several clips, with 0.5 s of silence
-    between them, share one 30 s window (see `_decode_packed`), because there the encoder's full
-    window, not decoding, is most of the cost of a short clip.
+    between them, share one 30 s window (`_decode_packed`; its decisions are pure functions
+    in runners/stt_packing.py), because there the encoder's full window, not decoding, is most
+    of the cost of a short clip.
   * transformers (`config.json` with `model_type = "whisper"`): any hub Whisper; bitsandbytes
     8-bit / 4-bit on CUDA (written for it, not run here: no GPU), torch dynamic int8 on CPU.
 
@@ -22,62 +23,138 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 from prometheus_client import Counter
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from botmodels.errors import InvalidInput
-from botmodels.speech.schemas import (
-    SAMPLE_RATE,
-    SegmentOut,
-    SttJob,
-    SttResult,
-    WordOut,
-    check_samples,
+from runners.base import Device, InvalidItem, Quantization
+from runners.stt_packing import (
+    PACK_DETECT_CONFIDENCE,
+    PACK_MAX_FRAMES,
+    Candidate,
+    Chunk,
+    Window,
+    is_silent,
+    pack_language,
+    plan_windows,
+    split_clips,
+    window_features,
 )
-from runners.base import Device, Quantization
 
 log = logging.getLogger("botmodels.runners.stt")
 
+SAMPLE_RATE = 16_000  # Whisper's input rate
 MODEL_ID = "Systran/faster-whisper-base"
 VAD_FILE = "vad/silero_vad.onnx"
 CHUNK_SECONDS = 30  # Whisper's window
-NO_SPEECH_PROB = 0.6  # Whisper's own rule for a window with no speech
-LOGPROB_FLOOR = -1.0
-# Packing (CPU): clips up to 15 s share a window, 0.5 s of silence apart, and a throw-away
-# copy of the shortest ends the window. A clip keeps its packed result only if each of its
-# segments sits inside it (within the tolerance) and it got text; a clip in doubt is decoded
-# again on its own, the others keep theirs (`_split_packed`). Auto-detected languages come from
-# the clip's own frames (padded on a second try) and must be confident, or the clip is decoded
-# on its own.
-PACK_MAX_FRAMES = 1500
-PACK_GAP_FRAMES = 50
-# The tolerance: Whisper puts the boundary between two clips' segments at the next clip's
-# speech onset, which the VAD's 0.2 s padding puts 0.2 s into that clip; measured over 170
-# such boundaries, 0.06-0.21 s in, and up to 0.3 s with wider gaps. 0.2 s refused a clip in
-# two of four served rounds of 8. 0.3 s leaves 0.1 s of the next clip's speech: less than a
-# word.
-PACK_TOLERANCE_S = 0.3
-PACK_DETECT_CONFIDENCE = 0.9
-PACK_DETECT_RETRY_FRAMES = 1000
-TIME_PRECISION = 0.02  # seconds per Whisper timestamp token
 # faster-whisper's defaults: punctuation merged into the neighbouring word's timestamps.
 PREPEND_PUNCTUATION = "\"'\u201c\u00bf([{-"
 APPEND_PUNCTUATION = "\"'.\u3002,\uff0c!\uff01?\uff1f:\uff1a\u201d)]}\u3001"
 
 
-@dataclass
-class _Chunk:
-    job: int
-    audio: npt.NDArray[np.float32]
-    offset: float  # seconds, in speech-only time
-    duration: float
+# --- errors: what the runner refuses (the platform answers each as a 400) --------------------
+class InvalidAudio(InvalidItem):
+    """The samples are not whole float32 numbers, or not finite."""
+
+    param = "audio"
 
 
+class UnknownLanguage(InvalidItem):
+    """The requested language is not one this Whisper model knows."""
+
+    param = "language"
+    code = "unknown_language"
+
+
+# --- items: a batch's jobs and results ------------------------------------------------------
+# Job items carry audio as raw little-endian float32 bytes (base64 in JSON, so a remote
+# botmodels can run them too; in-process, BentoML's dispatcher passes the objects as they are).
+def check_samples(audio: npt.NDArray[np.float32], param: str = "audio") -> None:
+    # Whisper turns NaN or infinite samples into endless garbage text, not an error.
+    if not np.isfinite(audio).all():
+        raise InvalidAudio(
+            f"`{param}` has samples that are not finite numbers (NaN or infinity)", param=param
+        )
+
+
+class SttJob(BaseModel):
+    """One transcription (or language detection) for the batchable STT API. Validated when
+    built, so a bad job sent to the runner's route is that request's 400; the runner checks
+    the language against its model."""
+
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+
+    audio: bytes = Field(description="mono float32 little-endian samples at 16 kHz")
+    language: str | None = None
+    task: Literal["transcribe", "translate", "detect"] = "transcribe"
+    prompt: str | None = None
+    temperature: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False)
+    word_timestamps: bool = False
+
+    @field_validator("audio")
+    @classmethod
+    def _audio(cls, audio: bytes) -> bytes:
+        if len(audio) % 4:
+            raise ValueError(f"is {len(audio)} bytes, not whole float32 samples (4 bytes each)")
+        try:
+            check_samples(np.frombuffer(audio, dtype="<f4"))
+        except InvalidAudio as exc:  # pydantic reports plain ValueErrors as validation errors
+            raise ValueError(exc.message) from None
+        return audio
+
+    @classmethod
+    def from_array(cls, audio: npt.NDArray[np.float32], **options: object) -> SttJob:
+        return cls(audio=audio.astype("<f4", copy=False).tobytes(), **options)
+
+    def samples(self) -> npt.NDArray[np.float32]:
+        return np.frombuffer(self.audio, dtype="<f4")
+
+
+class WordOut(BaseModel):
+    word: str
+    start: float
+    end: float
+    probability: float
+
+
+class SegmentOut(BaseModel):
+    id: int
+    seek: int
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+    words: list[WordOut] = Field(default_factory=list)
+
+
+class SttResult(BaseModel):
+    text: str
+    language: str | None = Field(description="ISO 639-1 code; None when there was no speech")
+    language_probability: float
+    duration: float = Field(description="seconds of audio received")
+    speech_duration: float = Field(description="seconds left after voice-activity filtering")
+    segments: list[SegmentOut] = Field(default_factory=list)
+
+    @property
+    def confidence(self) -> float:
+        """exp(mean token log-probability), duration-weighted over segments: 0..1."""
+        if not self.segments:
+            return 0.0
+        weights = [max(s.end - s.start, 1e-3) for s in self.segments]
+        mean = sum(w * s.avg_logprob for w, s in zip(weights, self.segments, strict=True))
+        return float(min(1.0, np.exp(mean / sum(weights))))
+
+
+# --- the model ------------------------------------------------------------------------------
 class Vad:
     """Silero VAD (ONNX) from the store folder. Stateful model: one audio at a time."""
 
@@ -113,24 +190,14 @@ PACKED_CLIPS = Counter(
 )
 
 
-# A clip in a packed window: (chunk, its mel frames, language probability, first frame).
-_Packed = tuple[_Chunk, npt.NDArray[np.float32], float, int]
-
-
-def _tail(items: list[_Packed], position: int) -> _Packed:
-    """A copy of the shortest clip, placed at `position`: the window's throw-away last clip."""
-    chunk, mel, probability, _ = min(items, key=lambda item: item[1].shape[-1])
-    return chunk, mel, probability, position
-
-
 def _chunks(
     job_index: int, audio: npt.NDArray[np.float32], spans: list[dict[str, int]]
-) -> list[_Chunk]:
+) -> list[Chunk]:
     from faster_whisper.vad import collect_chunks
 
     pieces, metadata = collect_chunks(audio, spans, max_duration=CHUNK_SECONDS)
     return [
-        _Chunk(job_index, piece, float(meta["offset"]), float(meta["duration"]))
+        Chunk(job_index, piece, float(meta["offset"]), float(meta["duration"]))
         for piece, meta in zip(pieces, metadata, strict=True)
         if piece.size
     ]
@@ -282,11 +349,11 @@ class SttRunner:
             )
             for audio, sp in zip(audios, spans, strict=True)
         ]
-        groups: dict[tuple[Any, ...], list[_Chunk]] = {}
+        groups: dict[tuple[Any, ...], list[Chunk]] = {}
         for chunk in chunks:
             groups.setdefault(_group_key(jobs[chunk.job]), []).append(chunk)
 
-        decoded: list[tuple[_Chunk, str, float, list[SegmentOut]]] = []
+        decoded: list[tuple[Chunk, str, float, list[SegmentOut]]] = []
         with self._lock:
             for group in groups.values():
                 decoded.extend(self._decode_group(group, jobs))
@@ -311,21 +378,19 @@ class SttRunner:
         return results
 
     def check(self, job: SttJob) -> None:
-        """Refuse (InvalidInput) a language this model does not know, or samples that are not
+        """Refuse (InvalidItem) a language this model does not know, or samples that are not
         finite numbers."""
         if job.language and self.languages and job.language not in self.languages:
-            raise InvalidInput(
+            raise UnknownLanguage(
                 f"`language` {job.language!r} is not one this Whisper model knows; use an "
-                f"ISO-639-1 code, one of: {', '.join(self.languages)}",
-                param="language",
-                code="unknown_language",
+                f"ISO-639-1 code, one of: {', '.join(self.languages)}"
             )
         check_samples(job.samples())
 
     def _decode_group(
-        self, group: list[_Chunk], jobs: list[SttJob]
-    ) -> list[tuple[_Chunk, str, float, list[SegmentOut]]]:
-        out: list[tuple[_Chunk, str, float, list[SegmentOut]]] = []
+        self, group: list[Chunk], jobs: list[SttJob]
+    ) -> list[tuple[Chunk, str, float, list[SegmentOut]]]:
+        out: list[tuple[Chunk, str, float, list[SegmentOut]]] = []
         rest = group
         if len(group) > 1 and self._packs(jobs[group[0].job]):
             out, rest = self._decode_packed(group, jobs)
@@ -345,95 +410,107 @@ class SttRunner:
             and not job.word_timestamps
         )
 
-    def _pack_language(
-        self, chunk: _Chunk, jobs: list[SttJob], mel: npt.NDArray[np.float32]
-    ) -> tuple[str, float] | None:
-        """The chunk's language for packing, or None when it must be decoded on its own."""
-        model = self._model
-        wanted = jobs[chunk.job].language
-        if wanted:
-            return wanted, 1.0
-        if not model.model.is_multilingual:
-            return "en", 1.0
+    def _detector(self, mel: npt.NDArray[np.float32]) -> Callable[[int], tuple[str, float]]:
+        """`detect(frames)` for `pack_language`: the encoder over the clip's mel padded (or cut)
+        to `frames`, then Whisper's language token with its probability."""
         from faster_whisper.audio import pad_or_trim
 
-        # The encoder over the clip's own frames (CTranslate2 takes any even length): about
-        # 1/20 of a 30 s window for a 3 s clip, and the same language as the full window
-        # whenever it is confident (measured on the benchmark clips). Unsure on its own
-        # frames, it is asked again with the clip padded to PACK_DETECT_RETRY_FRAMES: one
-        # synthetic English clip gave Latvian at 0.25 on its own frames and English at 0.999
-        # padded to 10 s, and that costs a third of the window a clip decoded alone needs.
-        own = mel.shape[-1] + mel.shape[-1] % 2
-        for frames in [own] if own >= PACK_DETECT_RETRY_FRAMES else [own, PACK_DETECT_RETRY_FRAMES]:
+        model = self._model
+
+        def detect(frames: int) -> tuple[str, float]:
             encoded = model.encode(pad_or_trim(mel, frames)[None].astype(np.float32))
             token, probability = model.model.detect_language(encoded)[0][0]
-            if probability >= PACK_DETECT_CONFIDENCE:
-                return str(token)[2:-2], float(probability)
-        return None
+            return str(token)[2:-2], float(probability)
+
+        return detect
 
     def _decode_packed(
-        self, group: list[_Chunk], jobs: list[SttJob]
-    ) -> tuple[list[tuple[_Chunk, str, float, list[SegmentOut]]], list[_Chunk]]:
+        self, group: list[Chunk], jobs: list[SttJob]
+    ) -> tuple[list[tuple[Chunk, str, float, list[SegmentOut]]], list[Chunk]]:
         """Decode short clips several to a 30 s window. Returns (results, clips left over)."""
         model = self._model
         window_frames = int(model.feature_extractor.nb_max_frames)
-        left: list[_Chunk] = []
-        by_language: dict[str, list[tuple[_Chunk, npt.NDArray[np.float32], float]]] = {}
+        left: list[Chunk] = []
+        candidates: list[Candidate] = []
         for chunk in group:
             mel = model.feature_extractor(chunk.audio)[..., :-1]  # exactly as for one clip
             if mel.shape[-1] > PACK_MAX_FRAMES:
                 left.append(chunk)  # long: it has a window's worth on its own
                 continue
-            detected = self._pack_language(chunk, jobs, mel)
+            detected = pack_language(
+                jobs[chunk.job].language,
+                bool(model.model.is_multilingual),
+                int(mel.shape[-1]),
+                self._detector(mel),
+            )
             if detected is None:
                 self._count("unsure", 1)
                 left.append(chunk)
                 continue
-            by_language.setdefault(detected[0], []).append((chunk, mel, detected[1]))
+            candidates.append(Candidate(chunk, mel, *detected))
 
-        # Each window ends with a copy of its shortest clip, whose text is thrown away: Whisper
-        # often stops before a window's last utterance (it learnt to leave one that may be cut
-        # at the window's edge to the next window), and the copy takes that place. Without it,
-        # the last clip of nearly every window was decoded again on its own.
-        windows: list[tuple[str, list[_Packed], _Packed]] = []
-        for language, candidates in by_language.items():
-            current: list[_Packed] = []
-            position = 0
-            for chunk, mel, probability in candidates:
-                frames = mel.shape[-1]
-                shortest = min([frames, *(item[1].shape[-1] for item in current)])
-                if current and position + frames + PACK_GAP_FRAMES + shortest > window_frames:
-                    windows.append((language, current, _tail(current, position)))
-                    current, position = [], 0
-                current.append((chunk, mel, probability, position))
-                position += frames + PACK_GAP_FRAMES
-            windows.append((language, current, _tail(current, position)))
-        left.extend(w[1][0][0] for w in windows if len(w[1]) == 1)  # alone: the usual path
-        windows = [w for w in windows if len(w[1]) > 1]
-        out: list[tuple[_Chunk, str, float, list[SegmentOut]]] = []
+        windows, alone = plan_windows(candidates, window_frames)
+        left.extend(alone)
+        out: list[tuple[Chunk, str, float, list[SegmentOut]]] = []
         for start in range(0, len(windows), self.max_batch_chunks):
             part = windows[start : start + self.max_batch_chunks]
-            features = np.zeros(
-                (len(part), part[0][1][0][1].shape[0], window_frames), dtype=np.float32
+            first = jobs[part[0].clips[0].chunk.job]
+            tokenizers = self._tokenizers([w.language for w in part], first)
+            encoder_output = model.encode(window_features(part, window_frames))
+            generated = self._generate_ct2(
+                encoder_output, [w.language for w in part], tokenizers, first
             )
-            for row, (_, items, tail) in enumerate(part):
-                for _, mel, _, position in [*items, tail]:
-                    features[row, :, position : position + mel.shape[-1]] = mel
-            first = jobs[part[0][1][0][0].job]
-            tokenizers = self._tokenizers([w[0] for w in part], first)
-            encoder_output = model.encode(features)
-            generated = self._generate_ct2(encoder_output, [w[0] for w in part], tokenizers, first)
-            for (lang, items, tail), result in zip(part, generated, strict=True):
-                found = _split_packed(tokenizers[lang], result, items, first, tail=tail)
-                for (chunk, _, probability, _), segments in zip(items, found, strict=True):
+            for window, result in zip(part, generated, strict=True):
+                placed = self._split_window(window, result, tokenizers[window.language], first)
+                for clip, segments in zip(window.clips, placed, strict=True):
                     if segments is None:
-                        left.append(chunk)
+                        left.append(clip.chunk)
                     else:
-                        out.append((chunk, lang, probability, segments))
-                kept = sum(segments is not None for segments in found)
+                        out.append((clip.chunk, window.language, clip.probability, segments))
+                kept = sum(segments is not None for segments in placed)
                 self._count("kept", kept)
-                self._count("refused", len(items) - kept)
+                self._count("refused", len(window.clips) - kept)
         return out, left
+
+    @staticmethod
+    def _split_window(
+        window: Window, result: Any, tokenizer: Any, job: SttJob
+    ) -> list[list[SegmentOut] | None]:
+        """`split_clips` over one window's generated tokens, as each clip's segments."""
+        from faster_whisper.transcribe import get_compression_ratio
+
+        tokens: list[int] = list(result.sequences_ids[0])
+        avg_logprob = float(result.scores[0] * len(tokens) / (len(tokens) + 1))
+        no_speech_prob = float(result.no_speech_prob)
+        placed = split_clips(
+            window.clips,
+            tokens,
+            timestamp_begin=tokenizer.timestamp_begin,
+            decode=tokenizer.decode,
+            avg_logprob=avg_logprob,
+            no_speech_prob=no_speech_prob,
+            tail=window.tail,
+        )
+        return [
+            None
+            if segments is None
+            else [
+                SegmentOut(
+                    id=0,
+                    seek=int(clip.chunk.offset * 100),
+                    start=s.start,
+                    end=s.end,
+                    text=s.text,
+                    tokens=s.tokens,
+                    temperature=job.temperature,
+                    avg_logprob=avg_logprob,
+                    compression_ratio=get_compression_ratio(s.text),
+                    no_speech_prob=no_speech_prob,
+                )
+                for s in segments
+            ]
+            for clip, segments in zip(window.clips, placed, strict=True)
+        ]
 
     def _count(self, outcome: str, clips: int) -> None:
         self.pack_outcomes[outcome] += clips
@@ -490,8 +567,8 @@ class SttRunner:
         )
 
     def _decode_ct2(
-        self, part: list[_Chunk], jobs: list[SttJob]
-    ) -> list[tuple[_Chunk, str, float, list[SegmentOut]]]:
+        self, part: list[Chunk], jobs: list[SttJob]
+    ) -> list[tuple[Chunk, str, float, list[SegmentOut]]]:
         from faster_whisper.audio import pad_or_trim
         from faster_whisper.transcribe import get_compression_ratio
 
@@ -517,7 +594,7 @@ class SttRunner:
                 detected = model.model.detect_language(encoder_output)
             token, probability = detected[i][0]
             languages.append((token[2:-2], float(probability)))
-        out: list[tuple[_Chunk, str, float, list[SegmentOut]]] = []
+        out: list[tuple[Chunk, str, float, list[SegmentOut]]] = []
         if first.task == "detect":
             return [(c, lang, p, []) for c, (lang, p) in zip(part, languages, strict=True)]
 
@@ -541,7 +618,7 @@ class SttRunner:
                 segment_duration=chunk.duration,
                 seek=0,
             )
-            silent = result.no_speech_prob > NO_SPEECH_PROB and avg_logprob < LOGPROB_FLOOR
+            silent = is_silent(result.no_speech_prob, avg_logprob)
             per_chunk.append(
                 [
                     {
@@ -596,8 +673,8 @@ class SttRunner:
         return out
 
     def _decode_hf(
-        self, part: list[_Chunk], jobs: list[SttJob]
-    ) -> list[tuple[_Chunk, str, float, list[SegmentOut]]]:
+        self, part: list[Chunk], jobs: list[SttJob]
+    ) -> list[tuple[Chunk, str, float, list[SegmentOut]]]:
         import torch
 
         model, processor = self._model, self._processor
@@ -646,7 +723,7 @@ class SttRunner:
                 generated.sequences, generated.scores, normalize_logits=True
             )
         texts = processor.batch_decode(generated.sequences, skip_special_tokens=True)
-        out: list[tuple[_Chunk, str, float, list[SegmentOut]]] = []
+        out: list[tuple[Chunk, str, float, list[SegmentOut]]] = []
         for row, (chunk, (lang, probability)) in enumerate(zip(part, languages, strict=True)):
             finite = scores[row][torch.isfinite(scores[row])]
             avg = float(finite.mean()) if finite.numel() else 0.0
@@ -665,109 +742,6 @@ class SttRunner:
             )
             out.append((chunk, lang, probability, [segment]))
         return out
-
-
-def _split_packed(
-    tokenizer: Any,
-    result: Any,
-    items: list[_Packed],
-    job: SttJob,
-    *,
-    tail: _Packed | None = None,
-) -> list[list[SegmentOut] | None]:
-    """Give each clip its own segments; None for a clip whose text cannot be placed safely.
-
-    A refused clip is decoded again on its own; the others keep their packed result. Refusing
-    only the clips that a doubtful segment touches keeps the batching gain: refusing the whole
-    window cost the window plus every clip alone, slower than not packing at all.
-    `tail` is the window's throw-away last clip: its text is dropped, and a segment that
-    reaches into it from the last clip puts that clip in doubt like any other neighbour.
-    """
-    from faster_whisper.transcribe import get_compression_ratio
-
-    tokens: list[int] = list(result.sequences_ids[0])
-    avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
-    refused: list[list[SegmentOut] | None] = [None for _ in items]
-    if result.no_speech_prob > NO_SPEECH_PROB and avg_logprob < LOGPROB_FLOOR:
-        return refused  # the usual path applies Whisper's silence rule per clip
-    timed = _timed_segments(tokens, tokenizer.timestamp_begin)
-    if timed is None:
-        return refused  # text with no place in the window: it could be anyone's
-    placed = [*items, tail] if tail is not None else items
-    spans = [(position / 100, (position + mel.shape[-1]) / 100) for _, mel, _, position in placed]
-    found: list[list[SegmentOut]] = [[] for _ in placed]
-    doubtful: set[int] = set()
-    for start, end, text_tokens in timed:
-        # Whisper ends a segment where the next begins: each segment goes to the clip it
-        # overlaps most, and must not reach more than the tolerance into another.
-        overlaps = [min(end, finish) - max(start, begin) for begin, finish in spans]
-        # (Whisper's times are multiples of 0.02 s: 1e-6 keeps 0.3 from failing as 0.3000001.)
-        touched = [i for i, overlap in enumerate(overlaps) if overlap > PACK_TOLERANCE_S + 1e-6]
-        if len(touched) > 1:
-            doubtful.update(touched)  # across clips: never split one segment between jobs
-            continue
-        index = max(range(len(spans)), key=lambda i: overlaps[i])
-        if overlaps[index] <= 0:
-            # In a gap only: the clips on either side of it are in doubt.
-            doubtful.update(i for i in (index - 1, index, index + 1) if 0 <= i < len(spans))
-            continue
-        if index == len(items):
-            continue  # the throw-away tail's own text
-        chunk, begin = items[index][0], spans[index][0]
-        text = tokenizer.decode(text_tokens)
-        found[index].append(
-            SegmentOut(
-                id=0,
-                seek=int(chunk.offset * 100),
-                start=round(chunk.offset + max(0.0, start - begin), 3),
-                end=round(chunk.offset + min(chunk.duration, end - begin), 3),
-                text=text,
-                tokens=text_tokens,
-                temperature=job.temperature,
-                avg_logprob=float(avg_logprob),
-                compression_ratio=get_compression_ratio(text),
-                no_speech_prob=float(result.no_speech_prob),
-            )
-        )
-    found = found[: len(items)]
-    empty = [
-        i
-        for i, segments in enumerate(found)
-        if i not in doubtful and not any(s.text.strip() for s in segments)
-    ]
-    last_placed = max((i for i, segments in enumerate(found) if segments), default=-1)
-    for index in empty:
-        if index > last_placed:
-            # Whisper often stops before a window's last utterance (it learnt to leave one
-            # that may be cut at the window's edge to the next window): the clips after the
-            # last placed segment are decoded alone, their neighbours' text stands.
-            doubtful.add(index)
-            continue
-        # A clip with no text between others: Whisper skipped it, or gave its words a
-        # neighbour's times.
-        doubtful.update(i for i in (index - 1, index, index + 1) if 0 <= i < len(found))
-    return [None if i in doubtful else segments for i, segments in enumerate(found)]
-
-
-def _timed_segments(
-    tokens: list[int], timestamp_begin: int
-) -> list[tuple[float, float, list[int]]] | None:
-    """Whisper's `<|t0|> text <|t1|><|t1|> text <|t2|>` -> [(t0, t1, text tokens), …];
-    None when a segment has no start or no end time (its place in the window is unknown)."""
-    segments: list[tuple[float, float, list[int]]] = []
-    start: float | None = None
-    text: list[int] = []
-    for token in tokens:
-        if token < timestamp_begin:
-            if start is None:
-                return None
-            text.append(token)
-        elif start is None or not text:
-            start = (token - timestamp_begin) * TIME_PRECISION
-        else:
-            segments.append((start, (token - timestamp_begin) * TIME_PRECISION, text))
-            start, text = None, []
-    return None if text else segments
 
 
 def build_tiny(folder: Path) -> None:

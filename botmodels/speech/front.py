@@ -29,24 +29,20 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from botmodels.config import Settings
-from botmodels.errors import InvalidInput, PayloadTooLarge
+from botmodels.errors import InvalidInput, PayloadTooLarge, runner_errors
 from botmodels.outputs import OutputStore
 from botmodels.peers import batch_items
 from botmodels.pool import RunnerPool
 from botmodels.remote import RemoteRunner
 from botmodels.speech import audio as audio_io
 from botmodels.speech.schemas import (
-    SAMPLE_RATE,
     DetectLanguageResponse,
     GenerationResponse,
     SpeechToTextResponse,
-    SttJob,
-    SttResult,
     TtsJob,
-    TtsResult,
-    check_tts_speed,
-    check_tts_text,
 )
+from runners.stt import SAMPLE_RATE, SttJob, SttResult
+from runners.tts import TtsResult, check_tts_speed, check_tts_text
 
 STT_ROUTE = "/runners/stt/transcribe"
 TTS_ROUTE = "/runners/tts/synthesize"
@@ -200,7 +196,8 @@ class SpeechFrontend:
         method = runner.transcribe if kind == "stt" else runner.synthesize
         BATCH_SIZES.labels(runner=kind).observe(len(jobs))
         loop = asyncio.get_running_loop()
-        results: list[Any] = await loop.run_in_executor(self._executors[kind], method, jobs)
+        with runner_errors():
+            results: list[Any] = await loop.run_in_executor(self._executors[kind], method, jobs)
         return results
 
     async def _run(self, kind: str, job: Any, result_type: Any) -> Any:
@@ -270,7 +267,13 @@ class SpeechFrontend:
         return JSONResponse(body.model_dump())
 
     def _check_text(self, text: object, param: str) -> str:
-        return check_tts_text(text, self.settings.tts_max_chars, param)
+        with runner_errors():
+            return check_tts_text(text, self.settings.tts_max_chars, param)
+
+    @staticmethod
+    def _check_speed(speed: object) -> float:
+        with runner_errors():
+            return check_tts_speed(speed)
 
     def check_runner_call(self, kind: str, payload: dict[str, Any]) -> AbstractContextManager[Any]:
         """`/runners/stt/transcribe` and `/runners/tts/synthesize` from a peer: the public
@@ -281,7 +284,7 @@ class SpeechFrontend:
         for i, job in enumerate(jobs):
             if kind == "tts":
                 self._check_text(job.get("text"), "text")
-                check_tts_speed(job.get("speed", 1.0))
+                self._check_speed(job.get("speed", 1.0))
                 continue
             audio = job.get("audio")
             # base64 of float32 samples: 3 bytes per 4 characters, 4 bytes per sample
@@ -327,7 +330,8 @@ class SpeechFrontend:
         # too long, never joins (and so never fails) a batch. Phonemizing is quick but not free.
         slot = self.pool.slot("tts")
         if slot is not None and slot.state == "ready":
-            await asyncio.to_thread(slot.instance.check, job)
+            with runner_errors():
+                await asyncio.to_thread(slot.instance.check, job)
 
     async def api_generate(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -425,7 +429,7 @@ class SpeechFrontend:
             text=text,
             voice=self._optional_str(body, "voice"),
             language=self._optional_str(body, "language"),
-            speed=check_tts_speed(body.get("speed", 1.0)),
+            speed=self._check_speed(body.get("speed", 1.0)),
         )
         result = await self._synthesize(job, "input")
         encoded = await asyncio.to_thread(

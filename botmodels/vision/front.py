@@ -24,7 +24,7 @@ from typing import Any
 from starlette.requests import Request
 
 from botmodels.config import Settings, get_settings
-from botmodels.errors import BotModelsError, InvalidInput, PayloadTooLarge
+from botmodels.errors import BotModelsError, InvalidInput, PayloadTooLarge, runner_errors
 from botmodels.media import decode_image, decode_video_frames, encode_png, read_upload
 from botmodels.peers import batch_items
 from botmodels.pool import RunnerPool
@@ -45,7 +45,7 @@ from botmodels.vision.schemas import (
     VqaResponse,
     b64_image,
 )
-from runners.ocr import OcrResult, OcrRunner, UnknownLanguage
+from runners.ocr import OcrResult, OcrRunner
 from runners.vision import VisionAnswer, VisionJob, VisionRunner
 
 BatchInfer = Callable[[str, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
@@ -106,10 +106,8 @@ def ocr_items(runner: OcrRunner, items: Sequence[OcrJobIn | tuple[bytes, str]]) 
         else:  # over HTTP from another botmodels: a bad image or code is the caller's 400
             _item_image(item.image_png_b64)  # tesseract's own failure would read as ours
             pngs.append(b64_image(item.image_png_b64))
-            try:
+            with runner_errors():
                 languages.append(runner.resolve_language(item.language))
-            except UnknownLanguage as exc:
-                raise InvalidInput(str(exc), param="language") from None
     return [
         OcrAnswerOut(text=r.text, confidence=r.confidence, words=r.words, language=r.language)
         for r in runner.recognize(pngs, languages)
@@ -246,10 +244,8 @@ class VisionFrontend:
     async def _ocr(self, image: Any, language: str) -> OcrResult:
         if self.remotes.get("ocr") is None:
             runner: OcrRunner = self.pool.local("ocr")
-            try:
+            with runner_errors():
                 language = runner.resolve_language(language)
-            except UnknownLanguage as exc:
-                raise InvalidInput(str(exc), param="language") from None
         png = await asyncio.to_thread(encode_png, image)
         (out,) = await self._run(
             "ocr",
