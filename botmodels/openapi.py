@@ -38,9 +38,9 @@ from botmodels.speech.audio import CONTENT_TYPES as AUDIO_CONTENT_TYPES
 from botmodels.speech.front import SPEECH_FORMATS, TRANSCRIPTION_FORMATS
 from botmodels.speech.schemas import (
     DetectLanguageResponse,
+    SpeechGenerationResponse,
     SpeechToTextResponse,
 )
-from botmodels.speech.schemas import GenerationResponse as SpeechGenerationResponse
 from botmodels.vision.schemas import (
     AnalyzeResponse,
     BarcodeResponse,

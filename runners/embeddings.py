@@ -160,11 +160,11 @@ class EmbeddingsRunner:
         """On the CPU, split each batch over `workers` threads with threads/workers torch
         threads each, instead of one team of `threads` on the whole batch.
 
-        Why: on this project's 2-core machine one team of 2 ran all-MiniLM-L6-v2 at 275-320
-        sentences/s at batch 32, and two single-threaded workers on two halves at 426-454/s
-        (batch 16: 270-301 vs 409-434): each op's team start and barrier costs more than it wins
-        on ops this small. Needs the traced graph (it runs without the GIL); eager, CUDA and MPS
-        keep one worker. Opt-in: served, it won at 64 clients and lost at 1 and 16 (README).
+        Why: on small CPU ops each torch team's start and barrier costs more than it wins, so
+        two single-threaded workers on two halves of a batch beat one team of two threads on the
+        whole batch in-process (docs/benchmarks.md, Embeddings CPU workers). Needs the traced
+        graph (it runs without the GIL); eager, CUDA and MPS keep one worker. Opt-in: served,
+        it won at 64 clients and lost at 1 and 16.
 
         torch sets a thread's team size on its first parallel call, from the process-wide
         default, and `torch.set_num_threads` changes both. Each worker sets its own while the

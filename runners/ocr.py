@@ -1,7 +1,7 @@
 """OCR: the tesseract 5 LSTM engine (Debian `tesseract-ocr`), with its language data in the store.
 
 Why tesseract and not rapidocr (PP-OCR ONNX): on text rendered in English and Portuguese both
-read every word exactly, but tesseract was 5-10x faster on this 2-core CPU (README, OCR), and
+read every word exactly, but tesseract was 5-10x faster on this 2-core CPU (docs/benchmarks.md), and
 its per-language models map one to one onto the tesseract-style `language` codes botserver sends.
 
 Reads top to bottom: load (find the binary, list the `.traineddata` files of the store folder) ->

@@ -6,7 +6,7 @@ The store folder holds any mix of:
   * transformers VITS models: a folder whose `config.json` says `model_type = "vits"`.
 Each becomes a voice named after its dataset (`joe`) or folder, with its language (`en_US`,
 `por`…). A request picks one by `voice` and/or `language`; an unknown one is a 400 that lists
-what exists. Piper is GPL-3.0 software (the voice itself is MIT): see the README.
+what exists. Piper is GPL-3.0 software (the voice itself is MIT): see the README, Models.
 
 Long text is spoken in bounded pieces: one model call per piece of at most `PHONEMES_PER_CALL`
 phonemes (characters for VITS), cut at sentence ends, then after punctuation, then between
@@ -40,7 +40,7 @@ log = logging.getLogger("botmodels.runners.tts")
 
 # Phonemes (VITS: characters) in one model call at speed 1; a slower speed stretches each into
 # more audio, so proportionally fewer go into one call. Chosen where the call's working memory
-# stays small (README, Speech: long text) while pieces stay long enough to sound like phrases.
+# stays small (docs/design.md, TTS and long text) while pieces still sound like phrases.
 PHONEMES_PER_CALL = 100
 SENTENCE_PAUSE_S = 0.15  # between sentences, as a speaker would pause
 CLAUSE_PAUSE_S = 0.1  # where a sentence was cut after a punctuation mark
@@ -262,7 +262,7 @@ class TtsRunner:
         # Every call has a new input length. With the memory pattern, onnxruntime plans each new
         # shape's tensors as one block, and its arena keeps the largest block it was asked for;
         # without it, tensors come from the arena one by one and are reused across calls. (No
-        # arena at all gave a higher peak: README, Speech: long text.)
+        # arena at all gave a higher peak: docs/benchmarks.md, text-to-speech memory.)
         options.enable_mem_pattern = False
         providers = (
             [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"})]

@@ -92,7 +92,7 @@ def test_packed_batch_gives_each_job_its_own_sentence(
     # The same counts reach Prometheus (/metrics), where the benchmark reads them.
     for outcome, count in whisper.pack_outcomes.items():
         assert _exported(outcome) - exported[outcome] == count - before[outcome]
-    # Packing costs some accuracy (README: WER 0.010 alone, 0.035 packed, here). Another CPU
+    # Packing costs some accuracy (docs/benchmarks.md, Speech numbers). Another CPU
     # turned "Please send" into "Place in" (0.2 on its own), so the bar is on the mean, with
     # a looser one per sentence.
     errors = [wer(s, r.text) for s, r in zip(SENTENCES, results, strict=False)]
@@ -128,8 +128,9 @@ def test_packing_off_decodes_each_clip_alone(
     finally:
         whisper.pack = True
     # Not word-for-word equal: a packed clip is decoded with its neighbour's text as context,
-    # which can change a word (the README's WER table), and which word differs by CPU. Alone,
-    # one word of a sentence may still differ by CPU ("jumps" heard as "jumped" on AVX-512).
+    # which can change a word (docs/benchmarks.md, Speech numbers), and which word differs by
+    # CPU. Alone, one word of a sentence may still differ by CPU ("jumps" heard as "jumped" on
+    # AVX-512).
     for sentence, one, other in zip(SENTENCES, packed, alone, strict=False):
         assert wer(sentence, one.text) <= 0.3, (sentence, one.text)
         assert wer(sentence, other.text) <= 1 / len(sentence.split()), (sentence, other.text)
@@ -202,7 +203,7 @@ def _texts(placed: list[Any]) -> list[list[str] | None]:
     return [None if c is None else [s.text for s in c] for c in placed]
 
 
-def test_split_packed_places_segments_and_refuses_any_that_cross_clips() -> None:
+def test_split_clips_places_segments_and_refuses_any_that_cross_clips() -> None:
     items = _packed_items(200, 300)  # clip 0: 0-2 s, gap, clip 1: 2.5-5.5 s
     # Whisper ends the first segment where the second starts, inside the gap: accepted.
     placed = _split([TS, 5, TS + 125, TS + 125, 6, TS + 270], items)
@@ -230,7 +231,7 @@ def test_split_packed_places_segments_and_refuses_any_that_cross_clips() -> None
     assert silent == [None, None]
 
 
-def test_split_packed_refuses_only_the_clips_in_doubt() -> None:
+def test_split_clips_refuses_only_the_clips_in_doubt() -> None:
     # Four 2 s clips at 0-2, 2.5-4.5, 5-7 and 7.5-9.5 s.
     items = _packed_items(200, 200, 200, 200)
 
@@ -272,7 +273,7 @@ def test_split_packed_refuses_only_the_clips_in_doubt() -> None:
     ]
 
 
-def test_split_packed_drops_the_tail_copy_and_guards_its_neighbour() -> None:
+def test_split_clips_drops_the_tail_copy_and_guards_its_neighbour() -> None:
     # Clips at 0-2 and 2.5-4.5 s, the throw-away copy of clip 0 at 5-7 s.
     items = _packed_items(200, 200)
     tail = Clip(items[0].chunk, items[0].mel, 0.99, 500)

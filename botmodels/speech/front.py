@@ -37,7 +37,7 @@ from botmodels.remote import RemoteRunner
 from botmodels.speech import audio as audio_io
 from botmodels.speech.schemas import (
     DetectLanguageResponse,
-    GenerationResponse,
+    SpeechGenerationResponse,
     SpeechToTextResponse,
     TtsJob,
 )
@@ -346,7 +346,7 @@ class SpeechFrontend:
         samples = result.samples()
         wav = await asyncio.to_thread(audio_io.wav_bytes, samples, result.sample_rate)
         saved = await asyncio.to_thread(self.outputs.save, "audio", wav, "wav")
-        response = GenerationResponse(
+        response = SpeechGenerationResponse(
             file_path=saved.url_path,
             generation_time=round(time.perf_counter() - started, 3),
             voice=result.voice,

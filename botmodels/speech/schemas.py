@@ -39,7 +39,7 @@ class DetectLanguageResponse(BaseModel):
     confidence: float
 
 
-class GenerationResponse(BaseModel):
+class SpeechGenerationResponse(BaseModel):
     status: Literal["completed"] = "completed"
     file_path: str
     generation_time: float
