@@ -24,13 +24,21 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from botmodels import openapi, patches
-from botmodels.api import batch_errors, error_response, json_errors
+from botmodels.api import batch_errors, json_errors
 from botmodels.auth import Authenticator, AuthMiddleware
 from botmodels.config import Quantization, get_settings
 from botmodels.device import Device
-from botmodels.embeddings.front import BATCH_API, BATCH_ROUTE, BatchInfer, EmbeddingsFrontend
+from botmodels.dispatch import BatchInfer
+from botmodels.embeddings.front import BATCH_API, BATCH_ROUTE, EmbeddingsFrontend
 from botmodels.embeddings.schemas import EmbeddedText, EmbeddingResponse
-from botmodels.errors import BotModelsError, NotFoundError, RunnerUnavailable, error_type
+from botmodels.errors import (
+    BotModelsError,
+    NotFoundError,
+    RunnerUnavailable,
+    error_response,
+    error_type,
+    handle_exception,
+)
 from botmodels.generation.front import (
     IMAGE_BATCH_ROUTE,
     VIDEO_BATCH_ROUTE,
@@ -232,11 +240,6 @@ def _service() -> BotModels:
     return _instance
 
 
-async def _botmodels_error(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, BotModelsError)
-    return error_response(exc)
-
-
 async def api_health(_: Request) -> JSONResponse:
     if _instance is None:  # the worker is up, the service not yet constructed
         return JSONResponse({"status": "starting", "version": VERSION}, status_code=503)
@@ -383,7 +386,7 @@ status_app = Starlette(
         Route("/v1/audio/transcriptions", audio_transcriptions, methods=["POST"]),
         Route("/v1/audio/speech", audio_speech, methods=["POST"]),
     ],
-    exception_handlers={BotModelsError: _botmodels_error},
+    exception_handlers={BotModelsError: handle_exception},
 )
 
 
@@ -463,7 +466,7 @@ class BotModels:
         _instance = self
 
     def bind_batch_infer(self, batch_infer: BatchInfer) -> None:
-        """Called by botmodels.patches once BentoML's dispatchers exist (see its docstring)."""
+        """Called by botmodels.dispatch.wire_service once BentoML's dispatchers exist."""
         if self.settings.embeddings_batching:
             self.embeddings.batch_infer = batch_infer
         self.generation.batch_infer = batch_infer

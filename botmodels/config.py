@@ -124,6 +124,13 @@ class Settings(BaseSettings):
         "get this long minus 2 s; running generations stop at their next step.",
     )
 
+    bentoml_workarounds: str = Field(
+        "on",
+        description="`off` runs BentoML as shipped, without the speed workarounds (only to "
+        "measure them: `scripts/bench_overhead.py`); the behaviour fixes stay on. Any other "
+        "value is on.",
+    )
+
     # --- compute ----------------------------------------------------------------------------
     threads: int = Field(
         default_factory=_available_cpus, ge=1, description="torch intra-op threads per worker."

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from botmodels.auth import sign
-from botmodels.http import GENERIC_500
+from botmodels.errors import GENERIC_500
 from tests.conftest import KEY, auth
 from tests.helpers import assert_error
 from tests.vision_media import png_bad_pixels, png_bomb, png_bytes
