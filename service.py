@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from botmodels import openapi, patches
+from botmodels import openapi, patches, routes
 from botmodels.api import batch_errors, json_errors
 from botmodels.auth import Authenticator, AuthMiddleware
 from botmodels.config import Quantization, get_settings
@@ -50,7 +50,7 @@ from botmodels.generation.front import (
     VideoTask,
 )
 from botmodels.generation.jobs import JobManager, JobStore
-from botmodels.http import HEALTH_PATHS, ErrorShapeMiddleware, LimitsMiddleware
+from botmodels.http import ErrorShapeMiddleware, LimitsMiddleware
 from botmodels.keys import load_api_keys
 from botmodels.outputs import OutputStore, content_type
 from botmodels.peers import RunnerCheck, RunnerRouteGuard
@@ -159,31 +159,6 @@ FACTORIES = {
     "image": _make_image,
     "video": _make_video,
 }
-GENERATION_ROUTES = {
-    "/api/image/generate",
-    "/api/video/generate",
-    "/api/image/jobs",
-    "/api/video/jobs",
-    "/v1/images/generations",
-    IMAGE_BATCH_ROUTE,
-    VIDEO_BATCH_ROUTE,
-}
-# Routes whose body must be JSON: anything else is a 415 before BentoML tries to parse it.
-JSON_ROUTES = frozenset(
-    {
-        "/v1/embeddings",
-        BATCH_ROUTE,
-        "/api/ping",
-        CAPTION_ROUTE,
-        VQA_ROUTE,
-        OCR_ROUTE,
-        *GENERATION_ROUTES,
-        "/api/speech/generate",
-        "/v1/audio/speech",
-        STT_ROUTE,
-        TTS_ROUTE,
-    }
-)
 
 
 def _authenticator() -> Authenticator:
@@ -224,7 +199,7 @@ class _Limits(LimitsMiddleware):
             max_concurrency=current.max_concurrency,
             max_json_bytes=current.max_json_bytes,
             max_upload_bytes=current.max_upload_bytes,
-            json_paths=JSON_ROUTES,
+            json_paths=routes.JSON_PATHS,
         )
 
 
@@ -414,19 +389,7 @@ def _model_ref(kind: str) -> Any:
     http={"host": settings.host, "port": settings.port},
     traffic={"timeout": settings.request_timeout_s},
     logging={"access": {"enabled": False}},
-    tracing={
-        "excluded_urls": [
-            "/v1/embeddings",
-            BATCH_ROUTE,
-            "/api/ping",
-            CAPTION_ROUTE,
-            VQA_ROUTE,
-            OCR_ROUTE,
-            "/livez",
-            "/readyz",
-            "/metrics",
-        ]
-    },
+    tracing={"excluded_urls": routes.UNTRACED_PATHS},
 )
 class BotModels:
     embeddings_model = _model_ref("embeddings")
@@ -838,7 +801,9 @@ class BotModels:
 # wrong key is a 401 whatever the body); then limits and content type; then the public routes'
 # rules for the runner routes that peers call.
 _service_obj: Any = BotModels  # a bentoml.Service once decorated; its stubs don't say so
-_service_obj.add_asgi_middleware(ShutdownMiddleware, state=shutdown, probe_paths=HEALTH_PATHS)
+_service_obj.add_asgi_middleware(
+    ShutdownMiddleware, state=shutdown, probe_paths=routes.HEALTH_PATHS
+)
 _service_obj.add_asgi_middleware(ErrorShapeMiddleware)
 _service_obj.add_asgi_middleware(_LazyAuth)
 _service_obj.add_asgi_middleware(_Limits)

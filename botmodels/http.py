@@ -16,8 +16,8 @@ import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from botmodels.auth import is_open_path
 from botmodels.errors import reshaped_error, send_error
+from botmodels.routes import HEALTH_PATHS, is_open_path
 
 log = logging.getLogger("botmodels.http")
 
@@ -30,10 +30,6 @@ def _content_type(scope: Scope) -> bytes:
     return b""
 
 
-# Their 503 body is the health report itself, which probes and people read as is.
-HEALTH_PATHS = frozenset({"/api/health", "/health", "/livez", "/healthz", "/readyz"})
-
-
 class ErrorShapeMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -42,6 +38,7 @@ class ErrorShapeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        # A probe's 503 body is the health report itself, which probes and people read as is.
         health = scope["path"] in HEALTH_PATHS
         start: Message | None = None
         chunks: list[bytes] = []

@@ -231,9 +231,9 @@ JSON_ROUTES = [
 
 
 def test_json_routes_listed_here_are_all_of_them() -> None:
-    import service
+    from botmodels.routes import JSON_PATHS
 
-    assert set(JSON_ROUTES) == service.JSON_ROUTES
+    assert set(JSON_ROUTES) == JSON_PATHS
 
 
 @pytest.mark.parametrize("path", JSON_ROUTES)
