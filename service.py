@@ -329,7 +329,7 @@ class BotModels:
         names the model actually used."""
         return await self.embeddings.create(input, encoding_format, dimensions)
 
-    # --- vision (public routes: VISION_ROUTES above) -----------------------------------------
+    # --- vision (public routes: botmodels/vision/routes.py) ----------------------------------
     @bentoml.api(
         route=CAPTION_ROUTE,
         batchable=True,
