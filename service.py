@@ -8,29 +8,22 @@ Importing this module loads no model: models load in a background thread once th
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import logging
 import threading
-from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import bentoml
 from pydantic import Field
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
-from botmodels import openapi, patches
-from botmodels.api import batch_errors, error_response, json_errors
+from botmodels import openapi, patches, registry, routes, status
+from botmodels.api import batch_errors, json_errors
 from botmodels.auth import Authenticator, AuthMiddleware
-from botmodels.config import Quantization, get_settings
-from botmodels.device import Device
-from botmodels.embeddings.front import BATCH_API, BATCH_ROUTE, BatchInfer, EmbeddingsFrontend
+from botmodels.config import get_settings
+from botmodels.dispatch import BatchInfer
+from botmodels.embeddings.front import BATCH_API, BATCH_ROUTE, EmbeddingsFrontend
 from botmodels.embeddings.schemas import EmbeddedText, EmbeddingResponse
-from botmodels.errors import BotModelsError, RunnerUnavailable
+from botmodels.errors import BotModelsError, RunnerUnavailable, handle_exception
 from botmodels.generation.front import IMAGE_BATCH_ROUTE, VIDEO_BATCH_ROUTE, GenerationFrontend
 from botmodels.generation.jobs import JobManager, JobStore
 from botmodels.generation.routes import generation_routes
@@ -44,17 +37,18 @@ from botmodels.generation.schemas import (
     VideoRequest,
     VideoTask,
 )
-from botmodels.http import HEALTH_PATHS, ErrorShapeMiddleware, LimitsMiddleware
+from botmodels.http import ErrorShapeMiddleware, LimitsMiddleware
 from botmodels.keys import load_api_keys
 from botmodels.outputs import OutputStore
 from botmodels.peers import RunnerCheck, RunnerRouteGuard
 from botmodels.pool import RunnerPool
 from botmodels.remote import RemoteRunner
 from botmodels.shutdown import Shutdown, ShutdownMiddleware
+from botmodels.speech import routes as speech_routes
 from botmodels.speech.front import STT_ROUTE, TTS_ROUTE, SpeechFrontend
 from botmodels.speech.schemas import TtsJob
 from botmodels.status import Pong
-from botmodels.store import find_stored, load_manifest
+from botmodels.vision import routes as vision_routes
 from botmodels.vision.front import (
     CAPTION_ROUTE,
     OCR_ROUTE,
@@ -65,119 +59,14 @@ from botmodels.vision.front import (
     ocr_items,
 )
 from botmodels.vision.schemas import OcrAnswerOut, OcrJobIn, VisionAnswerOut, VisionJobIn
-from runners.embeddings import EmbeddingsRunner
-from runners.image import ImageRunner
-from runners.ocr import OcrRunner
-from runners.stt import SttJob, SttResult, SttRunner
-from runners.tts import TtsResult, TtsRunner
-from runners.video import VideoRunner
-from runners.vision import VisionRunner
+from runners.stt import SttJob, SttResult
+from runners.tts import TtsResult
 
-log = logging.getLogger("botmodels")
 patches.apply()
 
 settings = get_settings()
 VERSION = "0.1.0"  # pyproject.toml's version; tests/test_config.py keeps them equal
 shutdown = Shutdown(settings.shutdown_grace_s)  # botmodels/shutdown.py: what SIGTERM does
-
-
-def _make_embeddings(path: Path, quantization: Quantization, device: Device) -> EmbeddingsRunner:
-    settings = get_settings()
-    return EmbeddingsRunner(
-        path,
-        quantization=quantization,
-        device=device,
-        torchscript=settings.embeddings_torchscript,
-        workers=settings.embeddings_workers,
-        threads=settings.threads,
-    )
-
-
-def _make_image(path: Path, quantization: Quantization, device: Device) -> ImageRunner:
-    return ImageRunner(path, quantization=quantization, device=device)
-
-
-def _make_video(path: Path, quantization: Quantization, device: Device) -> VideoRunner:
-    return VideoRunner(path, quantization=quantization, device=device)
-
-
-_vision_runners: dict[Path, VisionRunner] = {}
-
-
-def _make_vision(path: Path, quantization: Quantization, device: Device) -> VisionRunner:
-    # vision.gpu and vqa.gpu name one stored BLIP-2: both kinds share one loaded copy.
-    if path not in _vision_runners:
-        _vision_runners[path] = VisionRunner(
-            path,
-            quantization=quantization,
-            device=device,
-            max_new_tokens=settings.vision_max_new_tokens,
-        )
-    return _vision_runners[path]
-
-
-def _make_ocr(path: Path, quantization: Quantization, device: Device) -> OcrRunner:
-    return OcrRunner(path, quantization=quantization, device=device)
-
-
-def _make_stt(path: Path, quantization: Quantization, device: Device) -> SttRunner:
-    current = get_settings()
-    return SttRunner(
-        path,
-        quantization=quantization,
-        device=device,
-        max_batch_chunks=2 * current.stt_max_batch_size,
-        beam_size=current.stt_beam_size,
-        pack=current.stt_pack,
-    )
-
-
-def _make_tts(path: Path, quantization: Quantization, device: Device) -> TtsRunner:
-    current = get_settings()
-    return TtsRunner(
-        path,
-        quantization=quantization,
-        device=device,
-        max_chars=current.tts_max_chars,
-        max_phonemes=current.tts_max_phonemes,
-    )
-
-
-FACTORIES = {
-    "embeddings": _make_embeddings,
-    "vision": _make_vision,
-    "vqa": _make_vision,
-    "ocr": _make_ocr,
-    "stt": _make_stt,
-    "tts": _make_tts,
-    "image": _make_image,
-    "video": _make_video,
-}
-GENERATION_ROUTES = {
-    "/api/image/generate",
-    "/api/video/generate",
-    "/api/image/jobs",
-    "/api/video/jobs",
-    "/v1/images/generations",
-    IMAGE_BATCH_ROUTE,
-    VIDEO_BATCH_ROUTE,
-}
-# Routes whose body must be JSON: anything else is a 415 before BentoML tries to parse it.
-JSON_ROUTES = frozenset(
-    {
-        "/v1/embeddings",
-        BATCH_ROUTE,
-        "/api/ping",
-        CAPTION_ROUTE,
-        VQA_ROUTE,
-        OCR_ROUTE,
-        *GENERATION_ROUTES,
-        "/api/speech/generate",
-        "/v1/audio/speech",
-        STT_ROUTE,
-        TTS_ROUTE,
-    }
-)
 
 
 def _authenticator() -> Authenticator:
@@ -218,11 +107,11 @@ class _Limits(LimitsMiddleware):
             max_concurrency=current.max_concurrency,
             max_json_bytes=current.max_json_bytes,
             max_upload_bytes=current.max_upload_bytes,
-            json_paths=JSON_ROUTES,
+            json_paths=routes.JSON_PATHS,
         )
 
 
-# --- GET routes (BentoML APIs are POST-only) ---------------------------------------------------
+# --- the mounted Starlette app: GET routes, and bodies a BentoML API cannot take -------------
 _instance: BotModels | None = None
 
 
@@ -242,117 +131,15 @@ def _jobs() -> JobManager:
     return _service().jobs
 
 
-async def _botmodels_error(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, BotModelsError)
-    return error_response(exc)
-
-
-async def api_health(_: Request) -> JSONResponse:
-    if _instance is None:  # the worker is up, the service not yet constructed
-        return JSONResponse({"status": "starting", "version": VERSION}, status_code=503)
-    body, status = await _instance.health()
-    return JSONResponse(body, status_code=status)
-
-
-async def embeddings_health(_: Request) -> JSONResponse:
-    if shutdown.draining:
-        return JSONResponse({"status": "shutting_down"}, status_code=503)
-    ok = _instance is not None and await _instance.runner_usable("embeddings")
-    return JSONResponse({"status": "ok" if ok else "unavailable"}, status_code=200 if ok else 503)
-
-
-async def api_models(_: Request) -> JSONResponse:
-    return JSONResponse({"models": _instance.models() if _instance is not None else []})
-
-
-def _vision_route(name: str) -> Callable[[Request], Awaitable[Response]]:
-    """A vision route (botmodels/vision.py says why these are Starlette routes)."""
-
-    @json_errors
-    async def handler(request: Request) -> Response:
-        result = await getattr(_service().vision, name)(request)
-        return JSONResponse(result.model_dump(mode="json"))
-
-    handler.__name__ = f"vision_{name}"
-    return handler
-
-
-VISION_ROUTES = {
-    "/api/vision/describe": "describe",
-    "/api/vision/describe-video": "describe_video",
-    "/api/vision/describe_video": "describe_video",
-    "/api/vision/vqa": "vqa",
-    "/api/vision/qrcode": "qrcode",
-    "/api/vision/barcode": "barcode",
-    "/api/vision/ocr": "ocr",
-    "/ocr": "ocr",  # older botserver
-    "/api/vision/analyze": "analyze",
-}
-
-
-# --- speech (Starlette routes: multipart *or* raw body, binary answers; see botmodels/speech.py)
-@json_errors
-async def speech_to_text(request: Request) -> Response:
-    return await _service().speech.api_to_text(request)
-
-
-@json_errors
-async def speech_detect_language(request: Request) -> Response:
-    return await _service().speech.api_detect_language(request)
-
-
-@json_errors
-async def speech_generate(request: Request) -> Response:
-    return await _service().speech.api_generate(request)
-
-
-@json_errors
-async def audio_transcriptions(request: Request) -> Response:
-    return await _service().speech.openai_transcriptions(request)
-
-
-@json_errors
-async def audio_speech(request: Request) -> Response:
-    return await _service().speech.openai_speech(request)
-
-
-async def speech_voices(_: Request) -> JSONResponse:
-    return JSONResponse({"voices": _service().speech.voices()})
-
-
 status_app = Starlette(
     routes=[
-        Route("/api/health", api_health, methods=["GET"]),
-        Route("/health", embeddings_health, methods=["GET", "HEAD"]),
-        Route("/api/models", api_models, methods=["GET"]),
+        *status.routes(lambda: _instance, shutdown, VERSION),
         *generation_routes(_outputs, _jobs),
-        *(Route(p, _vision_route(n), methods=["POST"]) for p, n in VISION_ROUTES.items()),
-        Route("/api/speech/totext", speech_to_text, methods=["POST"]),
-        Route("/api/speech/to-text", speech_to_text, methods=["POST"]),
-        Route("/api/speech/detect_language", speech_detect_language, methods=["POST"]),
-        Route("/api/speech/generate", speech_generate, methods=["POST"]),
-        Route("/api/speech/voices", speech_voices, methods=["GET"]),
-        Route("/v1/audio/transcriptions", audio_transcriptions, methods=["POST"]),
-        Route("/v1/audio/speech", audio_speech, methods=["POST"]),
+        *vision_routes.routes(lambda: _service().vision),
+        *speech_routes.routes(lambda: _service().speech),
     ],
-    exception_handlers={BotModelsError: _botmodels_error},
+    exception_handlers={BotModelsError: handle_exception},
 )
-
-
-def _model_ref(kind: str) -> Any:
-    """Class-level reference to the profile's stored model for `kind`, so `bentoml build` lists
-    it and `bentoml export` carries it. Reads the manifest and the store's index, loads nothing.
-
-    A model missing from the store is not referenced: `bentoml serve` refuses to start at all
-    over a missing class-level model, and we want the other runners up and the missing one
-    reported by /api/health instead."""
-    spec = load_manifest(settings.manifest).get(kind, {}).get(settings.profile)
-    if spec is None or kind not in settings.runners or settings.remote_url(kind) is not None:
-        return None
-    if find_stored(spec.tag) is None:
-        log.warning("model %s is not in the store; runner %s will report it", spec.tag, kind)
-        return None
-    return bentoml.models.BentoModel(spec.tag)
 
 
 @bentoml.asgi_app(status_app, path="/")
@@ -363,34 +150,14 @@ def _model_ref(kind: str) -> Any:
     http={"host": settings.host, "port": settings.port},
     traffic={"timeout": settings.request_timeout_s},
     logging={"access": {"enabled": False}},
-    tracing={
-        "excluded_urls": [
-            "/v1/embeddings",
-            BATCH_ROUTE,
-            "/api/ping",
-            CAPTION_ROUTE,
-            VQA_ROUTE,
-            OCR_ROUTE,
-            "/livez",
-            "/readyz",
-            "/metrics",
-        ]
-    },
+    tracing={"excluded_urls": routes.UNTRACED_PATHS},
 )
+@registry.with_model_refs  # `<kind>_model`: each enabled kind's stored model, for `bentoml build`
 class BotModels:
-    embeddings_model = _model_ref("embeddings")
-    image_model = _model_ref("image")
-    video_model = _model_ref("video")
-    vision_model = _model_ref("vision")
-    vqa_model = _model_ref("vqa")
-    ocr_model = _model_ref("ocr")
-    stt_model = _model_ref("stt")
-    tts_model = _model_ref("tts")
-
     def __init__(self) -> None:
         global _instance
         self.settings = get_settings()
-        self.pool = RunnerPool(self.settings, FACTORIES)
+        self.pool = RunnerPool(self.settings, registry.factories())
         self.remotes: dict[str, RemoteRunner] = {}
         for kind, slot in self.pool.slots.items():
             if slot.remote_url is not None:
@@ -410,12 +177,14 @@ class BotModels:
         self.jobs = JobManager(
             JobStore(self.settings.jobs_path), self.generation, self.settings.outputs_max_age_s
         )
-        self.vision = VisionFrontend(self.settings, self.pool, self.remotes)
-        self.speech = SpeechFrontend(self.settings, self.pool, self.outputs, self.remotes)
+        self.vision: VisionFrontend = VisionFrontend(self.settings, self.pool, self.remotes)
+        self.speech: SpeechFrontend = SpeechFrontend(
+            self.settings, self.pool, self.outputs, self.remotes
+        )
         _instance = self
 
     def bind_batch_infer(self, batch_infer: BatchInfer) -> None:
-        """Called by botmodels.patches once BentoML's dispatchers exist (see its docstring)."""
+        """Called by botmodels.dispatch.wire_service once BentoML's dispatchers exist."""
         if self.settings.embeddings_batching:
             self.embeddings.batch_infer = batch_infer
         self.generation.batch_infer = batch_infer
@@ -471,52 +240,8 @@ class BotModels:
             s.state in ("ready", "remote") for s in self.pool.slots.values()
         )
 
-    # --- status ----------------------------------------------------------------------------
     async def runner_usable(self, kind: str) -> bool:
-        slot = self.pool.slot(kind)
-        if slot is None:
-            return False
-        if slot.state == "remote":
-            return await self.remotes[kind].ready()
-        return slot.state == "ready"
-
-    async def health(self) -> tuple[dict[str, Any], int]:
-        kinds = list(self.pool.slots)
-        if self.remotes:
-            usable = list(await asyncio.gather(*(self.runner_usable(k) for k in kinds)))
-        else:  # no task per runner: a probe is answered in the loop turn it started in
-            usable = [self.pool.slots[k].state == "ready" for k in kinds]
-        runners: dict[str, Any] = {}
-        for kind, ok in zip(kinds, usable, strict=True):
-            slot = self.pool.slots[kind]
-            entry: dict[str, Any] = {"state": slot.state, "healthy": ok}
-            if slot.error:
-                entry["error"] = slot.error
-            runners[kind] = entry
-        failed = [k for k, ok in zip(kinds, usable, strict=True) if not ok]
-        loading = [k for k in failed if self.pool.slots[k].state in ("pending", "loading")]
-        if shutdown.draining:
-            status = "shutting_down"
-        elif not failed:
-            status = "healthy"
-        elif len(loading) == len(failed):
-            status = "loading"
-        else:
-            status = "unhealthy"
-        devices = sorted({s.device for s in self.pool.slots.values() if s.device})
-        body = {
-            "status": status,
-            "version": VERSION,
-            "device": devices[0] if len(devices) == 1 else (",".join(devices) or "none"),
-            "profile": self.settings.profile,
-            "runners": runners,
-        }
-        if failed:
-            body["unhealthy_runners"] = failed
-        return body, 200 if not failed and not shutdown.draining else 503
-
-    def models(self) -> list[dict[str, Any]]:
-        return [slot.describe() for slot in self.pool.slots.values()]
+        return await status.runner_usable(self.pool, self.remotes, kind)
 
     @bentoml.api(route="/api/ping")
     async def ping(self) -> Pong:
@@ -548,7 +273,7 @@ class BotModels:
         names the model actually used."""
         return await self.embeddings.create(input, encoding_format, dimensions)
 
-    # --- vision (public routes: VISION_ROUTES above) -----------------------------------------
+    # --- vision (public routes: botmodels/vision/routes.py) ----------------------------------
     @bentoml.api(
         route=CAPTION_ROUTE,
         batchable=True,
@@ -668,7 +393,9 @@ class BotModels:
 # wrong key is a 401 whatever the body); then limits and content type; then the public routes'
 # rules for the runner routes that peers call.
 _service_obj: Any = BotModels  # a bentoml.Service once decorated; its stubs don't say so
-_service_obj.add_asgi_middleware(ShutdownMiddleware, state=shutdown, probe_paths=HEALTH_PATHS)
+_service_obj.add_asgi_middleware(
+    ShutdownMiddleware, state=shutdown, probe_paths=routes.HEALTH_PATHS
+)
 _service_obj.add_asgi_middleware(ErrorShapeMiddleware)
 _service_obj.add_asgi_middleware(_LazyAuth)
 _service_obj.add_asgi_middleware(_Limits)

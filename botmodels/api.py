@@ -1,4 +1,11 @@
-"""Glue shared by every entry route: typed errors -> the one JSON error response."""
+"""The decorators BentoML APIs wear so a typed error becomes its answer.
+
+The mapping itself (exception -> status, body, headers) is `botmodels.errors`; these are the
+BentoML side of it: `json_errors` for an entry API (the error returned as a Response, stamped on
+`ctx.response` too), `batch_errors` for a batchable API (a client error raised as an exception
+BentoML answers with its status). They live apart from `errors.py` so that module stays free of
+BentoML imports (middleware and scripts import it).
+"""
 
 from __future__ import annotations
 
@@ -10,18 +17,13 @@ from http import HTTPStatus
 from typing import Any, ParamSpec, TypeVar, cast
 
 from bentoml.exceptions import BentoMLException
-from starlette.responses import JSONResponse
 
-from botmodels.errors import BotModelsError
+from botmodels.errors import BotModelsError, error_response
 
 log = logging.getLogger("botmodels.api")
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def error_response(exc: BotModelsError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
 def json_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:

@@ -13,8 +13,9 @@ Accepted credentials, any one of them, for any configured key (several keys at o
     (`ReplayCache`), so a worker restart forgets none and two workers cannot both accept one.
 
 Every comparison is constant-time (`hmac.compare_digest`) and no key is ever logged.
-Open without credentials: liveness/readiness/health, metrics, the API docs, and generated files
-(/outputs/…: botserver hands their URLs to bot scripts, which fetch them with no key).
+Open without credentials: the routes botmodels/routes.py marks open (liveness/readiness/health,
+metrics, the API docs, and generated files under /outputs/: botserver hands their URLs to bot
+scripts, which fetch them with no key).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from botmodels.asgi import replay_body
 from botmodels.errors import send_error
+from botmodels.routes import is_open_path
 
 log = logging.getLogger("botmodels.auth")
 
@@ -41,26 +43,6 @@ SIGNATURE_HEADER = b"x-botmodels-signature"
 # A unix time in seconds has 10 digits until the year 2286: a much longer one is malformed, and
 # the clock check, in floats, would overflow on a few hundred digits.
 MAX_TIMESTAMP_DIGITS = 15
-
-OPEN_PATHS = frozenset(
-    {
-        "/livez",
-        "/healthz",
-        "/readyz",
-        "/health",
-        "/api/health",
-        "/metrics",
-        "/",
-        "/docs.json",
-        "/schema.json",
-    }
-)
-# /outputs/: generated files botserver fetches later with no key; 128-bit names (outputs.py).
-OPEN_PREFIXES = ("/static_content/", "/assets/", "/outputs/")
-
-
-def is_open_path(path: str) -> bool:
-    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
 def sign(key: bytes, timestamp: int, method: str, path: str, body: bytes) -> str:

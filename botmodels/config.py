@@ -13,21 +13,14 @@ from typing import Annotated, Literal
 from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from botmodels.registry import KINDS
 from runners.base import Quantization as Quantization  # the runners' vocabulary
 
 Profile = Literal["offline", "cpu", "gpu", "tiny"]
 
-# Every runner kind the bundle knows. A kind that is not enabled loads nothing.
-KNOWN_RUNNERS: tuple[str, ...] = (
-    "embeddings",
-    "vision",
-    "vqa",
-    "ocr",
-    "stt",
-    "tts",
-    "image",
-    "video",
-)
+# Every runner kind the bundle knows (botmodels/registry.py). A kind that is not enabled loads
+# nothing.
+KNOWN_RUNNERS: tuple[str, ...] = tuple(KINDS)
 
 
 def _available_cpus() -> int:
@@ -122,6 +115,13 @@ class Settings(BaseSettings):
         le=3600,
         description="After SIGTERM: the most seconds until the worker exits. Requests in flight "
         "get this long minus 2 s; running generations stop at their next step.",
+    )
+
+    bentoml_workarounds: str = Field(
+        "on",
+        description="`off` runs BentoML as shipped, without the speed workarounds (only to "
+        "measure them: `scripts/bench_overhead.py`); the behaviour fixes stay on. Any other "
+        "value is on.",
     )
 
     # --- compute ----------------------------------------------------------------------------

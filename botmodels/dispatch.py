@@ -1,8 +1,22 @@
-"""How work reaches a runner: the batching policy of every batchable API.
+"""How work reaches a runner: the one path from a front to a model, and the batching policy.
 
-`Batcher` replaces BentoML's `CorkDispatcher` for each batchable API of the service, so the
-same policy serves the in-process path (a front calls `batch_infer`) and the `/runners/*`
-routes that other botmodels instances call. The policy:
+**The path.** A front hands its items to `run_on_runner`, which sends them to the runner where it
+is: a remote botmodels (`BOTMODELS_<RUNNER>_URL`, through `RemoteRunner`), else this process's
+batchable API through the dispatcher (`batch_infer`), else (no server: a front built directly,
+in tests) the runner's batch function in-process.
+
+**The hook.** BentoML feeds a batchable API's dispatcher only from HTTP requests to that API's own
+route; an OpenAI-shaped route (one JSON object in, one out) cannot be that route. `wire_service`
+runs once BentoML's app factory has the service instance and its dispatchers: it keeps a handle
+on the factory's `batch_infer` for the service, so an entry route submits work to the same
+dispatcher (same batching, same `bentoml_service_adaptive_batch_size` metric) without a second
+HTTP hop, and it puts `Batcher` in place of BentoML's dispatcher, with as many batches at once as
+the service asks (`batch_concurrency`). Drop the hook when BentoML lets an entry route submit to a
+batchable API and lets a service choose its batching policy.
+
+**The policy.** `Batcher` replaces BentoML's `CorkDispatcher` for each batchable API of the
+service, so the same policy serves the in-process path (a front calls `batch_infer`) and the
+`/runners/*` routes that other botmodels instances call:
 
 * **Never hold a request while the model is idle.** A request that finds a free slot starts a
   batch on the next turn of the event loop (so requests parsed in the same turn share it).
@@ -35,15 +49,22 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import Histogram
 
 from botmodels.errors import RunnerUnavailable
 
+if TYPE_CHECKING:
+    from botmodels.pool import RunnerPool
+
 log = logging.getLogger("botmodels.dispatch")
 
 Callback = Callable[[Sequence[Any]], Awaitable[Sequence[Any]]]
+# BentoML's `ServiceAppFactory.batch_infer(api_name, args, kwargs)`: one caller's items to the
+# batchable API's dispatcher.
+BatchInfer = Callable[[str, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
+T = TypeVar("T")
 
 QUEUE_SECONDS = Histogram(
     "botmodels_batch_queue_seconds",
@@ -273,3 +294,63 @@ def install(factory: Any, concurrency: dict[str, int]) -> None:
     for name in list(factory.dispatchers):
         size = int(factory.service.apis[name].max_batch_size)
         factory.dispatchers[name] = Batcher(name, size, concurrency.get(name, 1))
+
+
+def wire_service(factory: Any) -> None:
+    """Once BentoML's app factory has the service instance and its dispatchers: put `Batcher`
+    in place of BentoML's dispatcher and hand the service `batch_infer` (the module docstring
+    says why)."""
+    limits = getattr(factory._service_instance, "batch_concurrency", None)
+    install(factory, limits() if callable(limits) else {})
+    bind = getattr(factory._service_instance, "bind_batch_infer", None)
+    if callable(bind):
+        bind(factory.batch_infer)
+
+
+async def _in_calls(
+    call: Callable[[list[T]], Awaitable[Sequence[Any]]], items: list[T], size: int | None
+) -> list[Any]:
+    """`call` on `items` in slices of at most `size` (all at once when None), concurrently;
+    the answers in the items' order."""
+    if size is None:
+        return list(await call(items))
+    chunks = [items[i : i + size] for i in range(0, len(items), size)]
+    parts = await asyncio.gather(*(call(chunk) for chunk in chunks))
+    return [answer for part in parts for answer in part]
+
+
+async def run_on_runner(
+    api: str,
+    items: list[T],
+    *,
+    kind: str,
+    pool: RunnerPool,
+    batch_infer: BatchInfer | None,
+    local: Callable[[list[T]], Awaitable[Sequence[Any]]],
+    remote: Callable[[list[T]], Awaitable[Sequence[Any]]] | None = None,
+    remote_batch: int | None = None,
+    submit_batch: int | None = None,
+) -> list[Any]:
+    """Run `items` on the `kind` runner; one answer per item, in order.
+
+    * `remote` (the front's call to its `RemoteRunner`) given: the items go there, in calls of
+      at most `remote_batch` (a peer's runner route takes one batch per call).
+    * else the local runner must be usable now (503 before queueing, `pool.local`), and the
+      items go to the batchable API `api` through `batch_infer`: one submission (the dispatcher
+      slices it into batches and shares each with the other waiting requests), or one per
+      `submit_batch` items.
+    * no dispatcher (a front built directly, without a server): `local(items)`, the batch
+      function in this process.
+    """
+    if remote is not None:
+        return await _in_calls(remote, items, remote_batch)
+    pool.local(kind)
+    if batch_infer is None:
+        return list(await local(items))
+    infer = batch_infer
+
+    async def submit(chunk: list[T]) -> Sequence[Any]:
+        answers: Sequence[Any] = await infer(api, (chunk,), {})
+        return answers
+
+    return await _in_calls(submit, items, submit_batch)

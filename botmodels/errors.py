@@ -6,6 +6,12 @@ message, and botserver, which prints the body as text, shows it too):
     {"error": {"message": "...", "type": "invalid_request_error", "code": "...", "param": null}}
 
 Exceptions carry their status; nothing matches on message text.
+
+This module is the one place that turns an error into an answer: `error_parts` maps an exception
+to (status, body, headers), and every way of answering goes through it: `error_response` (a
+Starlette response: routes, the mounted app's exception handler, `botmodels.api`'s decorators),
+`send_exception` and `send_error` (raw ASGI, for middleware), and `reshaped_error` (a foreign
+error body, BentoML's or Starlette's, rewritten into the shape by the error-shape middleware).
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from collections.abc import Iterator
 from http import HTTPStatus
 from typing import Any
 
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.types import Send
 
 from runners.base import InvalidItem
@@ -62,6 +70,23 @@ def error_bytes(
     return json.dumps(error_body(status, message, code=code, param=param)).encode()
 
 
+async def _send_json(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 async def send_error(
     send: Send,
     status: int,
@@ -71,25 +96,79 @@ async def send_error(
     param: str | None = None,
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    body = error_bytes(status, message, code=code, param=param)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *(headers or []),
-            ],
-        }
+    """An error made on the spot (middleware: 401, 413, 415, 429, 503...) as a raw ASGI answer."""
+    await _send_json(
+        send, status, error_bytes(status, message, code=code, param=param), headers or []
     )
-    await send({"type": "http.response.body", "body": body})
 
 
 async def send_exception(send: Send, exc: BotModelsError) -> None:
     """`exc` as a raw ASGI response (for middleware, which has no Response objects)."""
-    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
-    await send_error(send, exc.status, exc.message, code=exc.code, param=exc.param, headers=headers)
+    status, body, headers = error_parts(exc)
+    raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    await _send_json(send, status, json.dumps(body).encode(), raw_headers)
+
+
+def error_parts(exc: BotModelsError) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """What `exc` answers: its status, its body in the one shape, its headers (Retry-After)."""
+    return exc.status, exc.body(), exc.headers
+
+
+def error_response(exc: BotModelsError) -> JSONResponse:
+    """`exc` as a Starlette response (a route, or a BentoML API that returns a Response)."""
+    status, body, headers = error_parts(exc)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def handle_exception(_: Request, exc: Exception) -> Response:
+    """The mounted Starlette app's handler for a BotModelsError its routes raise."""
+    assert isinstance(exc, BotModelsError)
+    return error_response(exc)
+
+
+GENERIC_500 = "internal error; the server log has the details"
+
+
+def _message_from(status: int, raw: bytes) -> tuple[str, str | None]:
+    """Best human message (and offending parameter) from a foreign error body."""
+    if status >= 500 and status != 503:
+        return GENERIC_500, None
+    try:
+        payload: Any = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        text = raw.decode("utf-8", "replace").strip()
+        return (text or "request failed")[:500], None
+    if isinstance(payload, list) and payload and isinstance(payload[0], dict):
+        payload = payload[0]  # BentoML's InvalidArgument answers a one-element list
+    if not isinstance(payload, dict):
+        return str(payload)[:500], None
+    details = payload.get("detail")
+    if isinstance(details, list) and details:  # BentoML's pydantic validation errors
+        parts: list[str] = []
+        param: str | None = None
+        for item in details[:5]:
+            if not isinstance(item, dict):
+                continue
+            loc = ".".join(str(p) for p in item.get("loc", ()) if p not in ("body",))
+            param = param or loc or None
+            parts.append(f"{loc}: {item.get('msg', 'invalid')}" if loc else str(item.get("msg")))
+        return "invalid request: " + "; ".join(parts), param
+    error = payload.get("error", payload.get("detail"))
+    return (str(error) if error is not None else "request failed")[:500], None
+
+
+def reshaped_error(status: int, raw: bytes) -> bytes:
+    """An error answer's body in the one shape: `raw` itself when it already is, else the best
+    message found in it (a 5xx but 503 says only that the log has the details)."""
+    try:
+        if is_error_shape(json.loads(raw)):
+            return raw
+    except (ValueError, UnicodeDecodeError):
+        pass
+    message, param = _message_from(status, raw)
+    return error_bytes(
+        status, message, code=error_type(status) if status >= 500 else None, param=param
+    )
 
 
 def is_error_shape(payload: object) -> bool:

@@ -12,46 +12,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from botmodels.auth import is_open_path
-from botmodels.errors import error_bytes, error_type, is_error_shape, send_error
+from botmodels.errors import reshaped_error, send_error
+from botmodels.routes import HEALTH_PATHS, is_open_path
 
 log = logging.getLogger("botmodels.http")
-
-GENERIC_500 = "internal error; the server log has the details"
-
-
-def _message_from(status: int, raw: bytes) -> tuple[str, str | None]:
-    """Best human message (and offending parameter) from a foreign error body."""
-    if status >= 500 and status != 503:
-        return GENERIC_500, None
-    try:
-        payload: Any = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        text = raw.decode("utf-8", "replace").strip()
-        return (text or "request failed")[:500], None
-    if isinstance(payload, list) and payload and isinstance(payload[0], dict):
-        payload = payload[0]  # BentoML's InvalidArgument answers a one-element list
-    if not isinstance(payload, dict):
-        return str(payload)[:500], None
-    details = payload.get("detail")
-    if isinstance(details, list) and details:  # BentoML's pydantic validation errors
-        parts: list[str] = []
-        param: str | None = None
-        for item in details[:5]:
-            if not isinstance(item, dict):
-                continue
-            loc = ".".join(str(p) for p in item.get("loc", ()) if p not in ("body",))
-            param = param or loc or None
-            parts.append(f"{loc}: {item.get('msg', 'invalid')}" if loc else str(item.get("msg")))
-        return "invalid request: " + "; ".join(parts), param
-    error = payload.get("error", payload.get("detail"))
-    return (str(error) if error is not None else "request failed")[:500], None
 
 
 def _content_type(scope: Scope) -> bytes:
@@ -62,10 +30,6 @@ def _content_type(scope: Scope) -> bytes:
     return b""
 
 
-# Their 503 body is the health report itself, which probes and people read as is.
-HEALTH_PATHS = frozenset({"/api/health", "/health", "/livez", "/healthz", "/readyz"})
-
-
 class ErrorShapeMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -74,6 +38,7 @@ class ErrorShapeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        # A probe's 503 body is the health report itself, which probes and people read as is.
         health = scope["path"] in HEALTH_PATHS
         start: Message | None = None
         chunks: list[bytes] = []
@@ -107,17 +72,7 @@ class ErrorShapeMiddleware:
 
         async def send_reshaped(start_message: Message, raw: bytes) -> None:
             status = int(start_message["status"])
-            try:
-                already = is_error_shape(json.loads(raw))
-            except (ValueError, UnicodeDecodeError):
-                already = False
-            if already:
-                body = raw
-            else:
-                message, param = _message_from(status, raw)
-                body = error_bytes(
-                    status, message, code=error_type(status) if status >= 500 else None, param=param
-                )
+            body = reshaped_error(status, raw)
             headers = [
                 (k, v)
                 for k, v in start_message.get("headers", [])

@@ -12,7 +12,7 @@ builds the whole document instead, from the two route tables the service really 
   below (request body, media types, parameters, answers). A route whose endpoint has none is
   left out, and tests/test_openapi.py fails on it.
 
-Auth comes from the real rule (`botmodels.auth.is_open_path`), and every error is declared in
+Auth comes from the real rule (`botmodels.routes.is_open_path`), and every error is declared in
 the one shape `botmodels.errors.error_body` sends. botmodels.patches (workaround 13) serves the
 result where BentoML serves its own: `/docs.json`, the Swagger UI at `/`, and the Bento's
 `apis/openapi.yaml`. BentoML's `/schema.json` is a different document (what BentoML's own
@@ -29,11 +29,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.routing import Route
 
-from botmodels.auth import is_open_path
 from botmodels.config import Settings
 from botmodels.generation.front import MAX_SEED
 from botmodels.generation.schemas import GenerationResponse as MediaGenerationResponse
 from botmodels.outputs import CONTENT_TYPES as OUTPUT_CONTENT_TYPES
+from botmodels.routes import is_open_path
 from botmodels.speech.audio import CONTENT_TYPES as AUDIO_CONTENT_TYPES
 from botmodels.speech.front import SPEECH_FORMATS, TRANSCRIPTION_FORMATS
 from botmodels.speech.schemas import (

@@ -8,14 +8,9 @@
    cancelled when the request ends, and its 504 in botmodels' error shape. Drop it when
    upstream's `__call__` cancels the handle (still missing on upstream main, 2026-11).
 
-2. Batchable APIs reachable from other APIs of the same service. BentoML only feeds a
-   batchable API's adaptive-batching dispatcher from HTTP requests to that API's own route; an
-   OpenAI-shaped route (one JSON object in, one out) cannot be that route. We keep a handle on
-   the app factory's `batch_infer` so an entry route can submit work to the same dispatcher
-   (same batching, same `bentoml_service_adaptive_batch_size` metric) without a second HTTP hop.
-   The same hook puts botmodels' dispatcher (botmodels/dispatch.py) in place of BentoML's, with
-   as many batches at once as the service asks (`batch_concurrency`). Drop both when BentoML
-   lets an entry route submit to a batchable API and lets a service choose its batching policy.
+2. (Moved.) The `batch_infer` hook, by which an entry route submits to a batchable API's
+   dispatcher, is how work reaches a runner, not a workaround: botmodels/dispatch.py holds it
+   (`wire_service`), with what to check before dropping it. `apply()` still installs it.
 
 3. `inspect.signature` on every call. `APIMethod.__get__` (_bentoml_sdk/method.py) rebuilds the
    local-call wrapper, and with it the function's signature, each time an API is looked up:
@@ -142,7 +137,6 @@ from botmodels.errors import error_bytes, send_error
 
 log = logging.getLogger("botmodels.patches")
 
-BatchInfer = Callable[[str, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
 _applied = False
 
 
@@ -653,24 +647,13 @@ def apply() -> None:
     original_create = ServiceAppFactory.create_instance
 
     async def create_instance(self: Any, app: Any) -> None:
+        from botmodels.dispatch import wire_service
+
         await original_create(self, app)
         wire_service(self)
 
     ServiceAppFactory.create_instance = create_instance
     _applied = True
-
-
-def wire_service(factory: Any) -> None:
-    """Once BentoML's app factory has the service instance and its dispatchers: put
-    botmodels' dispatcher in place of BentoML's (botmodels/dispatch.py says why) and hand the
-    service `batch_infer` (workaround 2)."""
-    from botmodels import dispatch
-
-    limits = getattr(factory._service_instance, "batch_concurrency", None)
-    dispatch.install(factory, limits() if callable(limits) else {})
-    bind = getattr(factory._service_instance, "bind_batch_infer", None)
-    if callable(bind):
-        bind(factory.batch_infer)
 
 
 class OpenAPIDocument(dict[str, Any]):
@@ -709,7 +692,9 @@ def document_service(service: Any, build: Callable[[], dict[str, Any]]) -> None:
 def workarounds_enabled() -> bool:
     """`BOTMODELS_BENTOML_WORKAROUNDS=off` runs BentoML as shipped: only for the benchmark that
     shows what the timer fix and gc.freeze() are worth (scripts/bench_overhead.py)."""
-    return os.environ.get("BOTMODELS_BENTOML_WORKAROUNDS", "on").lower() != "off"
+    from botmodels.config import get_settings
+
+    return get_settings().bentoml_workarounds.lower() != "off"
 
 
 def freeze_heap() -> None:

@@ -36,14 +36,13 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from botmodels.errors import send_error
+from botmodels.routes import LIVENESS_PATHS, READINESS_PATHS
 
 log = logging.getLogger("botmodels.shutdown")
 
 # Time kept after the drain for uvicorn's own shutdown and the lifespan hooks.
 EXIT_RESERVE_S = 2.0
 RETRY_AFTER_S = 2  # long enough for a load balancer to drop this instance
-LIVENESS_PATHS = frozenset({"/livez", "/healthz"})
-READINESS_PATHS = frozenset({"/readyz"})
 READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
 
 SignalHandler = Callable[[int, FrameType | None], Any]

@@ -28,16 +28,6 @@ COMPUTED_DEFAULTS = {
     "threads": "the CPUs this process may use",
 }
 
-# Read from the environment outside the settings object.
-OTHER_VARIABLES = [
-    (
-        "BOTMODELS_BENTOML_WORKAROUNDS",
-        "`on`",
-        "`off` runs BentoML as shipped, without the speed workarounds (only to measure them: "
-        "`scripts/bench_overhead.py`); the behaviour fixes stay on.",
-    ),
-]
-
 HEADER = """\
 # Configuration
 
@@ -76,11 +66,7 @@ def render() -> str:
             raise ValueError(f"setting {name} has no description")
         meaning = " ".join(field.description.split()).replace("|", "\\|")
         rows.append(f"| `BOTMODELS_{name.upper()}` | {_default(name, field)} | {meaning} |")
-    other = [f"| `{name}` | {default} | {meaning} |" for name, default, meaning in OTHER_VARIABLES]
-    extra = (
-        "\n## Read outside the settings object\n\n| variable | default | meaning |\n|---|---|---|\n"
-    )
-    return HEADER + "\n".join(rows) + "\n" + extra + "\n".join(other) + "\n"
+    return HEADER + "\n".join(rows) + "\n"
 
 
 def main() -> int:

@@ -14,19 +14,9 @@ import sys
 import time
 from pathlib import Path
 
+from botmodels import registry
 from botmodels.config import KNOWN_RUNNERS, get_settings
-from botmodels.store import ManifestError, TinyBuilder, import_spec, load_manifest
-from runners import embeddings, image, stt, tts, video, vision
-
-TINY_BUILDERS: dict[str, TinyBuilder] = {
-    "embeddings": embeddings.build_tiny,
-    "image": image.build_tiny,
-    "video": video.build_tiny,
-    "vision": vision.build_tiny,
-    "vqa": vision.build_tiny_vqa,
-    "stt": stt.build_tiny,
-    "tts": tts.build_tiny,
-}
+from botmodels.store import ManifestError, import_spec, load_manifest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{i}/{len(kinds)}] {kind}: {spec.name} from {spec.source}", flush=True)
         started = time.perf_counter()
         try:
-            stored = import_spec(spec, TINY_BUILDERS, lambda msg: print(msg, flush=True))
+            stored = import_spec(spec, registry.tiny_builders(), lambda msg: print(msg, flush=True))
         except Exception as exc:  # noqa: BLE001 - report each model's failure, go on
             failures += 1
             print(f"  FAILED: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)

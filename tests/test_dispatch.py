@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from botmodels.dispatch import Batcher
+from botmodels.dispatch import Batcher, run_on_runner
 from botmodels.errors import RunnerUnavailable
 
 
@@ -239,3 +239,72 @@ def test_a_model_that_answers_the_wrong_number_of_parts_fails_its_callers() -> N
             await Batcher("embed", max_batch_size=4)(broken)(["a"])
 
     asyncio.run(scenario())
+
+
+# --- run_on_runner: the one path from a front to its runner ------------------------------------
+class Pool:
+    """`RunnerPool.local` as the path sees it: the runner's state, a 503 when not usable."""
+
+    def __init__(self, usable: bool = True) -> None:
+        self.usable = usable
+        self.asked: list[str] = []
+
+    def local(self, kind: str) -> object:
+        self.asked.append(kind)
+        if not self.usable:
+            raise RunnerUnavailable(f"{kind} is loading")
+        return object()
+
+
+class Calls:
+    """Records each call's items; answers them upper-cased."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    async def __call__(self, items: list[str]) -> list[str]:
+        self.calls.append(list(items))
+        return [item.upper() for item in items]
+
+
+def _run(**kwargs: Any) -> list[Any]:
+    return asyncio.run(run_on_runner("embed_batch", list("abcde"), kind="embeddings", **kwargs))
+
+
+def test_a_remote_runner_gets_the_items_in_calls_of_one_batch_and_the_pool_is_not_asked() -> None:
+    pool, remote, local = Pool(usable=False), Calls(), Calls()
+    answers = _run(pool=pool, batch_infer=None, local=local, remote=remote, remote_batch=2)
+    assert answers == list("ABCDE")
+    assert remote.calls == [["a", "b"], ["c", "d"], ["e"]]
+    assert local.calls == []
+    assert pool.asked == []
+
+
+def test_the_dispatcher_gets_one_submission_unless_told_to_split() -> None:
+    submitted: list[tuple[str, list[str]]] = []
+
+    async def batch_infer(api: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str]:
+        submitted.append((api, list(args[0])))
+        return [item.upper() for item in args[0]]
+
+    pool, local = Pool(), Calls()
+    assert _run(pool=pool, batch_infer=batch_infer, local=local) == list("ABCDE")
+    assert submitted == [("embed_batch", list("abcde"))]
+    submitted.clear()
+    assert _run(pool=pool, batch_infer=batch_infer, local=local, submit_batch=3) == list("ABCDE")
+    assert submitted == [("embed_batch", ["a", "b", "c"]), ("embed_batch", ["d", "e"])]
+    assert local.calls == []
+    assert pool.asked == ["embeddings", "embeddings"]
+
+
+def test_without_a_dispatcher_the_items_run_in_process() -> None:
+    local = Calls()
+    assert _run(pool=Pool(), batch_infer=None, local=local) == list("ABCDE")
+    assert local.calls == [list("abcde")]
+
+
+def test_a_local_runner_that_is_not_usable_is_a_503_before_anything_runs() -> None:
+    local = Calls()
+    with pytest.raises(RunnerUnavailable):
+        _run(pool=Pool(usable=False), batch_infer=None, local=local)
+    assert local.calls == []

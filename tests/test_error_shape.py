@@ -14,7 +14,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
-from botmodels.http import GENERIC_500, ErrorShapeMiddleware
+from botmodels.errors import GENERIC_500
+from botmodels.http import ErrorShapeMiddleware
 from tests.asgi_server import connection, uvicorn_server
 from tests.helpers import assert_error
 

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from botmodels.auth import sign
-from botmodels.http import GENERIC_500
+from botmodels.errors import GENERIC_500
 from tests.conftest import KEY, auth
 from tests.helpers import assert_error
 from tests.vision_media import png_bad_pixels, png_bomb, png_bytes
@@ -259,9 +259,9 @@ JSON_ROUTES = [
 
 
 def test_json_routes_listed_here_are_all_of_them() -> None:
-    import service
+    from botmodels.routes import JSON_PATHS
 
-    assert set(JSON_ROUTES) == service.JSON_ROUTES
+    assert set(JSON_ROUTES) == JSON_PATHS
 
 
 @pytest.mark.parametrize("path", JSON_ROUTES)

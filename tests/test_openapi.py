@@ -17,10 +17,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from botmodels import errors, openapi, patches
-from botmodels.auth import is_open_path
 from botmodels.config import Settings
 from botmodels.embeddings.front import check_input
 from botmodels.generation.front import GenerationFrontend
+from botmodels.routes import is_open_path
 from scripts import fuzz
 
 METHODS = ("get", "head", "post", "put", "patch", "delete")

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from botmodels.http import HEALTH_PATHS
+from botmodels.routes import HEALTH_PATHS
 from botmodels.shutdown import Shutdown, ShutdownMiddleware
 
 

@@ -413,8 +413,7 @@ def test_workers_need_the_cpu_trace_and_more_than_one_thread(
 def test_the_app_factory_gets_botmodels_dispatcher_and_hands_the_service_batch_infer() -> None:
     from types import SimpleNamespace
 
-    from botmodels import patches
-    from botmodels.dispatch import Batcher
+    from botmodels.dispatch import Batcher, wire_service
 
     bound: list[Any] = []
     service = SimpleNamespace(
@@ -430,7 +429,7 @@ def test_the_app_factory_gets_botmodels_dispatcher_and_hands_the_service_batch_i
         dispatchers={"embed_batch": object(), "other": object()},
         service=SimpleNamespace(apis=apis),
     )
-    patches.wire_service(factory)
+    wire_service(factory)
     assert bound == ["the factory's batch_infer"]
     embed, other = factory.dispatchers["embed_batch"], factory.dispatchers["other"]
     assert isinstance(embed, Batcher)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from typing import Any
@@ -20,6 +19,7 @@ import numpy as np
 
 from botmodels.config import Settings
 from botmodels.device import keep_threads, pick_device
+from botmodels.dispatch import BatchInfer, run_on_runner
 from botmodels.embeddings.schemas import (
     EmbeddedText,
     EmbeddingData,
@@ -33,8 +33,6 @@ from runners.embeddings import EmbeddingBatch, cpu_workers
 
 BATCH_API = "embed_batch"
 BATCH_ROUTE = "/runners/embeddings/embed"
-
-BatchInfer = Callable[[str, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
 
 
 def check_input(raw: object, settings: Settings, param: str = "input") -> list[str]:
@@ -134,22 +132,23 @@ class EmbeddingsFrontend:
         slot = self.pool.slot("embeddings")
         return slot.tag.split(":")[0] if slot is not None else "embeddings"
 
+    async def _remote(self, texts: list[str]) -> list[EmbeddedText]:
+        assert self.remote is not None
+        results = await self.remote.post(BATCH_ROUTE, {"texts": texts})
+        return [EmbeddedText.model_validate(item) for item in results]
+
     async def _run(self, texts: list[str]) -> list[EmbeddedText]:
-        if self.remote is not None:
+        return await run_on_runner(
+            BATCH_API,
+            texts,
+            kind="embeddings",
+            pool=self.pool,
+            batch_infer=self.batch_infer,
+            local=self.run_local,
+            remote=self._remote if self.remote is not None else None,
             # The remote's batchable route takes at most one batch per call.
-            size = self.settings.embeddings_max_batch_size
-            chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
-            results = await asyncio.gather(
-                *(self.remote.post(BATCH_ROUTE, {"texts": chunk}) for chunk in chunks)
-            )
-            return [EmbeddedText.model_validate(item) for part in results for item in part]
-        self.pool.local("embeddings")  # 503 now, before queueing, if not ready
-        if self.batch_infer is None:  # batching off, or no server (direct instantiation)
-            return await self.run_local(texts)
-        # One submission per request: the dispatcher slices it into batches and shares each
-        # batch with other waiting requests (botmodels/dispatch.py).
-        items: Sequence[EmbeddedText] = await self.batch_infer(BATCH_API, (texts,), {})
-        return list(items)
+            remote_batch=self.settings.embeddings_max_batch_size,
+        )
 
     async def create(
         self, raw_input: object, encoding_format: str, dimensions: int | None

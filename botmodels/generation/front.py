@@ -23,13 +23,14 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from botmodels.config import Settings
+from botmodels.dispatch import BatchInfer, run_on_runner
 from botmodels.errors import (
     InvalidInput,
     NotFoundError,
@@ -49,7 +50,6 @@ from botmodels.outputs import OutputStore
 from botmodels.peers import batch_items
 from botmodels.pool import RunnerPool
 
-BatchInfer = Callable[[str, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
 Kind = Literal["image", "video"]
 
 IMAGE_BATCH_API = "generate_images"
@@ -503,26 +503,30 @@ class GenerationFrontend:
             for task, control in zip(tasks, controls, strict=True):
                 self._controls[task.task_id] = control
         try:
-            if self.batch_infer is None:  # direct instantiation (tests): no dispatcher
-                run = self.run_image_batch if kind == "image" else self.run_video_batch
-                return await asyncio.to_thread(run, tasks)  # type: ignore[arg-type]
-            api = IMAGE_BATCH_API if kind == "image" else VIDEO_BATCH_API
-            size = self.admission[kind].batch_size  # no input may exceed a whole batch
-            chunks = [list(tasks[i : i + size]) for i in range(0, len(tasks), size)]
-            batch_infer = self.batch_infer
+            run = self.run_image_batch if kind == "image" else self.run_video_batch
+
+            async def in_process(batch: list[ImageTask | VideoTask]) -> list[GeneratedFile]:
+                return await asyncio.to_thread(run, batch)  # type: ignore[arg-type]
+
             try:
-                parts: list[Sequence[GeneratedFile]] = await asyncio.gather(
-                    *(batch_infer(api, (chunk,), {}) for chunk in chunks)
+                return await run_on_runner(
+                    IMAGE_BATCH_API if kind == "image" else VIDEO_BATCH_API,
+                    list(tasks),
+                    kind=kind,
+                    pool=self.pool,
+                    batch_infer=self.batch_infer,
+                    local=in_process,
+                    # no input may exceed a whole batch
+                    submit_batch=self.admission[kind].batch_size,
                 )
             except (asyncio.CancelledError, RunnerUnavailable) as exc:
                 # While the worker shuts down the dispatcher drops its queue: nobody waits for
                 # the pictures any more, and the caller is told why.
-                if not self._closing:
+                if not self._closing or self.batch_infer is None:
                     raise
                 for control in controls:
                     control.cancel()
                 raise self.shutting_down() from exc
-            return [result for part in parts for result in part]
         except asyncio.CancelledError:
             # The caller went away (request timeout): stop the pipeline at its next step, or
             # skip the task if it is still queued.

@@ -13,8 +13,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from botmodels.api import error_response
-from botmodels.errors import NotFoundError, error_type
+from botmodels.errors import NotFoundError, error_response, error_type
 from botmodels.generation.jobs import JobManager, result_status
 from botmodels.outputs import OutputStore, content_type
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from typing import Any
@@ -29,6 +29,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from botmodels.config import Settings
+from botmodels.dispatch import BatchInfer, run_on_runner
 from botmodels.errors import InvalidInput, PayloadTooLarge, runner_errors
 from botmodels.outputs import OutputStore
 from botmodels.peers import batch_items
@@ -156,8 +157,6 @@ def verbose_json(result: SttResult, task: str, words: bool, segments: bool) -> d
 
 # --- the runner routes (service.py's batchable APIs) --------------------------------------------
 # --- batching ----------------------------------------------------------------------------------
-BatchInfer = Callable[[str, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
-
 BATCH_SIZES = Histogram(
     "botmodels_speech_batch_size",
     "Jobs per speech runner call",
@@ -202,16 +201,22 @@ class SpeechFrontend:
 
     async def _run(self, kind: str, job: Any, result_type: Any) -> Any:
         remote = self.remotes.get(kind)
-        if remote is not None:
+
+        async def on_remote(jobs: list[Any]) -> list[Any]:
+            assert remote is not None
             route = STT_ROUTE if kind == "stt" else TTS_ROUTE
-            items = await remote.post(route, {"jobs": [job.model_dump(mode="json")]})
-            return result_type.model_validate(items[0])
-        self.pool.local(kind)  # 503 now, before queueing, if not ready
-        if self.batch_infer is None:  # direct instantiation (tests): no dispatcher
-            (result,) = await self.run_local(kind, [job])
-            return result
-        api = STT_API if kind == "stt" else TTS_API
-        (result,) = await self.batch_infer(api, ([job],), {})
+            items = await remote.post(route, {"jobs": [j.model_dump(mode="json") for j in jobs]})
+            return [result_type.model_validate(items[0])]
+
+        (result,) = await run_on_runner(
+            STT_API if kind == "stt" else TTS_API,
+            [job],
+            kind=kind,
+            pool=self.pool,
+            batch_infer=self.batch_infer,
+            local=functools.partial(self.run_local, kind),
+            remote=on_remote if remote is not None else None,
+        )
         return result
 
     async def _decode(self, data: bytes) -> Any:

@@ -17,13 +17,14 @@ import asyncio
 import base64
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
 from starlette.requests import Request
 
 from botmodels.config import Settings, get_settings
+from botmodels.dispatch import BatchInfer, run_on_runner
 from botmodels.errors import BotModelsError, InvalidInput, PayloadTooLarge, runner_errors
 from botmodels.media import decode_image, decode_video_frames, encode_png, read_upload
 from botmodels.peers import batch_items
@@ -47,8 +48,6 @@ from botmodels.vision.schemas import (
 )
 from runners.ocr import OcrResult, OcrRunner
 from runners.vision import VisionAnswer, VisionJob, VisionRunner
-
-BatchInfer = Callable[[str, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
 
 CAPTION_API, CAPTION_ROUTE = "caption_batch", "/runners/vision/caption"
 VQA_API, VQA_ROUTE = "vqa_batch", "/runners/vqa/answer"
@@ -174,21 +173,25 @@ class VisionFrontend:
         max_batch: int,
     ) -> list[Any]:
         remote = self.remotes.get(kind)
-        if remote is None:
-            runner = self.pool.local(kind)  # 503 now, before queueing, if not ready
-            if self.batch_infer is None:  # direct instantiation (tests): no dispatcher
-                done = await asyncio.to_thread(local, runner, items)
-            else:  # the dispatcher slices a request larger than a batch
-                done = list(await self.batch_infer(api, (items,), {}))
-            return [_as_dict(item) for item in done]
-        chunks = [items[i : i + max_batch] for i in range(0, len(items), max_batch)]
 
-        async def one(chunk: list[Any]) -> list[Any]:
-            payload = {"items": [wire(i).model_dump() for i in chunk]}
-            return list(await remote.post(route, payload))
+        async def in_process(batch: list[Any]) -> list[Any]:
+            return await asyncio.to_thread(local, self.pool.local(kind), batch)
 
-        results = await asyncio.gather(*(one(c) for c in chunks))
-        return [_as_dict(item) for chunk in results for item in chunk]
+        async def on_remote(batch: list[Any]) -> list[Any]:
+            assert remote is not None
+            return list(await remote.post(route, {"items": [wire(i).model_dump() for i in batch]}))
+
+        done = await run_on_runner(
+            api,
+            items,
+            kind=kind,
+            pool=self.pool,
+            batch_infer=self.batch_infer,
+            local=in_process,
+            remote=on_remote if remote is not None else None,
+            remote_batch=max_batch,
+        )
+        return [_as_dict(item) for item in done]
 
     def check_runner_call(self, kind: str, payload: dict[str, Any]) -> AbstractContextManager[Any]:
         """`/runners/{vision,vqa,ocr}/...` from a peer: at most one batch per call, images

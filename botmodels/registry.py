@@ -1,0 +1,192 @@
+"""Every runner kind botmodels knows, once: how its runner is built from a stored model, how its
+tiny (random-weight) model is made for the `tiny` profile, and the service's class attribute
+that references its stored model. `KNOWN_RUNNERS` (botmodels/config.py) is this table's keys.
+
+A new kind is an entry here, its `runners/<kind>.py`, and its domain under `botmodels/`.
+
+Importing this module imports no runner (so no numpy, torch or model): each factory and tiny
+builder imports its runner module when it is called, and the runners import torch inside their
+functions. config.py imports this module, so it stays as cheap as config.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from runners.base import Device, Quantization
+
+if TYPE_CHECKING:
+    from runners.embeddings import EmbeddingsRunner
+    from runners.image import ImageRunner
+    from runners.ocr import OcrRunner
+    from runners.stt import SttRunner
+    from runners.tts import TtsRunner
+    from runners.video import VideoRunner
+    from runners.vision import VisionRunner
+
+log = logging.getLogger("botmodels")
+
+Factory = Callable[[Path, Quantization, Device], Any]
+TinyBuilder = Callable[[Path], None]
+
+
+def _make_embeddings(path: Path, quantization: Quantization, device: Device) -> EmbeddingsRunner:
+    from botmodels.config import get_settings
+    from runners.embeddings import EmbeddingsRunner
+
+    settings = get_settings()
+    return EmbeddingsRunner(
+        path,
+        quantization=quantization,
+        device=device,
+        torchscript=settings.embeddings_torchscript,
+        workers=settings.embeddings_workers,
+        threads=settings.threads,
+    )
+
+
+def _make_image(path: Path, quantization: Quantization, device: Device) -> ImageRunner:
+    from runners.image import ImageRunner
+
+    return ImageRunner(path, quantization=quantization, device=device)
+
+
+def _make_video(path: Path, quantization: Quantization, device: Device) -> VideoRunner:
+    from runners.video import VideoRunner
+
+    return VideoRunner(path, quantization=quantization, device=device)
+
+
+_vision_runners: dict[Path, VisionRunner] = {}
+
+
+def _make_vision(path: Path, quantization: Quantization, device: Device) -> VisionRunner:
+    # vision.gpu and vqa.gpu name one stored BLIP-2: both kinds share one loaded copy.
+    from botmodels.config import get_settings
+    from runners.vision import VisionRunner
+
+    if path not in _vision_runners:
+        _vision_runners[path] = VisionRunner(
+            path,
+            quantization=quantization,
+            device=device,
+            max_new_tokens=get_settings().vision_max_new_tokens,
+        )
+    return _vision_runners[path]
+
+
+def _make_ocr(path: Path, quantization: Quantization, device: Device) -> OcrRunner:
+    from runners.ocr import OcrRunner
+
+    return OcrRunner(path, quantization=quantization, device=device)
+
+
+def _make_stt(path: Path, quantization: Quantization, device: Device) -> SttRunner:
+    from botmodels.config import get_settings
+    from runners.stt import SttRunner
+
+    settings = get_settings()
+    return SttRunner(
+        path,
+        quantization=quantization,
+        device=device,
+        max_batch_chunks=2 * settings.stt_max_batch_size,
+        beam_size=settings.stt_beam_size,
+        pack=settings.stt_pack,
+    )
+
+
+def _make_tts(path: Path, quantization: Quantization, device: Device) -> TtsRunner:
+    from botmodels.config import get_settings
+    from runners.tts import TtsRunner
+
+    settings = get_settings()
+    return TtsRunner(
+        path,
+        quantization=quantization,
+        device=device,
+        max_chars=settings.tts_max_chars,
+        max_phonemes=settings.tts_max_phonemes,
+    )
+
+
+def _tiny(module: str, function: str = "build_tiny") -> TinyBuilder:
+    """`runners.<module>.<function>`, imported when the tiny model is built."""
+
+    def build(folder: Path) -> None:
+        getattr(importlib.import_module(f"runners.{module}"), function)(folder)
+
+    build.__qualname__ = f"runners.{module}.{function}"
+    return build
+
+
+@dataclass(frozen=True)
+class RunnerKind:
+    name: str
+    factory: Factory  # the runner for a stored model's folder (loads nothing until `load()`)
+    build_tiny: TinyBuilder | None  # None: the kind has no tiny model (ocr's data is tesseract's)
+
+    @property
+    def model_attr(self) -> str:
+        """The service's class attribute that references this kind's stored model."""
+        return f"{self.name}_model"
+
+
+KINDS: dict[str, RunnerKind] = {
+    kind.name: kind
+    for kind in (
+        RunnerKind("embeddings", _make_embeddings, _tiny("embeddings")),
+        RunnerKind("vision", _make_vision, _tiny("vision")),
+        RunnerKind("vqa", _make_vision, _tiny("vision", "build_tiny_vqa")),
+        RunnerKind("ocr", _make_ocr, None),
+        RunnerKind("stt", _make_stt, _tiny("stt")),
+        RunnerKind("tts", _make_tts, _tiny("tts")),
+        RunnerKind("image", _make_image, _tiny("image")),
+        RunnerKind("video", _make_video, _tiny("video")),
+    )
+}
+
+
+def factories() -> dict[str, Factory]:
+    return {name: kind.factory for name, kind in KINDS.items()}
+
+
+def tiny_builders() -> dict[str, TinyBuilder]:
+    return {name: kind.build_tiny for name, kind in KINDS.items() if kind.build_tiny is not None}
+
+
+def model_ref(kind: str) -> Any:
+    """Class-level reference to the profile's stored model for `kind`, so `bentoml build` lists
+    it and `bentoml export` carries it. Reads the manifest and the store's index, loads nothing.
+
+    A model missing from the store is not referenced: `bentoml serve` refuses to start at all
+    over a missing class-level model, and we want the other runners up and the missing one
+    reported by /api/health instead."""
+    import bentoml
+
+    from botmodels.config import get_settings
+    from botmodels.store import find_stored, load_manifest
+
+    settings = get_settings()
+    spec = load_manifest(settings.manifest).get(kind, {}).get(settings.profile)
+    if spec is None or kind not in settings.runners or settings.remote_url(kind) is not None:
+        return None
+    if find_stored(spec.tag) is None:
+        log.warning("model %s is not in the store; runner %s will report it", spec.tag, kind)
+        return None
+    return bentoml.models.BentoModel(spec.tag)
+
+
+C = TypeVar("C")
+
+
+def with_model_refs(cls: type[C]) -> type[C]:
+    """A class decorator (under `@bentoml.service`): one model-reference attribute per kind."""
+    for kind in KINDS.values():
+        setattr(cls, kind.model_attr, model_ref(kind.name))
+    return cls
