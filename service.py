@@ -123,18 +123,10 @@ def _service() -> BotModels:
     return _instance
 
 
-def _outputs() -> OutputStore:
-    return _service().outputs
-
-
-def _jobs() -> JobManager:
-    return _service().jobs
-
-
 status_app = Starlette(
     routes=[
         *status.routes(lambda: _instance, shutdown, VERSION),
-        *generation_routes(_outputs, _jobs),
+        *generation_routes(lambda: _service().outputs, lambda: _service().jobs),
         *vision_routes.routes(lambda: _service().vision),
         *speech_routes.routes(lambda: _service().speech),
     ],
@@ -168,13 +160,13 @@ class BotModels:
         self.embeddings = EmbeddingsFrontend(
             self.settings, self.pool, self.remotes.get("embeddings")
         )
-        self.outputs = OutputStore(
+        self.outputs: OutputStore = OutputStore(
             self.settings.outputs_root,
             self.settings.outputs_max_age_s,
             self.settings.outputs_max_bytes,
         )
         self.generation = GenerationFrontend(self.settings, self.pool, self.outputs)
-        self.jobs = JobManager(
+        self.jobs: JobManager = JobManager(
             JobStore(self.settings.jobs_path), self.generation, self.settings.outputs_max_age_s
         )
         self.vision: VisionFrontend = VisionFrontend(self.settings, self.pool, self.remotes)
