@@ -128,8 +128,15 @@ def _tiny(module: str, function: str = "build_tiny") -> TinyBuilder:
 @dataclass(frozen=True)
 class RunnerKind:
     name: str
+    runner: str  # "module:Class" under runners/: the class the factory builds
     factory: Factory  # the runner for a stored model's folder (loads nothing until `load()`)
     build_tiny: TinyBuilder | None  # None: the kind has no tiny model (ocr's data is tesseract's)
+
+    def runner_class(self) -> type[Any]:
+        """The runner class, imported now (tests build runners with their own options)."""
+        module, name = self.runner.split(":")
+        cls: type[Any] = getattr(importlib.import_module(f"runners.{module}"), name)
+        return cls
 
     @property
     def model_attr(self) -> str:
@@ -140,14 +147,16 @@ class RunnerKind:
 KINDS: dict[str, RunnerKind] = {
     kind.name: kind
     for kind in (
-        RunnerKind("embeddings", _make_embeddings, _tiny("embeddings")),
-        RunnerKind("vision", _make_vision, _tiny("vision")),
-        RunnerKind("vqa", _make_vision, _tiny("vision", "build_tiny_vqa")),
-        RunnerKind("ocr", _make_ocr, None),
-        RunnerKind("stt", _make_stt, _tiny("stt")),
-        RunnerKind("tts", _make_tts, _tiny("tts")),
-        RunnerKind("image", _make_image, _tiny("image")),
-        RunnerKind("video", _make_video, _tiny("video")),
+        RunnerKind(
+            "embeddings", "embeddings:EmbeddingsRunner", _make_embeddings, _tiny("embeddings")
+        ),
+        RunnerKind("vision", "vision:VisionRunner", _make_vision, _tiny("vision")),
+        RunnerKind("vqa", "vision:VisionRunner", _make_vision, _tiny("vision", "build_tiny_vqa")),
+        RunnerKind("ocr", "ocr:OcrRunner", _make_ocr, None),
+        RunnerKind("stt", "stt:SttRunner", _make_stt, _tiny("stt")),
+        RunnerKind("tts", "tts:TtsRunner", _make_tts, _tiny("tts")),
+        RunnerKind("image", "image:ImageRunner", _make_image, _tiny("image")),
+        RunnerKind("video", "video:VideoRunner", _make_video, _tiny("video")),
     )
 }
 

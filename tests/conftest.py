@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,31 @@ def app(offline_store: None) -> Iterator[Any]:
 @pytest.fixture
 def client(app: Any) -> Any:
     return app
+
+
+@pytest.fixture(scope="session")
+def tiny_runner(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Any]:
+    """`tiny_runner(kind, **options)`: a new, loaded CPU runner of `kind` (botmodels/registry.py)
+    over its tiny random model, which is built once per session and shared read-only. Unquantized
+    unless `quantization=` says otherwise; other options go to the runner's constructor."""
+    from botmodels import registry
+
+    folders: dict[str, Path] = {}
+
+    def make(kind: str, *, quantization: str = "none", load: bool = True, **options: Any) -> Any:
+        entry = registry.KINDS[kind]
+        if kind not in folders:
+            assert entry.build_tiny is not None, f"{kind} has no tiny model"
+            folders[kind] = tmp_path_factory.mktemp(f"tiny-{kind}")
+            entry.build_tiny(folders[kind])
+        runner = entry.runner_class()(
+            folders[kind], quantization=quantization, device="cpu", **options
+        )
+        if load:
+            runner.load()
+        return runner
+
+    return make
 
 
 def auth(key: str = KEY) -> dict[str, str]:

@@ -9,7 +9,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -193,14 +193,8 @@ def test_job_retention(tmp_path: Path) -> None:
 
 # --- runners -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def image_runner(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from runners.image import ImageRunner, build_tiny
-
-    folder = tmp_path_factory.mktemp("tiny-sd")
-    build_tiny(folder)
-    runner = ImageRunner(folder, quantization="none", device="cpu")
-    runner.load()
-    return runner
+def image_runner(tiny_runner: Callable[..., Any]) -> Any:
+    return tiny_runner("image")
 
 
 class Recorder:
@@ -294,13 +288,11 @@ def test_no_memory_growth_over_50_generations(image_runner: Any) -> None:
     assert growth < 20 * 2**20, f"RSS grew {growth / 2**20:.1f} MiB over 50 generations"
 
 
-def test_video_runner_and_mp4(tmp_path: Path) -> None:
+def test_video_runner_and_mp4(tmp_path: Path, tiny_runner: Callable[..., Any]) -> None:
     av = pytest.importorskip("av")
-    from runners.video import VideoRunner, VideoSpec, build_tiny, write_mp4
+    from runners.video import VideoSpec, write_mp4
 
-    build_tiny(tmp_path / "tiny")
-    runner = VideoRunner(tmp_path / "tiny", quantization="none", device="cpu")
-    runner.load()
+    runner = tiny_runner("video")
     spec = VideoSpec("a boat", 64, 64, num_frames=5, steps=2, guidance_scale=5.0, seed=9)
     (frames,) = runner.generate([spec])
     assert frames is not None
@@ -341,11 +333,8 @@ def test_mp4_keeps_the_pictures(tmp_path: Path) -> None:
     assert np.abs(decoded.astype(int) - frames.astype(int)).mean() < 3
 
 
-def test_4bit_on_cpu_is_refused_with_a_reason(tmp_path: Path) -> None:
-    from runners.image import ImageRunner, build_tiny
-
-    build_tiny(tmp_path)
-    runner = ImageRunner(tmp_path, quantization="4bit", device="cpu")
+def test_4bit_on_cpu_is_refused_with_a_reason(tiny_runner: Callable[..., Any]) -> None:
+    runner = tiny_runner("image", quantization="4bit", load=False)
     with pytest.raises(RuntimeError, match="4bit needs a CUDA GPU"):
         runner.load()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -146,14 +147,8 @@ def test_language_matches(wanted: str, have: str, match: bool) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_tts(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from runners.tts import TtsRunner, build_tiny
-
-    folder = tmp_path_factory.mktemp("tiny-vits")
-    build_tiny(folder)
-    runner = TtsRunner(folder, quantization="none", device="cpu")
-    runner.load()
-    return runner
+def tiny_tts(tiny_runner: Callable[..., Any]) -> Any:
+    return tiny_runner("tts")
 
 
 def test_tiny_vits_is_deterministic_and_speed_shortens(tiny_tts: Any) -> None:

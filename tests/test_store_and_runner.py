@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -146,20 +147,17 @@ def test_offline_store_has_real_and_synthetic_models(offline_store: None) -> Non
 
 
 @pytest.fixture(scope="module")
-def tiny_runner(tmp_path_factory: pytest.TempPathFactory) -> EmbeddingsRunner:
-    folder = tmp_path_factory.mktemp("tiny")
-    build_tiny(folder)
-    runner = EmbeddingsRunner(folder, quantization="none", device="cpu")
-    runner.load()
+def embedder(tiny_runner: Callable[..., Any]) -> EmbeddingsRunner:
+    runner: EmbeddingsRunner = tiny_runner("embeddings")
     return runner
 
 
-def test_runner_mean_pooling_and_normalisation_are_exact(tiny_runner: EmbeddingsRunner) -> None:
+def test_runner_mean_pooling_and_normalisation_are_exact(embedder: EmbeddingsRunner) -> None:
     import torch
 
     texts = ["hello world", "the cat sits on the mat today"]
-    batch = tiny_runner.embed(texts)
-    tokenizer, model = tiny_runner._tokenizer, tiny_runner._model
+    batch = embedder.embed(texts)
+    tokenizer, model = embedder._tokenizer, embedder._model
     for i, text in enumerate(texts):
         encoded = tokenizer([text], return_tensors="pt")
         with torch.inference_mode():
@@ -169,21 +167,21 @@ def test_runner_mean_pooling_and_normalisation_are_exact(tiny_runner: Embeddings
         np.testing.assert_allclose(batch.vectors[i], expected, atol=1e-5)
         assert batch.tokens[i] == encoded["input_ids"].shape[1]
     # padding in a batch does not change a text's vector
-    alone = tiny_runner.embed([texts[0]]).vectors[0]
+    alone = embedder.embed([texts[0]]).vectors[0]
     np.testing.assert_allclose(batch.vectors[0], alone, atol=1e-5)
 
 
-def test_tiny_tokenizer_knows_its_words(tiny_runner: EmbeddingsRunner) -> None:
+def test_tiny_tokenizer_knows_its_words(embedder: EmbeddingsRunner) -> None:
     words = ["hello", "world", "the", "cat"]
-    assert tiny_runner._tokenizer.tokenize(" ".join(words)) == words
-    different = tiny_runner.embed(["cat", "stocks"]).vectors
+    assert embedder._tokenizer.tokenize(" ".join(words)) == words
+    different = embedder.embed(["cat", "stocks"]).vectors
     assert not np.allclose(different[0], different[1])
 
 
-def test_runner_truncates_to_max_seq_length(tiny_runner: EmbeddingsRunner) -> None:
+def test_runner_truncates_to_max_seq_length(embedder: EmbeddingsRunner) -> None:
     long_text = "cat " * 1000
-    batch = tiny_runner.embed([long_text])
-    assert batch.tokens == [tiny_runner.max_seq_length]
+    batch = embedder.embed([long_text])
+    assert batch.tokens == [embedder.max_seq_length]
 
 
 def test_runner_cls_pooling_from_config(tmp_path: Path) -> None:
@@ -199,12 +197,12 @@ def test_runner_cls_pooling_from_config(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("quantization", ["int8", "4bit"])
 def test_quantized_runner_stays_close_to_fp32(
-    tiny_runner: EmbeddingsRunner, quantization: Any
+    embedder: EmbeddingsRunner, quantization: Any
 ) -> None:
-    runner = EmbeddingsRunner(tiny_runner.model_dir, quantization=quantization, device="cpu")
+    runner = EmbeddingsRunner(embedder.model_dir, quantization=quantization, device="cpu")
     runner.load()
     texts = ["hello world", "the cat sits on the mat"]
-    cos = (runner.embed(texts).vectors * tiny_runner.embed(texts).vectors).sum(axis=1)
+    cos = (runner.embed(texts).vectors * embedder.embed(texts).vectors).sum(axis=1)
     assert (cos > 0.9).all(), cos
     assert runner.quantization == quantization
 
@@ -295,12 +293,12 @@ def test_runner_uses_a_checked_torchscript_trace_of_the_real_model(offline_store
         assert got.tokens == want.tokens
 
 
-def test_int8_runner_is_traced_too(tiny_runner: EmbeddingsRunner) -> None:
-    runner = EmbeddingsRunner(tiny_runner.model_dir, quantization="int8", device="cpu")
+def test_int8_runner_is_traced_too(embedder: EmbeddingsRunner) -> None:
+    runner = EmbeddingsRunner(embedder.model_dir, quantization="int8", device="cpu")
     runner.load()
     assert runner.graph == "torchscript"
     eager = EmbeddingsRunner(
-        tiny_runner.model_dir, quantization="int8", device="cpu", torchscript=False
+        embedder.model_dir, quantization="int8", device="cpu", torchscript=False
     )
     eager.load()
     texts = ["hello world", "the cat sits on the mat today"]
@@ -396,10 +394,10 @@ def test_cpu_workers_serve_concurrent_batches(offline_store: None) -> None:
 
 
 def test_workers_need_the_cpu_trace_and_more_than_one_thread(
-    tiny_runner: EmbeddingsRunner,
+    embedder: EmbeddingsRunner,
 ) -> None:
     def workers(**kwargs: Any) -> int:
-        runner = EmbeddingsRunner(tiny_runner.model_dir, quantization="none", **kwargs)
+        runner = EmbeddingsRunner(embedder.model_dir, quantization="none", **kwargs)
         runner.load()
         return runner.workers
 

@@ -4,7 +4,9 @@ UPC-E, frame sampling, caption merging, and the tiny BLIP runners' batching."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -14,7 +16,7 @@ from botmodels.media import decode_image, decode_video_frames
 from botmodels.vision.codes import _upce_from_upca
 from botmodels.vision.front import _merge_captions
 from runners.ocr import OcrRunner, UnknownLanguage, parse_tsv
-from runners.vision import VisionJob, VisionRunner, build_tiny, build_tiny_vqa
+from runners.vision import VisionJob, VisionRunner
 from tests.vision_media import png_bomb, png_bytes, video_bytes
 
 TSV_HEADER = (
@@ -116,11 +118,8 @@ def test_video_limits() -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_captioner(tmp_path_factory: pytest.TempPathFactory) -> VisionRunner:
-    folder = tmp_path_factory.mktemp("blip")
-    build_tiny(folder)
-    runner = VisionRunner(folder, quantization="none", device="cpu", max_new_tokens=8)
-    runner.load()
+def tiny_captioner(tiny_runner: Callable[..., Any]) -> VisionRunner:
+    runner: VisionRunner = tiny_runner("vision", max_new_tokens=8)
     return runner
 
 
@@ -150,10 +149,8 @@ def test_caption_batch_equals_one_by_one_and_keeps_order(tiny_captioner: VisionR
         tiny_captioner.answer([VisionJob(images[0], question="what?")])
 
 
-def test_vqa_batch_equals_one_by_one(tmp_path: Path) -> None:
-    build_tiny_vqa(tmp_path)
-    runner = VisionRunner(tmp_path, quantization="none", device="cpu", max_new_tokens=6)
-    runner.load()
+def test_vqa_batch_equals_one_by_one(tiny_runner: Callable[..., Any]) -> None:
+    runner: VisionRunner = tiny_runner("vqa", max_new_tokens=6)
     runner.load()  # idempotent: the vision and vqa kinds may share one runner
     jobs = [
         VisionJob(image, question=q)
