@@ -65,7 +65,7 @@ from runners.tts import TtsResult
 patches.apply()
 
 settings = get_settings()
-VERSION = "0.1.0"  # pyproject.toml's version; tests/test_config.py keeps them equal
+VERSION = "0.1.0"  # pyproject.toml's version; tests/test_store.py keeps them equal
 shutdown = Shutdown(settings.shutdown_grace_s)  # botmodels/shutdown.py: what SIGTERM does
 
 

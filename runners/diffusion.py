@@ -163,7 +163,7 @@ def state_dict_bytes(pipe: Any) -> int:
 def free_memory(device: Device) -> None:
     """Between batches, on a GPU: collect cycles still holding activations and hand the cached
     blocks back, so other runners on the card can use them. On CPU, reference counting already
-    frees every tensor of the call (tests/test_generation_units.py checks RSS over 50 calls), and
+    frees every tensor of the call (tests/test_generation_front.py checks RSS over 50 calls), and
     a full collection costs up to ~1 s in a process that has not frozen its heap."""
     if device == "cuda":
         import torch

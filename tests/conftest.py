@@ -53,7 +53,7 @@ def app(offline_store: None) -> Iterator[Any]:
     """The real ASGI app (middleware and all), started, with its models loaded.
 
     BentoML can build it once per process. TestClient does not batch: batching is proven
-    against `bentoml serve` in tests/test_serve.py.
+    against `bentoml serve` in tests/test_embeddings_serve.py.
     """
     from starlette.testclient import TestClient
 

@@ -308,3 +308,31 @@ def test_a_local_runner_that_is_not_usable_is_a_503_before_anything_runs() -> No
     with pytest.raises(RunnerUnavailable):
         _run(pool=Pool(usable=False), batch_infer=None, local=local)
     assert local.calls == []
+
+
+def test_the_app_factory_gets_botmodels_dispatcher_and_hands_the_service_batch_infer() -> None:
+    from types import SimpleNamespace
+
+    from botmodels.dispatch import Batcher, wire_service
+
+    bound: list[Any] = []
+    service = SimpleNamespace(
+        bind_batch_infer=bound.append, batch_concurrency=lambda: {"embed_batch": 2}
+    )
+    apis = {
+        "embed_batch": SimpleNamespace(max_batch_size=32),
+        "other": SimpleNamespace(max_batch_size=4),
+    }
+    factory = SimpleNamespace(
+        _service_instance=service,
+        batch_infer="the factory's batch_infer",
+        dispatchers={"embed_batch": object(), "other": object()},
+        service=SimpleNamespace(apis=apis),
+    )
+    wire_service(factory)
+    assert bound == ["the factory's batch_infer"]
+    embed, other = factory.dispatchers["embed_batch"], factory.dispatchers["other"]
+    assert isinstance(embed, Batcher)
+    assert isinstance(other, Batcher)
+    assert (embed.max_batch_size, embed.concurrency) == (32, 2)
+    assert (other.max_batch_size, other.concurrency) == (4, 1)

@@ -1,6 +1,6 @@
 """Bad input that used to crash (a 500, some of them plain text) is a 4xx in the one error shape,
 through the real ASGI app and middleware; an unexpected exception is a JSON 500; a client error
-on a BentoML API logs one line. The keep-alive side is in test_error_shape.py (uvicorn) and
+on a BentoML API logs one line. The keep-alive side is in test_errors_shape.py (uvicorn) and
 test_errors_serve.py (`bentoml serve`)."""
 
 from __future__ import annotations

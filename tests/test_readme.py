@@ -1,7 +1,7 @@
 """The README is the user manual: its two first commands exist, every route it names (route
 tables, inline `METHOD /path`, curl examples) is a real route with that method, and every route
 of the service is in its tables. Read from service.py's objects; no server is started.
-tests/test_serve.py runs the first curl example against a real server."""
+tests/test_embeddings_serve.py runs the first curl example against a real server."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The shutdown sequence without a server: what the middleware answers while draining, how the
 drain waits for requests and hooks and cuts what outlives its deadline, and the signal hand-over.
-`bentoml serve` with a generation in flight is tests/test_serve_shutdown.py."""
+`bentoml serve` with a generation in flight is tests/test_shutdown_serve.py."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ speed 4 (every piece of it is still one call, through the same code, and the sam
 The worst single calls are taken at speeds 1 and 0.25 on the starts of the other worst texts
 (a slower speed puts fewer phonemes in a call, so a call's audio, and its memory, is the same
 at speed 1 and below). That every piece of every adversarial 4,096-character text is such a
-call is checked without the model in tests/test_speech_units.py.
+call is checked without the model in tests/test_speech_front.py.
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ def test_detect_language(client: Any) -> None:
     ("container", "codec", "rate", "channels", "name", "mime"),
     [
         # Each costs one Whisper pass; mp3, ogg/opus, flac and 48 kHz stereo wav are decoded in
-        # tests/test_speech_units.py against the original samples instead.
+        # tests/test_speech_front.py against the original samples instead.
         ("mp4", "aac", 44_100, 2, "a.m4a", "audio/mp4"),
         ("webm", "libopus", 48_000, 2, "a.webm", "audio/webm"),
     ],
