@@ -176,7 +176,7 @@ class BotModels:
         _instance = self
 
     def bind_batch_infer(self, batch_infer: BatchInfer) -> None:
-        """Called by botmodels.dispatch.wire_service once BentoML's dispatchers exist."""
+        """Called by botmodels.dispatch.wire_service once the dispatchers exist."""
         if self.settings.embeddings_batching:
             self.embeddings.batch_infer = batch_infer
         self.generation.batch_infer = batch_infer
@@ -197,7 +197,7 @@ class BotModels:
         }
 
     def batch_concurrency(self) -> dict[str, int]:
-        """Batches each batchable API may run at once (BentoML's dispatcher allows one)."""
+        """Batches each batchable API may run at once (one unless listed here)."""
         return {BATCH_API: self.embeddings.concurrency}
 
     @bentoml.on_startup

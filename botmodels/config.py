@@ -40,7 +40,7 @@ def _split_csv(value: object) -> object:
 # The `*_max_latency_ms` settings fed BentoML's dispatcher, which botmodels no longer uses.
 _NO_EFFECT = (
     "Accepted for compatibility; no effect: botmodels' dispatcher holds no request and cancels "
-    "no queued work (README, Batching)."
+    "no queued work (docs/design.md, Dispatch and batching)."
 )
 
 
@@ -151,7 +151,7 @@ class Settings(BaseSettings):
         le=64,
         description="CPU: threads that each run a share of a batch with threads/workers torch "
         "threads (1 = one team on the whole batch; CUDA, MPS and eager models use 1). "
-        "Opt-in: faster at 64 clients, slower at 1 and 16 (README, CPU workers).",
+        "Opt-in: faster at 64 clients, slower at 1 and 16 (docs/benchmarks.md).",
     )
     embeddings_max_batch_size: int = Field(
         32,
@@ -237,9 +237,7 @@ class Settings(BaseSettings):
         None, description="Override the manifest's quantization: none, int8 or 4bit (CUDA)."
     )
     image_max_batch_size: int = Field(4, ge=1, le=64, description="Images per pipeline call.")
-    image_max_latency_ms: int = Field(
-        3_600_000, ge=1000, description="Longest wait in the batch queue before a 503."
-    )
+    image_max_latency_ms: int = Field(3_600_000, ge=1000, description=_NO_EFFECT)
     image_max_queue: int = Field(
         16, ge=1, description="Images waiting or running (jobs included) before 429."
     )

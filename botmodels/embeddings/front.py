@@ -1,7 +1,7 @@
 """The OpenAI `/v1/embeddings` front: check the request, fan it out to the runner, encode.
 
-The runner is reached through its batchable API: in this process via BentoML's own dispatcher
-(`batch_infer`, adaptive batching across every concurrent request), or on a remote botmodels by
+The runner is reached through its batchable API: in this process via botmodels' dispatcher
+(`batch_infer`, botmodels/dispatch.py: batching across every concurrent request), or on a remote botmodels by
 URL (whose batchable route batches our calls with its other traffic). Inputs longer than one
 batch are split so that one big request cannot monopolise a batch.
 """
@@ -83,9 +83,9 @@ def encode_batch(batch: EmbeddingBatch) -> list[EmbeddedText]:
 
 def batches_at_once(settings: Settings) -> int:
     """How many batches the local runner works on at once: its CPU workers (see
-    `runners/embeddings.py: EmbeddingsRunner._start_workers`), else one. BentoML's dispatcher
+    `runners/embeddings.py: EmbeddingsRunner._start_workers`), else one. The dispatcher
     is told the same (`BotModels.batch_concurrency`), so the next batch is formed and queued
-    while one runs (README, CPU workers)."""
+    while one runs (docs/design.md, Embeddings)."""
     if settings.embeddings_url is not None or settings.embeddings_workers < 2:
         return 1  # the default: no device probe (and no torch import) at start-up
     return cpu_workers(

@@ -5,7 +5,7 @@ Flow of one request:
   1. check inputs against the settings' bounds and what the loaded pipeline can do;
   2. admission: at most `<kind>_max_queue` generations waiting or running per runner, beyond
      that a 429 with a Retry-After estimated from recent generation times;
-  3. dispatch through BentoML's dispatcher for the runner's batchable API (`batch_infer`), which
+  3. dispatch through botmodels' dispatcher for the runner's batchable API (`batch_infer`), which
      gathers concurrent requests into one batch; the runner groups that batch by shape and
      gives each request its own seeded generator;
   4. the batch function, in a worker thread, writes each PNG / MP4 under /outputs.

@@ -1,16 +1,15 @@
 """Speech routes: botserver's `/api/speech/*` and OpenAI's `/v1/audio/*`.
 
 Check the request -> decode the audio (PyAV, off the event loop) -> run the job through the
-runner's batchable API (BentoML's dispatcher batches concurrent requests; a remote botmodels by
+runner's batchable API (botmodels/dispatch.py batches concurrent requests; a remote botmodels by
 URL; in-process without a dispatcher in tests) -> encode the response.
 
-These are Starlette routes in the mounted `status_app`, not `@bentoml.api` methods, because
-botserver sends audio as a multipart `file` *or* (older callers) as the raw body, and
-`/v1/audio/speech` answers raw audio bytes: a BentoML API binds one typed input schema and
-would reject one of the two bodies before our code runs. They still pass through the service's
-auth, limits and error-shape middleware (added with `add_asgi_middleware`, which wraps mounted
-apps too).
-"""
+The routes (botmodels/speech/routes.py) are Starlette routes mounted by service.py, not
+`@bentoml.api` methods, because botserver sends audio as a multipart `file` *or* (older callers) as
+the raw body, and `/v1/audio/speech` answers raw audio bytes: a BentoML API binds one typed input
+schema and would reject one of the two bodies before our code runs. They still pass through the
+service's auth, limits and error-shape middleware (added with `add_asgi_middleware`, which wraps
+mounted apps too)."""
 
 from __future__ import annotations
 

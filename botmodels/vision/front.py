@@ -1,13 +1,14 @@
-"""The vision routes: captions, visual questions, video description, OCR, QR codes and barcodes.
+"""The vision front: captions, visual questions, video description, OCR, QR codes and barcodes.
 
-Why these are Starlette routes (in service.py's mounted `status_app`) and not `@bentoml.api`s:
+Why the public routes are Starlette routes (botmodels/vision/routes.py, mounted by service.py)
+and not `@bentoml.api`s:
 botserver sends `/api/vision/qrcode` and `/api/vision/ocr` either as multipart field `file` or,
 from older clients, as a raw `application/octet-stream` body, and a BentoML API declares one body
 shape. Keeping every vision route here gives them one upload reader (`botmodels.media`: size,
 format sniffing, image-bomb checks) and one set of rules; they still pass through the same ASGI
-middleware as every other route (auth, limits, the one error shape). Only the public routes live
+middleware as every other route (auth, limits, the one error shape). Only the public side lives
 here: the model work goes through the batchable BentoML APIs of service.py (`caption_batch`,
-`vqa_batch`, `ocr_batch`), reached through BentoML's own dispatcher (`batch_infer`), so
+`vqa_batch`, `ocr_batch`), reached through botmodels' dispatcher (`batch_infer`), so
 concurrent requests are batched exactly as the embeddings route's are.
 """
 
