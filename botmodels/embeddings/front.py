@@ -1,9 +1,9 @@
 """The OpenAI `/v1/embeddings` front: check the request, fan it out to the runner, encode.
 
 The runner is reached through its batchable API: in this process via botmodels' dispatcher
-(`batch_infer`, botmodels/dispatch.py: batching across every concurrent request), or on a remote botmodels by
-URL (whose batchable route batches our calls with its other traffic). Inputs longer than one
-batch are split so that one big request cannot monopolise a batch.
+(`batch_infer`, botmodels/dispatch.py: batching across every concurrent request), or on a
+remote botmodels by URL (whose batchable route batches our calls with its other traffic).
+Inputs longer than one batch are split so that one big request cannot monopolise a batch.
 """
 
 from __future__ import annotations
