@@ -1,4 +1,4 @@
-"""Uploads for the vision routes: read the body, sniff what it really is, decode it safely.
+"""Uploads (vision and speech): read the body, sniff what it really is, decode it safely.
 
 botserver names every upload `image.png` / `image/png` whatever it holds, so the declared name
 and content type are ignored: the bytes decide. Decoding is bounded before it starts:
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import ClientDisconnect, Request
@@ -63,51 +63,81 @@ def _looks_like_video(data: bytes) -> bool:
     )
 
 
+# Which raw (non-multipart) bodies a route takes as the upload itself:
+#   "refused": multipart only (415 for anything else);
+#   "image": application/octet-stream, image/*, video/* or no type (older botserver clients);
+#   "audio": any body but JSON or a urlencoded form (those are a 400 that says how to send it).
+RawBody = Literal["refused", "image", "audio"]
+
+
 @dataclass
 class Upload:
     data: bytes
-    form: dict[str, str]  # the other (text) form fields; empty for a raw body
+    form: dict[str, str]  # the other (text) form fields, the last value of each; {} if raw
+    lists: dict[str, list[str]]  # every value of each text field, `name[]` read as `name`
 
 
-async def read_upload(request: Request, *, raw_allowed: bool) -> Upload:
-    """The uploaded bytes: multipart field `file`, or (when `raw_allowed`) the raw body of an
-    `application/octet-stream` (or `image/*`) request, as botserver's older clients send it."""
+async def read_upload(
+    request: Request, *, raw: RawBody, what: str = "the upload", max_fields: int = 32
+) -> Upload:
+    """The uploaded bytes: multipart field `file`, or the raw body where `raw` allows it.
+    `what` names the upload in errors ("the audio")."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media == "multipart/form-data":
-        try:
-            form: FormData = await request.form(max_files=1, max_fields=32)
-        except ClientDisconnect:
-            # The client went away, or LimitsMiddleware cut an oversized body (it answers 413).
-            raise InvalidInput("the request body ended early", param="file") from None
-        except Exception as exc:
+        return await _read_form(request, what, max_fields)
+    if raw == "audio":
+        if media in ("application/json", "application/x-www-form-urlencoded"):
             raise InvalidInput(
-                f"malformed multipart body: {type(exc).__name__}: {exc}", param="file"
-            ) from exc
-        try:
-            upload = form.get("file")
-            if not isinstance(upload, UploadFile):
-                raise InvalidInput(
-                    "multipart field `file` is missing (send the upload as field `file`)",
-                    param="file",
-                )
-            data = await upload.read()
-            fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
-        finally:
-            await form.close()
-        return Upload(data, fields)
-    if raw_allowed and (
+                f"send the audio as multipart field `file` or as the raw body "
+                f"(Content-Type audio/* or application/octet-stream), not {media}",
+                param="file",
+            )
+        return Upload(await _read_body(request), {}, {})
+    if raw == "image" and (
         media in ("application/octet-stream", "") or media.startswith(("image/", "video/"))
     ):
-        try:
-            return Upload(await request.body(), {})
-        except ClientDisconnect:
-            raise InvalidInput("the request body ended early", param="file") from None
+        return Upload(await _read_body(request), {}, {})
     accepted = "multipart/form-data with field `file`"
-    if raw_allowed:
+    if raw == "image":
         accepted += ", or the raw image as application/octet-stream"
     raise UnsupportedMediaType(
         f"this route takes {accepted} (got Content-Type {media or 'none'!r})", param="file"
     )
+
+
+async def _read_body(request: Request) -> bytes:
+    try:
+        return await request.body()
+    except ClientDisconnect:
+        # The client went away, or LimitsMiddleware cut an oversized body (it answers 413).
+        raise InvalidInput("the request body ended early", param="file") from None
+
+
+async def _read_form(request: Request, what: str, max_fields: int) -> Upload:
+    try:
+        form: FormData = await request.form(max_files=1, max_fields=max_fields)
+    except ClientDisconnect:
+        raise InvalidInput("the request body ended early", param="file") from None
+    except Exception as exc:
+        raise InvalidInput(
+            f"malformed multipart body: {type(exc).__name__}: {exc}", param="file"
+        ) from exc
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise InvalidInput(
+                f"multipart field `file` is missing (send {what} as field `file`)", param="file"
+            )
+        data = await upload.read()
+        fields: dict[str, str] = {}
+        lists: dict[str, list[str]] = {}
+        for key, value in form.multi_items():
+            if isinstance(value, str):
+                fields[key] = value
+                lists.setdefault(key.removesuffix("[]"), []).append(value)
+    finally:
+        await form.close()
+    return Upload(data, fields, lists)
 
 
 def _check_not_empty(data: bytes, name: str = "file") -> None:

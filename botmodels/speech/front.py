@@ -23,13 +23,13 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from prometheus_client import Histogram
-from starlette.datastructures import UploadFile
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from botmodels.config import Settings
 from botmodels.dispatch import BatchInfer, run_on_runner
 from botmodels.errors import InvalidInput, PayloadTooLarge, runner_errors
+from botmodels.media import read_upload
 from botmodels.outputs import OutputStore
 from botmodels.peers import batch_items
 from botmodels.pool import RunnerPool
@@ -54,39 +54,10 @@ SPEECH_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
 
 
 # --- reading requests --------------------------------------------------------------------------
-async def read_audio_upload(request: Request) -> tuple[bytes, dict[str, list[str]]]:
-    """(audio bytes, other form fields) from a multipart `file` or from the raw body."""
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    fields: dict[str, list[str]] = {}
-    try:
-        if media == "multipart/form-data":
-            form = await request.form(max_files=1, max_fields=64)
-            upload: UploadFile | str | None = None
-            for key, value in form.multi_items():
-                if isinstance(value, UploadFile):
-                    if key == "file":
-                        upload = value
-                else:
-                    fields.setdefault(key.removesuffix("[]"), []).append(value)
-            if not isinstance(upload, UploadFile):
-                raise InvalidInput("multipart field `file` (the audio) is missing", param="file")
-            data = await upload.read()
-            await form.close()
-        elif media in ("application/json", "application/x-www-form-urlencoded"):
-            raise InvalidInput(
-                f"send the audio as multipart field `file` or as the raw body "
-                f"(Content-Type audio/* or application/octet-stream), not {media}",
-                param="file",
-            )
-        else:
-            data = await request.body()
-    except ClientDisconnect as exc:
-        # The limits middleware cut an over-size body short (it answers its own 413 and drops
-        # ours), or the client went away: either way, an error response, never a 500.
-        raise InvalidInput("the request body ended early", param="file") from exc
-    except (ValueError, KeyError) as exc:  # malformed multipart
-        raise InvalidInput(f"malformed multipart body: {exc}", param="file") from exc
-    return data, fields
+async def _read_audio(request: Request) -> tuple[bytes, dict[str, list[str]]]:
+    """(audio bytes, every other form field's values) from a multipart `file` or the raw body."""
+    upload = await read_upload(request, raw="audio", what="the audio", max_fields=64)
+    return upload.data, upload.lists
 
 
 def _field(fields: dict[str, list[str]], name: str) -> str | None:
@@ -251,7 +222,7 @@ class SpeechFrontend:
 
     # botserver -----------------------------------------------------------------------------
     async def api_to_text(self, request: Request) -> Response:
-        data, fields = await read_audio_upload(request)
+        data, fields = await _read_audio(request)
         language = self._check_language(_field(fields, "language"))
         result = await self.transcribe(data, language=language)
         body = SpeechToTextResponse(
@@ -263,7 +234,7 @@ class SpeechFrontend:
         return JSONResponse(body.model_dump())
 
     async def api_detect_language(self, request: Request) -> Response:
-        data, _ = await read_audio_upload(request)
+        data, _ = await _read_audio(request)
         result = await self.transcribe(data, task="detect")
         body = DetectLanguageResponse(
             language=result.language, confidence=round(result.language_probability, 4)
@@ -366,7 +337,7 @@ class SpeechFrontend:
                 "this route takes multipart/form-data with the audio in `file` (OpenAI's API)",
                 param="file",
             )
-        data, fields = await read_audio_upload(request)
+        data, fields = await _read_audio(request)
         fmt = _field(fields, "response_format") or "json"
         if fmt not in TRANSCRIPTION_FORMATS:
             raise InvalidInput(

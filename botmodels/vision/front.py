@@ -27,7 +27,7 @@ from starlette.requests import Request
 from botmodels.config import Settings, get_settings
 from botmodels.dispatch import BatchInfer, run_on_runner
 from botmodels.errors import BotModelsError, InvalidInput, PayloadTooLarge, runner_errors
-from botmodels.media import decode_image, decode_video_frames, encode_png, read_upload
+from botmodels.media import RawBody, decode_image, decode_video_frames, encode_png, read_upload
 from botmodels.peers import batch_items
 from botmodels.pool import RunnerPool
 from botmodels.remote import RemoteRunner
@@ -270,8 +270,8 @@ class VisionFrontend:
         )
 
     # 2. Read and check the upload -----------------------------------------------------------
-    async def _image(self, request: Request, *, raw_allowed: bool) -> tuple[Any, dict[str, str]]:
-        upload = await read_upload(request, raw_allowed=raw_allowed)
+    async def _image(self, request: Request, *, raw: RawBody) -> tuple[Any, dict[str, str]]:
+        upload = await read_upload(request, raw=raw)
         image = await asyncio.to_thread(
             decode_image, upload.data, max_pixels=self.settings.vision_max_image_pixels
         )
@@ -286,13 +286,13 @@ class VisionFrontend:
 
     # 3. Routes ------------------------------------------------------------------------------
     async def describe(self, request: Request) -> DescribeResponse:
-        image, form = await self._image(request, raw_allowed=False)
+        image, form = await self._image(request, raw="refused")
         prompt = _text_field(form, "prompt", self.settings.vision_max_prompt_chars)
         (answer,) = await self._captions([VisionJob(self._for_model(image), prompt=prompt)])
         return DescribeResponse(description=answer["text"], confidence=answer["confidence"])
 
     async def vqa(self, request: Request) -> VqaResponse:
-        image, form = await self._image(request, raw_allowed=False)
+        image, form = await self._image(request, raw="refused")
         question = _text_field(form, "question", self.settings.vision_max_prompt_chars)
         if question is None:
             raise InvalidInput("form field `question` is required", param="question")
@@ -305,7 +305,7 @@ class VisionFrontend:
         )
 
     async def describe_video(self, request: Request) -> VideoDescribeResponse:
-        upload = await read_upload(request, raw_allowed=False)
+        upload = await read_upload(request, raw="refused")
         num_frames = _int_field(
             upload.form,
             "num_frames",
@@ -333,14 +333,14 @@ class VisionFrontend:
         )
 
     async def qrcode(self, request: Request) -> QrCodeResponse:
-        image, _ = await self._image(request, raw_allowed=True)
+        image, _ = await self._image(request, raw="image")
         codes = await asyncio.to_thread(read_codes, image, only_qr=True)
         if not codes:
             return QrCodeResponse(success=False, data=None, codes=[], count=0, error=NO_QR)
         return QrCodeResponse(success=True, data=codes[0].data, codes=codes, count=len(codes))
 
     async def barcode(self, request: Request) -> BarcodeResponse:
-        image, _ = await self._image(request, raw_allowed=False)
+        image, _ = await self._image(request, raw="refused")
         codes = await asyncio.to_thread(read_codes, image)
         items = [BarcodeItem(data=c.data, type=c.type, rect=c.rect) for c in codes]
         if not items:
@@ -355,7 +355,7 @@ class VisionFrontend:
         return raw.strip() or self.settings.ocr_default_language
 
     async def ocr(self, request: Request) -> OcrResponse:
-        image, form = await self._image(request, raw_allowed=True)
+        image, form = await self._image(request, raw="image")
         result = await self._ocr(image, self._language(request, form))
         return OcrResponse(
             success=True,
@@ -369,7 +369,7 @@ class VisionFrontend:
         """Caption, OCR and codes at once. A part whose runner is unavailable is reported in
         `error` (and `success: false`) while the other parts are still answered."""
         started = time.perf_counter()
-        upload = await read_upload(request, raw_allowed=False)
+        upload = await read_upload(request, raw="refused")
         image = await asyncio.to_thread(
             decode_image, upload.data, max_pixels=self.settings.vision_max_image_pixels
         )
