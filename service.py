@@ -364,6 +364,7 @@ class BotModels:
         max_batch_size=settings.stt_max_batch_size,
         max_latency_ms=settings.stt_max_latency_ms,
     )
+    @batch_errors
     async def transcribe_batch(self, jobs: list[SttJob]) -> list[SttResult]:
         """The speech-to-text runner: one batch of jobs in, one result per job out."""
         return await self.speech.run_local("stt", jobs)
