@@ -185,6 +185,15 @@ def _assemble(spec: ModelSpec, folder: Path, staging: Path) -> Path:
     return target
 
 
+def stage(
+    spec: ModelSpec, staging: Path, tiny_builders: dict[str, TinyBuilder]
+) -> tuple[Path, str, str]:
+    """The folder `import_spec` stores for `spec`, built under `staging` (which must exist)
+    without touching the store; with its source label and revision."""
+    folder, source, revision = _stage(spec, staging, tiny_builders)
+    return _assemble(spec, folder, staging), source, revision
+
+
 def import_spec(
     spec: ModelSpec,
     tiny_builders: dict[str, TinyBuilder],
@@ -192,8 +201,7 @@ def import_spec(
 ) -> bentoml.Model:
     """Copy the spec's model into the store, unless identical files are already there."""
     with tempfile.TemporaryDirectory(prefix="botmodels-import-") as tmp:
-        folder, source, revision = _stage(spec, Path(tmp), tiny_builders)
-        folder = _assemble(spec, folder, Path(tmp))
+        folder, source, revision = stage(spec, Path(tmp), tiny_builders)
         progress(f"  hashing {folder}")
         sha = tree_sha256(folder)
         version = sha[:20]

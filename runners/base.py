@@ -16,12 +16,13 @@ The contract (written down, as LitServe writes down its own):
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 Quantization = Literal["none", "int8", "4bit"]
 Device = Literal["cpu", "cuda", "mps"]
 
 
+@runtime_checkable
 class Runner(Protocol):
     kind: str
     device: Device

@@ -76,19 +76,21 @@ def client(app: Any) -> Any:
 @pytest.fixture(scope="session")
 def tiny_runner(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Any]:
     """`tiny_runner(kind, **options)`: a new, loaded CPU runner of `kind` (botmodels/registry.py)
-    over its tiny random model, which is built once per session and shared read-only. Unquantized
-    unless `quantization=` says otherwise; other options go to the runner's constructor."""
+    over the folder the store would hold for its `tiny` profile (random weights, plus the files
+    the manifest adds), staged once per session and shared read-only. Unquantized unless
+    `quantization=` says otherwise; other options go to the runner's constructor."""
     from botmodels import registry
+    from botmodels.config import get_settings
+    from botmodels.store import load_manifest, spec_for, stage
 
     folders: dict[str, Path] = {}
 
     def make(kind: str, *, quantization: str = "none", load: bool = True, **options: Any) -> Any:
-        entry = registry.KINDS[kind]
         if kind not in folders:
-            assert entry.build_tiny is not None, f"{kind} has no tiny model"
-            folders[kind] = tmp_path_factory.mktemp(f"tiny-{kind}")
-            entry.build_tiny(folders[kind])
-        runner = entry.runner_class()(
+            spec = spec_for(load_manifest(get_settings().manifest), kind, "tiny")
+            staging = tmp_path_factory.mktemp(f"tiny-{kind}")
+            folders[kind], _, _ = stage(spec, staging, registry.tiny_builders())
+        runner = registry.KINDS[kind].runner_class()(
             folders[kind], quantization=quantization, device="cpu", **options
         )
         if load:

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from botmodels import registry
 from botmodels.config import KNOWN_RUNNERS, get_settings
 from botmodels.store import load_manifest
+from runners.base import Runner
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,3 +60,18 @@ def test_vision_and_vqa_share_one_runner_for_one_stored_model(tmp_path: Path) ->
     assert vision is vqa
     other: Any = registry.KINDS["vqa"].factory(tmp_path / "other", "none", "cpu")
     assert other is not vision
+
+
+@pytest.mark.parametrize(
+    "kind", [name for name, kind in registry.KINDS.items() if kind.build_tiny is not None]
+)
+def test_every_runner_keeps_the_written_contract(
+    kind: str, tiny_runner: Callable[..., Any]
+) -> None:
+    """runners/base.py: what `/api/models` reports, readable once the tiny model is loaded."""
+    runner = tiny_runner(kind)
+    assert isinstance(runner, Runner)
+    assert runner.kind == registry.KINDS[kind].runner.split(":")[0]  # vqa runs the vision class
+    assert (runner.device, runner.quantization) == ("cpu", "none")
+    assert isinstance(runner.dtype, str)
+    assert runner.dtype

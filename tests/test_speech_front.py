@@ -208,20 +208,8 @@ def test_tiny_vits_speaks_long_text_in_bounded_calls(tiny_tts: Any) -> None:
 
 # --- tiny random Whisper (transformers engine) ---------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_stt(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    import shutil
-
-    import silero_vad
-
-    from runners.stt import SttRunner, build_tiny
-
-    folder = tmp_path_factory.mktemp("tiny-whisper")
-    build_tiny(folder)
-    (folder / "vad").mkdir()
-    shutil.copy(Path(silero_vad.__file__).parent / "data" / "silero_vad.onnx", folder / "vad")
-    runner = SttRunner(folder, quantization="none", device="cpu", beam_size=1)
-    runner.load()
-    return runner
+def tiny_stt(tiny_runner: Callable[..., Any]) -> Any:
+    return tiny_runner("stt", beam_size=1)
 
 
 def _speechlike() -> npt.NDArray[np.float32]:
