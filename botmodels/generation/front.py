@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from botmodels.config import Settings
 from botmodels.dispatch import BatchInfer, run_on_runner
@@ -51,6 +51,8 @@ from botmodels.peers import batch_items
 from botmodels.pool import RunnerPool
 
 Kind = Literal["image", "video"]
+# Where each kind's files go under /outputs, and their extension.
+OUTPUT_FILES: dict[Kind, tuple[str, str]] = {"image": ("images", "png"), "video": ("videos", "mp4")}
 
 IMAGE_BATCH_API = "generate_images"
 IMAGE_BATCH_ROUTE = "/runners/image/generate"
@@ -385,80 +387,71 @@ class GenerationFrontend:
             return self._controls.get(task_id)
 
     def run_image_batch(self, tasks: Sequence[ImageTask]) -> list[GeneratedFile]:
-        from runners.image import ImageRunner, ImageSpec
+        from runners.image import ImageSpec
 
-        runner: ImageRunner = self.pool.local("image")
-        controls = [self._control(t.task_id) for t in tasks]
-        for task, control in zip(tasks, controls, strict=True):
-            if control is not None:
-                control.start(task.steps)
-        started = time.perf_counter()
-        images = runner.generate(
-            [
-                ImageSpec(
-                    prompt=t.prompt,
-                    negative_prompt=t.negative_prompt,
-                    width=t.width,
-                    height=t.height,
-                    steps=t.steps,
-                    guidance_scale=t.guidance_scale,
-                    seed=t.seed,
-                )
-                for t in tasks
-            ],
-            controls,
-        )
-        seconds = time.perf_counter() - started
-        results: list[GeneratedFile] = []
-        for task, image in zip(tasks, images, strict=True):
-            if image is None:
-                results.append(GeneratedFile(task_id=task.task_id, status="cancelled"))
-                continue
-            saved = self.outputs.save("images", functools.partial(_write_png, image), "png")
-            results.append(
-                GeneratedFile(
-                    task_id=task.task_id,
-                    status="completed",
-                    file_path=saved.url_path,
-                    seconds=seconds,
-                )
+        specs = [
+            ImageSpec(
+                prompt=t.prompt,
+                negative_prompt=t.negative_prompt,
+                width=t.width,
+                height=t.height,
+                steps=t.steps,
+                guidance_scale=t.guidance_scale,
+                seed=t.seed,
             )
-        self.admission["image"].observe(seconds / max(1, len(tasks)))
-        return results
+            for t in tasks
+        ]
+        return self._run_batch(
+            "image", tasks, specs, lambda _, image: functools.partial(_write_png, image)
+        )
 
     def run_video_batch(self, tasks: Sequence[VideoTask]) -> list[GeneratedFile]:
-        from runners.video import VideoRunner, VideoSpec, write_mp4
+        from runners.video import VideoSpec, write_mp4
 
-        runner: VideoRunner = self.pool.local("video")
+        specs = [
+            VideoSpec(
+                prompt=t.prompt,
+                negative_prompt=t.negative_prompt,
+                width=t.width,
+                height=t.height,
+                num_frames=t.num_frames,
+                steps=t.steps,
+                guidance_scale=t.guidance_scale,
+                seed=t.seed,
+            )
+            for t in tasks
+        ]
+        return self._run_batch(
+            "video",
+            tasks,
+            specs,
+            lambda task, frames: functools.partial(write_mp4, frames, cast(VideoTask, task).fps),
+        )
+
+    def _run_batch(
+        self,
+        kind: Kind,
+        tasks: Sequence[ImageTask | VideoTask],
+        specs: Sequence[Any],
+        writer: Callable[[ImageTask | VideoTask, Any], Callable[[Path], Any]],
+    ) -> list[GeneratedFile]:
+        """Run one batch on the local runner (each task under its control, so it can be
+        cancelled at a step) and write each result through the output store; `seconds` runs
+        until the task's file is written, and feeds the admission estimate."""
+        runner = self.pool.local(kind)
         controls = [self._control(t.task_id) for t in tasks]
         for task, control in zip(tasks, controls, strict=True):
             if control is not None:
                 control.start(task.steps)
         started = time.perf_counter()
-        videos = runner.generate(
-            [
-                VideoSpec(
-                    prompt=t.prompt,
-                    negative_prompt=t.negative_prompt,
-                    width=t.width,
-                    height=t.height,
-                    num_frames=t.num_frames,
-                    steps=t.steps,
-                    guidance_scale=t.guidance_scale,
-                    seed=t.seed,
-                )
-                for t in tasks
-            ],
-            controls,
-        )
+        outputs = runner.generate(specs, controls)
+        folder, ext = OUTPUT_FILES[kind]
         results: list[GeneratedFile] = []
-        for task, frames in zip(tasks, videos, strict=True):
-            if frames is None:
+        for task, output in zip(tasks, outputs, strict=True):
+            if output is None:
                 results.append(GeneratedFile(task_id=task.task_id, status="cancelled"))
                 continue
-            saved = self.outputs.save(
-                "videos", functools.partial(write_mp4, frames, task.fps), "mp4"
-            )
+            saved = self.outputs.save(folder, writer(task, output), ext)
             results.append(
                 GeneratedFile(
                     task_id=task.task_id,
@@ -467,7 +460,7 @@ class GenerationFrontend:
                     seconds=time.perf_counter() - started,
                 )
             )
-        self.admission["video"].observe((time.perf_counter() - started) / max(1, len(tasks)))
+        self.admission[kind].observe((time.perf_counter() - started) / max(1, len(tasks)))
         return results
 
     # 3. Dispatch ------------------------------------------------------------------------------
