@@ -1,12 +1,12 @@
 """Workarounds for BentoML 1.4.40 bugs. Each names what to check before dropping it.
 
-1. Leaked timer per request. `TimeoutMiddleware.__call__`
-   (bentoml/_internal/server/http/traffic.py) arms `loop.call_later(timeout, ...)` for every
-   request and never cancels it, so each request's context (OpenTelemetry span included) lives
-   for `traffic.timeout` seconds: under load the worker grew 95 -> 450 MB and full-GC pauses
-   reached ~1 s (the whole p99 tail). The replacement below is the same code with the handle
-   cancelled when the request ends, and its 504 in botmodels' error shape. Drop it when
-   upstream's `__call__` cancels the handle (still missing on upstream main, 2026-11).
+1. Leaked timer per request. `TimeoutMiddleware.__call__` (bentoml/_internal/server/http/traffic.py)
+   arms `loop.call_later(timeout, ...)` for every request and never cancels it, so each request's
+   context (OpenTelemetry span included) lives for `traffic.timeout` seconds: under load the
+   worker's memory grows with the request rate and full-GC pauses make the whole p99 tail
+   (docs/benchmarks.md, Workarounds). The replacement below is the same code with the handle
+   cancelled when the request ends, and its 504 in botmodels' error shape. Drop it when upstream's
+   `__call__` cancels the handle (still missing on upstream main, 2026-11).
 
 2. (Moved.) The `batch_infer` hook, by which an entry route submits to a batchable API's
    dispatcher, is how work reaches a runner, not a workaround: botmodels/dispatch.py holds it
@@ -14,7 +14,7 @@
 
 3. `inspect.signature` on every call. `APIMethod.__get__` (_bentoml_sdk/method.py) rebuilds the
    local-call wrapper, and with it the function's signature, each time an API is looked up:
-   twice per embeddings request, ~10 % of the event loop's time in a py-spy profile. The
+   twice per embeddings request, a visible share of the event loop's time in a profile. The
    wrapper only depends on (method, instance), so it is built once per pair. Drop it when
    `_local_call` caches (upstream main, 2026-11: it does not).
 
@@ -22,15 +22,15 @@
    for every batchable API, and starts the next batch before answering the finished one.
 
 5. Dependency injection per response. `ServiceAppFactory._add_response_headers`
-   (_bentoml_impl/server/app.py) is wrapped in simple_di's `@inject`, which binds its signature
-   and reads two configuration values on every response (~7 % of the event loop's time per
-   embeddings request). Both values are fixed once the server runs: they are read on the first
-   response and the same headers are set. Drop it when upstream reads them once.
+   (_bentoml_impl/server/app.py) is wrapped in simple_di's `@inject`, which binds its signature and
+   reads two configuration values on every response (a share of the event loop's time per request:
+   docs/benchmarks.md, Workarounds). Both values are fixed once the server runs: they are read on
+   the first response and the same headers are set. Drop it when upstream reads them once.
 
 6. A deprecation warning per request. `ServiceAppFactory.api_endpoint` reads
    `input_data.model_fields` on the instance, which pydantic >= 2.11 answers with a
    `PydanticDeprecatedSince211` warning each time: the warnings machinery (frame walk, filter
-   list) on every request, ~4 % of the event loop's time on `/api/ping`. BentoML's IO models get
+   list) on every request (docs/benchmarks.md, Workarounds). BentoML's IO models get
    a `model_fields` that returns the same class-level dict without the warning. Drop it when
    upstream reads `type(input_data).model_fields`.
 
@@ -39,32 +39,32 @@
    the same child metric. The children are memoised per label set (bounded; past the bound the
    call goes to prometheus_client as before). Drop it when upstream caches its children.
 
-8. Two writes per response (uvicorn, not BentoML). uvicorn's httptools protocol writes the
-   response head when the app sends `http.response.start` and the body when it sends
-   `http.response.body`; with uvloop each write is its own `send()` syscall and TCP segment,
-   and the client wakes twice. Small writes made in one event-loop iteration now go out as
-   one (flushed by `call_soon`, or at once past 64 KiB, or before close): measured ~10 % less
-   worker CPU per `/api/ping` request. Drop it when uvicorn writes head and body together.
+8. Two writes per response (uvicorn, not BentoML). uvicorn's httptools protocol writes the response
+   head when the app sends `http.response.start` and the body when it sends `http.response.body`;
+   with uvloop each write is its own `send()` syscall and TCP segment, and the client wakes twice.
+   Small writes made in one event-loop iteration now go out as one (flushed by `call_soon`, or at
+   once past 64 KiB, or before close), which measurably cuts worker CPU per request
+   (docs/benchmarks.md, Workarounds). Drop it when uvicorn writes head and body together.
 
 9. URL parsing for routes excluded from tracing. BentoML's OpenTelemetry middleware decides
    whether a route is traced after building the request's full URL from its headers and running
-   the `tracing.excluded_urls` regex over it: ~20-30 us per request on `/api/ping` (one-off
-   probe), one of the hot routes this service excludes. A path equal to one of the excluded
+   the `tracing.excluded_urls` regex over it, on every request of the hot routes this service
+   excludes (docs/benchmarks.md, Workarounds). A path equal to one of the excluded
    entries (which that regex always matches) now goes straight to the app; every other request
    takes OpenTelemetry's own path. Drop it when the middleware checks exclusions without
    rebuilding the URL.
 
 10. Route lookup (Starlette, not BentoML). Starlette's router tries each route's regex in order
-   until one matches: `/api/ping` is the 14th of 24 routes here, ~11 us per request (one-off
-   microbenchmark). A request whose (method, path) a plain route matched before goes to that
-   route directly. Only routes without path parameters are remembered (so at most one entry per
-   route and method), and only while every route is a `Route` or a `Mount`, whose matching
-   depends on nothing but the method and path (a `Host` route, which reads headers, turns it
-   off). Drop it when Starlette indexes static routes.
+   until one matches, so a route late in the list pays for every regex before it on every request
+   (docs/benchmarks.md, Workarounds). A request whose (method, path) a plain route matched before
+   goes to that route directly. Only routes without path parameters are remembered (so at most one
+   entry per route and method), and only while every route is a `Route` or a `Mount`, whose matching
+   depends on nothing but the method and path (a `Host` route, which reads headers, turns it off).
+   Drop it when Starlette indexes static routes.
 
 11. No request-head timeout (uvicorn, not BentoML). uvicorn's httptools protocol arms its only
    timer (keep-alive) after a response; a connection that connects and sends nothing, or half a
-   request head, is held forever (~1,500 such connections were all still open after 20 s). A
+   request head, is held forever (docs/benchmarks.md, Workarounds). A
    head's clock now starts at `connection_made` (the first request) or at the first byte of a
    later request (`on_message_begin`) and stops at `on_headers_complete`; past
    `BOTMODELS_HEADER_TIMEOUT_S` the connection is closed, with a 408 in the error shape if part
@@ -111,8 +111,7 @@
    ("unix: don't accept() connections in a loop") the listening socket yields one connection
    per loop turn. Under a burst of new connections the queue drains one per turn, and every
    turn also runs the request work that became ready, so a health probe's connection waits
-   behind the whole burst: up to 2.6 s for probes during a 700-request burst here, and 300
-   queued connections took 2.3-3.1 s to accept next to a 5 ms turn (one-off probe). The worker
+   behind the whole burst (docs/benchmarks.md, Probes under load, and Workarounds). The worker
    now serves the listening socket through `ACCEPTORS` duplicates of its descriptor (one uvloop
    server each, so up to that many accepts per turn); the kernel still keeps one queue. Its
    cost: a lone new connection wakes every descriptor, and all but one `accept()` find nothing.
@@ -569,7 +568,7 @@ def _fan_out_accepts(
 def _add_response_headers(self: Any, resp: Any) -> None:
     global _header_config
     if _header_config is None:
-        # Imported once, not per response (a function-level import costs ~1 % of a request).
+        # Imported once, not per response (a function-level import costs on every request).
         from bentoml._internal.configuration.containers import BentoMLContainer
         from bentoml._internal.context import trace_context
 
@@ -700,8 +699,8 @@ def workarounds_enabled() -> bool:
 def freeze_heap() -> None:
     """Move everything alive now (imports, loaded models) out of the GC's generations.
 
-    Full collections then stop rescanning ~170k import-time objects on every pass
-    (60 ms -> 1-2 ms per full GC, measured with BentoML 1.4.40).
+    Full collections then stop rescanning the import-time objects on every pass
+    (docs/benchmarks.md, Workarounds).
     """
     if not workarounds_enabled():
         return
