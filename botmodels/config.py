@@ -117,6 +117,32 @@ class Settings(BaseSettings):
         "get this long minus 2 s; running generations stop at their next step.",
     )
 
+    # --- inputs named by URL or path (botmodels/fetch.py) -------------------------------------
+    fetch_allow: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="What a `*_url` field may fetch, comma-separated: host names "
+        "(`media.example.com`, `*.example.com`: their public addresses only), http(s) URL "
+        "prefixes, or CIDRs (`10.0.0.0/8`: the only way to allow a private, loopback or "
+        "link-local address). The resolved address is checked, on every redirect too. Empty: "
+        "every URL is refused.",
+    )
+    fetch_roots: Annotated[list[Path], NoDecode] = Field(
+        [],
+        description="Directories a local path input (SCAN BARCODE's `image_path`) may be read "
+        "from, comma-separated; checked after resolving symlinks and `..`. Empty: every path is "
+        "refused.",
+    )
+    fetch_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="The most seconds one URL fetch may take in all (resolving, redirects, "
+        "the body); past it the request is a 504.",
+    )
+    fetch_max_redirects: int = Field(
+        5, ge=0, le=20, description="Redirects one URL fetch follows (each checked again)."
+    )
+
     bentoml_workarounds: str = Field(
         "on",
         description="`off` runs BentoML as shipped, without the speed workarounds (only to "
@@ -334,6 +360,19 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_runners(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("fetch_allow", "fetch_roots", mode="before")
+    @classmethod
+    def _parse_fetch_lists(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("fetch_allow")
+    @classmethod
+    def _fetch_allow_entries(cls, value: list[str]) -> list[str]:
+        from botmodels.fetch import AllowList
+
+        AllowList.parse(value)  # raises ValueError naming the entry
+        return value
 
     @field_validator("runners")
     @classmethod
