@@ -21,9 +21,12 @@ from botmodels.api import batch_errors, json_errors
 from botmodels.auth import Authenticator, AuthMiddleware
 from botmodels.config import get_settings
 from botmodels.dispatch import BatchInfer
+from botmodels.editor import routes as editor_routes
+from botmodels.editor.front import EditorFrontend
 from botmodels.embeddings.front import BATCH_API, BATCH_ROUTE, EmbeddingsFrontend
 from botmodels.embeddings.schemas import EmbeddedText, EmbeddingResponse
 from botmodels.errors import BotModelsError, RunnerUnavailable, handle_exception
+from botmodels.fetch import Fetcher
 from botmodels.generation.front import IMAGE_BATCH_ROUTE, VIDEO_BATCH_ROUTE, GenerationFrontend
 from botmodels.generation.jobs import JobManager, JobStore
 from botmodels.generation.routes import generation_routes
@@ -49,6 +52,7 @@ from botmodels.speech.front import STT_ROUTE, TTS_ROUTE, SpeechFrontend
 from botmodels.speech.schemas import TtsJob
 from botmodels.status import Pong
 from botmodels.vision import routes as vision_routes
+from botmodels.vision import scan as barcode_scan
 from botmodels.vision.front import (
     CAPTION_ROUTE,
     OCR_ROUTE,
@@ -129,6 +133,8 @@ status_app = Starlette(
         *generation_routes(lambda: _service().outputs, lambda: _service().jobs),
         *vision_routes.routes(lambda: _service().vision),
         *speech_routes.routes(lambda: _service().speech),
+        *barcode_scan.routes(get_settings, lambda: _service().fetcher),
+        *editor_routes.routes(lambda: _service().editor),
     ],
     exception_handlers={BotModelsError: handle_exception},
 )
@@ -173,6 +179,8 @@ class BotModels:
         self.speech: SpeechFrontend = SpeechFrontend(
             self.settings, self.pool, self.outputs, self.remotes
         )
+        self.fetcher: Fetcher = Fetcher(self.settings)  # every input named by URL or path
+        self.editor: EditorFrontend = EditorFrontend(self.settings, self.fetcher, self.speech)
         _instance = self
 
     def bind_batch_infer(self, batch_infer: BatchInfer) -> None:

@@ -13,9 +13,11 @@ only a header and is also a schema check (vision_schemas.py).
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import ClientDisconnect, Request
 
@@ -310,3 +312,24 @@ def decode_video_frames(
         raise InvalidInput("`file` is a truncated or corrupt video: no frame decoded", param="file")
     # A stream that decodes fewer frames than it has packets: fill from what we have.
     return VideoFrames(frames=frames, container=name, total_frames=total)
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+async def read_json_model(request: Request, model: type[ModelT]) -> ModelT:
+    """A JSON body (routes.py marks the route `json`, so the middleware already refused any
+    other Content-Type) validated as `model`: a 400 naming the first wrong field otherwise."""
+    try:
+        payload = json.loads(await _read_body(request))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # Recursion: nested too deep
+        raise InvalidInput(f"body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise InvalidInput("body must be a JSON object")
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or None
+        where = f"`{field}`: " if field else ""
+        raise InvalidInput(f"{where}{first['msg']}", param=field) from None

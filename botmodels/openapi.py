@@ -30,6 +30,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.routing import Route
 
 from botmodels.config import Settings
+from botmodels.editor.schemas import (
+    TranscribeRequest,
+    TranscribeResponse,
+    WaveformRequest,
+    WaveformResponse,
+)
 from botmodels.generation.front import MAX_SEED
 from botmodels.generation.schemas import GenerationResponse as MediaGenerationResponse
 from botmodels.outputs import CONTENT_TYPES as OUTPUT_CONTENT_TYPES
@@ -41,6 +47,7 @@ from botmodels.speech.schemas import (
     SpeechGenerationResponse,
     SpeechToTextResponse,
 )
+from botmodels.vision.scan import BarcodeScanRequest
 from botmodels.vision.schemas import (
     AnalyzeResponse,
     BarcodeResponse,
@@ -506,6 +513,7 @@ _TAGS = [
     {"name": "Vision", "description": "captions, visual questions, OCR, QR codes, barcodes"},
     {"name": "Speech", "description": "speech-to-text and text-to-speech"},
     {"name": "Generation", "description": "image and video generation, and its jobs"},
+    {"name": "Video editor", "description": "botserver's video editor: audio and video by URL"},
     {"name": "Runners", "description": "batchable runner APIs (what a split-out runner serves)"},
     {"name": "Status", "description": "health, models and the key check"},
     {"name": "Infrastructure", "description": "BentoML's probes, metrics and these docs"},
@@ -963,6 +971,53 @@ def _starlette_operations(s: Settings, c: _Components) -> dict[str, dict[str, An
     }
 
 
+def _url_operations(c: _Components) -> dict[str, dict[str, Any]]:
+    """The routes whose input is named by URL or path (botmodels/fetch.py): a JSON body; a
+    source refused by the fetch settings or unreachable is a 400, one over the upload limit a
+    413, one that does not arrive within BOTMODELS_FETCH_TIMEOUT_S a 504."""
+    errors = {*_ANY, *_KEYED, *_WITH_BODY}
+    slow = {
+        "504": {
+            "description": "the URL did not answer in full within BOTMODELS_FETCH_TIMEOUT_S, "
+            "or the request took over BOTMODELS_REQUEST_TIMEOUT_S",
+            "content": _json(_ERROR_REF),
+        }
+    }
+
+    def body(model: type[BaseModel]) -> dict[str, Any]:
+        schema = c.inline(model.model_json_schema(ref_template=REF, mode="validation"))
+        schema.pop("title", None)
+        return {"required": True, "content": _json(schema)}
+
+    return {
+        "barcode_scan": {
+            "tags": ["Vision"],
+            "summary": "botserver's SCAN BARCODE: read barcodes in the image at a path or URL "
+            "(none found: 200 with success false)",
+            "requestBody": body(BarcodeScanRequest),
+            "responses": _responses(
+                _ok("the codes found", _json(c.ref(BarcodeResponse))), errors, **slow
+            ),
+        },
+        "editor_transcribe": {
+            "tags": ["Video editor", "Speech"],
+            "summary": "Transcribe the audio at a URL into timed segments (seconds)",
+            "requestBody": body(TranscribeRequest),
+            "responses": _responses(
+                _ok("the segments", _json(c.ref(TranscribeResponse))), {*errors, 503}, **slow
+            ),
+        },
+        "editor_waveform": {
+            "tags": ["Video editor"],
+            "summary": "The peak envelope of the audio at a URL, for a timeline",
+            "requestBody": body(WaveformRequest),
+            "responses": _responses(
+                _ok("the envelope", _json(c.ref(WaveformResponse))), errors, **slow
+            ),
+        },
+    }
+
+
 def _infra_paths() -> dict[str, dict[str, Any]]:
     """BentoML's own routes: probes, metrics, and these docs (open, GET)."""
 
@@ -1030,7 +1085,7 @@ def build_document(service: Any, app: Any, settings: Settings, *, version: str) 
         path, operation = _bentoml_operation(api, service.name, settings, c)
         paths.setdefault(path, {})["post"] = _with_auth(path, operation)
 
-    operations = _starlette_operations(settings, c)
+    operations = {**_starlette_operations(settings, c), **_url_operations(c)}
     for route in app.routes:
         if not isinstance(route, Route) or route.name not in operations:
             continue  # undocumented: tests/test_openapi.py names it

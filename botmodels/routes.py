@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Domain = Literal["bentoml", "status", "embeddings", "vision", "speech", "generation"]
+Domain = Literal["bentoml", "status", "embeddings", "vision", "speech", "generation", "editor"]
 Probe = Literal["liveness", "readiness", "health"]
 
 
@@ -87,6 +87,7 @@ ROUTES: tuple[RouteFacts, ...] = (
     RouteFacts("/runners/vision/caption", "vision", json=True, traced=False),
     RouteFacts("/runners/vqa/answer", "vision", json=True, traced=False),
     RouteFacts("/runners/ocr/recognize", "vision", json=True, traced=False),
+    RouteFacts("/api/barcode/scan", "vision", json=True),  # SCAN BARCODE: a path or URL
     # --- speech ------------------------------------------------------------------------------
     RouteFacts("/api/speech/totext", "speech"),
     RouteFacts("/api/speech/to-text", "speech"),
@@ -97,6 +98,9 @@ ROUTES: tuple[RouteFacts, ...] = (
     RouteFacts("/v1/audio/speech", "speech", json=True),
     RouteFacts("/runners/stt/transcribe", "speech", json=True),
     RouteFacts("/runners/tts/synthesize", "speech", json=True),
+    # --- the video editor (botserver's botvideo): audio by URL -------------------------------
+    RouteFacts("/api/audio/transcribe", "editor", json=True),
+    RouteFacts("/api/audio/waveform", "editor", json=True),
     # --- generation --------------------------------------------------------------------------
     RouteFacts("/api/image/generate", "generation", json=True),
     RouteFacts("/api/video/generate", "generation", json=True),

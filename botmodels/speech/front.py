@@ -189,14 +189,18 @@ class SpeechFrontend:
         )
         return result
 
-    async def _decode(self, data: bytes) -> Any:
+    async def _decode(self, data: bytes, param: str = "file") -> Any:
         if len(data) > self.settings.max_upload_bytes:
             raise PayloadTooLarge(
-                f"`file` is {len(data)} bytes; the limit is {self.settings.max_upload_bytes}",
-                param="file",
+                f"`{param}` is {len(data)} bytes; the limit is {self.settings.max_upload_bytes}",
+                param=param,
             )
         return await asyncio.to_thread(
-            audio_io.decode, data, rate=SAMPLE_RATE, max_seconds=self.settings.stt_max_audio_s
+            audio_io.decode,
+            data,
+            rate=SAMPLE_RATE,
+            max_seconds=self.settings.stt_max_audio_s,
+            param=param,
         )
 
     def _check_language(self, language: str | None) -> str | None:
@@ -214,8 +218,9 @@ class SpeechFrontend:
             )
         return code
 
-    async def transcribe(self, data: bytes, **options: Any) -> SttResult:
-        samples = await self._decode(data)
+    async def transcribe(self, data: bytes, *, param: str = "file", **options: Any) -> SttResult:
+        """`data` (audio in any container) transcribed; `param` is the field errors name."""
+        samples = await self._decode(data, param)
         job = SttJob.from_array(samples, **options)
         result: SttResult = await self._run("stt", job, SttResult)
         return result

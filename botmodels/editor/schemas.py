@@ -1,0 +1,67 @@
+"""The video editor's bodies and answers, as botserver's botvideo crate sends and reads them
+(`botvideo/src/engine/effects.rs` transcribe_audio, `chat_ai.rs` generate_waveform): it reads
+`segments[].start/end` in seconds (and multiplies by 1000), `text`, `confidence`, `language`;
+`samples`, `duration_ms` and `sample_rate`, the waveform's values per second (its default, 10,
+is its `samples_per_second` default)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# A waveform is for drawing: past this many values per second no screen shows more.
+MAX_SAMPLES_PER_SECOND = 1000
+MAX_URL_CHARS = 4096
+
+
+class TranscribeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    audio_url: str = Field(
+        min_length=1,
+        max_length=MAX_URL_CHARS,
+        description="an http(s) URL allowed by BOTMODELS_FETCH_ALLOW, or an absolute path under "
+        "BOTMODELS_FETCH_ROOTS",
+    )
+    language: str | None = Field(
+        "auto", max_length=16, description="ISO-639-1 code, or `auto` (detected)"
+    )
+    word_timestamps: bool = Field(
+        True, description="each segment's words with their times (CTranslate2 Whisper only)"
+    )
+
+
+class TranscribedWord(BaseModel):
+    word: str
+    start: float = Field(description="seconds")
+    end: float = Field(description="seconds")
+    probability: float
+
+
+class TranscribedSegment(BaseModel):
+    start: float = Field(description="seconds from the start of the audio")
+    end: float = Field(description="seconds from the start of the audio")
+    text: str
+    confidence: float = Field(description="exp(mean token log-probability), 0..1")
+    words: list[TranscribedWord] = Field(default_factory=list)
+
+
+class TranscribeResponse(BaseModel):
+    segments: list[TranscribedSegment]
+    language: str | None = Field(description="ISO 639-1 code; null when there was no speech")
+    text: str
+    duration: float = Field(description="seconds of audio")
+
+
+class WaveformRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    audio_url: str = Field(min_length=1, max_length=MAX_URL_CHARS)
+    samples_per_second: int = Field(10, ge=1, le=MAX_SAMPLES_PER_SECOND)
+
+
+class WaveformResponse(BaseModel):
+    samples: list[float] = Field(
+        description="the peak of |sample| in each window of 1/sample_rate s, 0..1"
+    )
+    duration_ms: int
+    sample_rate: int = Field(description="values per second in `samples` (samples_per_second)")
