@@ -1,0 +1,1 @@
+"""The video editor's domain (botserver's botvideo crate): its audio and video routes."""
