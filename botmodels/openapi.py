@@ -960,6 +960,44 @@ def _starlette_operations(s: Settings, c: _Components) -> dict[str, dict[str, An
                 speech_errors,
             ),
         },
+        "editor_tts": {
+            "tags": ["Speech"],
+            "summary": "botserver's video editor: speak a text, answer the audio bytes (mp3)",
+            "requestBody": {
+                "required": True,
+                "content": _json(
+                    {
+                        **json_object,
+                        "required": ["text"],
+                        "properties": {
+                            "text": _text(s.tts_max_chars, "the text to speak"),
+                            "voice": tts_voice,
+                            "language": tts_language,
+                            "speed": {
+                                "type": ["number", "null"],
+                                "minimum": 0.25,
+                                "maximum": 4.0,
+                                "description": "default 1",
+                            },
+                            "response_format": {
+                                "enum": list(SPEECH_FORMATS),
+                                "description": "default mp3 (botserver saves the bytes as .mp3)",
+                            },
+                        },
+                    }
+                ),
+            },
+            "responses": _responses(
+                _ok(
+                    "the audio in `response_format`",
+                    {
+                        media: {"schema": {"type": "string", "format": "binary"}}
+                        for media in sorted(set(AUDIO_CONTENT_TYPES.values()))
+                    },
+                ),
+                speech_errors,
+            ),
+        },
     }
 
 

@@ -95,6 +95,7 @@ ROUTES: tuple[RouteFacts, ...] = (
     RouteFacts("/api/speech/voices", "speech"),
     RouteFacts("/v1/audio/transcriptions", "speech"),
     RouteFacts("/v1/audio/speech", "speech", json=True),
+    RouteFacts("/api/audio/tts", "speech", json=True),  # botserver's video editor
     RouteFacts("/runners/stt/transcribe", "speech", json=True),
     RouteFacts("/runners/tts/synthesize", "speech", json=True),
     # --- generation --------------------------------------------------------------------------
