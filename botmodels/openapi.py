@@ -31,6 +31,8 @@ from starlette.routing import Route
 
 from botmodels.config import Settings
 from botmodels.editor.schemas import (
+    BeatsRequest,
+    BeatsResponse,
     TranscribeRequest,
     TranscribeResponse,
     WaveformRequest,
@@ -968,6 +970,44 @@ def _starlette_operations(s: Settings, c: _Components) -> dict[str, dict[str, An
                 speech_errors,
             ),
         },
+        "editor_tts": {
+            "tags": ["Speech"],
+            "summary": "botserver's video editor: speak a text, answer the audio bytes (mp3)",
+            "requestBody": {
+                "required": True,
+                "content": _json(
+                    {
+                        **json_object,
+                        "required": ["text"],
+                        "properties": {
+                            "text": _text(s.tts_max_chars, "the text to speak"),
+                            "voice": tts_voice,
+                            "language": tts_language,
+                            "speed": {
+                                "type": ["number", "null"],
+                                "minimum": 0.25,
+                                "maximum": 4.0,
+                                "description": "default 1",
+                            },
+                            "response_format": {
+                                "enum": list(SPEECH_FORMATS),
+                                "description": "default mp3 (botserver saves the bytes as .mp3)",
+                            },
+                        },
+                    }
+                ),
+            },
+            "responses": _responses(
+                _ok(
+                    "the audio in `response_format`",
+                    {
+                        media: {"schema": {"type": "string", "format": "binary"}}
+                        for media in sorted(set(AUDIO_CONTENT_TYPES.values()))
+                    },
+                ),
+                speech_errors,
+            ),
+        },
     }
 
 
@@ -1014,6 +1054,12 @@ def _url_operations(c: _Components) -> dict[str, dict[str, Any]]:
             "responses": _responses(
                 _ok("the envelope", _json(c.ref(WaveformResponse))), errors, **slow
             ),
+        },
+        "editor_detect_beats": {
+            "tags": ["Video editor"],
+            "summary": "Beats (every fourth a downbeat) and the tempo of the audio at a URL",
+            "requestBody": body(BeatsRequest),
+            "responses": _responses(_ok("the beats", _json(c.ref(BeatsResponse))), errors, **slow),
         },
     }
 

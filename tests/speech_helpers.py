@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from botmodels.editor.beats import SAMPLE_RATE
+
 
 def words(text: str) -> list[str]:
     return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
@@ -58,3 +60,29 @@ def transcode(
         for packet in stream.encode(None):
             out.mux(packet)
     return buffer.getvalue()
+
+
+Track = tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]
+
+
+def click_track(
+    bpm: float,
+    seconds: float = 12.0,
+    amplitudes: tuple[float, ...] = (0.8,),
+    offset: float = 0.25,
+    rate: int = SAMPLE_RATE,
+) -> Track:
+    """Decaying noise bursts (10 ms) on every beat; `amplitudes` cycle (accents)."""
+    rng = np.random.default_rng(0)
+    audio = np.zeros(int(seconds * rate), dtype=np.float32)
+    length = int(0.01 * rate)
+    decay = np.exp(-np.arange(length) / (0.002 * rate))
+    times = []
+    k = 0
+    while (start := offset + k * 60.0 / bpm) < seconds - 0.1:
+        i = int(start * rate)
+        burst = rng.standard_normal(length) * decay * amplitudes[k % len(amplitudes)]
+        audio[i : i + length] += burst.astype(np.float32)
+        times.append(start)
+        k += 1
+    return audio, np.array(times)

@@ -25,11 +25,12 @@ import numpy as np
 import pytest
 
 from botmodels.config import Settings
+from botmodels.editor.beats import SAMPLE_RATE
 from botmodels.fetch import Fetcher
 from botmodels.speech import audio
 from tests.conftest import KEY, auth
 from tests.helpers import assert_error
-from tests.speech_helpers import wer
+from tests.speech_helpers import click_track, wer
 from tests.vision_media import png_bytes, symbol_image
 
 SENTENCE = "Please send the invoice to the finance team before Friday."
@@ -220,3 +221,37 @@ def test_waveform_by_url(fetching: Any, served: tuple[Path, str]) -> None:
         headers=_editor_headers(),
     )
     assert assert_error(response, 400)["param"] == "samples_per_second"
+
+
+def test_detect_beats_by_url(fetching: Any, served: tuple[Path, str]) -> None:
+    """botvideo/src/engine/chat_ai.rs:193-236 (detect_beats): POST
+    {BOTMODELS_URL}/api/audio/detect-beats `{audio_url: track.source_url, sensitivity}` (0.5
+    unless its caller chose one), no key; reads `beats[].time_ms` (i64), `strength` (f64, 1.0
+    when absent), `type` (string, "beat" when absent) and `tempo_bpm` (f64, 120 when absent)."""
+    root, base = served
+    track, clicks = click_track(120.0, amplitudes=(1.0, 0.8, 0.8, 0.8))
+    (root / "beat.wav").write_bytes(audio.wav_bytes(track, SAMPLE_RATE))
+    response = fetching.post(
+        "/api/audio/detect-beats",
+        content=json.dumps({"audio_url": f"{base}/beat.wav", "sensitivity": 0.5}),
+        headers=_editor_headers(),
+    )
+    assert response.status_code == 200, response.text
+    result = response.json()
+    tempo = float(result.get("tempo_bpm", 120.0))
+    beats = [
+        (int(b["time_ms"]), float(b.get("strength", 1.0)), str(b.get("type", "beat")))
+        for b in result["beats"]
+    ]
+    assert tempo == pytest.approx(120.0, abs=2.0)
+    found = np.array([t for t, _, _ in beats]) / 1000
+    assert all(np.min(np.abs(found - c)) <= 0.05 for c in clicks)
+    assert {kind for _, _, kind in beats} == {"beat", "downbeat"}
+    assert all(0.0 <= strength <= 1.0 for _, strength, _ in beats)
+    # a sensitivity out of range is a 400 naming the field
+    response = fetching.post(
+        "/api/audio/detect-beats",
+        json={"audio_url": f"{base}/beat.wav", "sensitivity": 7},
+        headers=_editor_headers(),
+    )
+    assert assert_error(response, 400)["param"] == "sensitivity"

@@ -1,1 +1,1 @@
-"""The video editor's routes (botserver's botvideo crate): audio and video by URL."""
+"""The video editor's domain (botserver's botvideo crate): its audio and video routes."""

@@ -12,7 +12,10 @@ import numpy.typing as npt
 from starlette.requests import Request
 
 from botmodels.config import Settings
+from botmodels.editor.beats_front import beats_from_bytes
 from botmodels.editor.schemas import (
+    BeatsRequest,
+    BeatsResponse,
     TranscribedSegment,
     TranscribedWord,
     TranscribeRequest,
@@ -98,3 +101,14 @@ class EditorFrontend:
             duration_ms=round(samples.size * 1000 / WAVEFORM_RATE),
             sample_rate=body.samples_per_second,
         )
+
+    async def detect_beats(self, request: Request) -> BeatsResponse:
+        body = await read_json_model(request, BeatsRequest)
+        data = await self.fetcher.fetch(body.audio_url, param="audio_url")
+        answer = await beats_from_bytes(
+            data,
+            body.model_dump(),
+            max_bytes=self.settings.max_upload_bytes,
+            max_seconds=self.settings.stt_max_audio_s,
+        )
+        return BeatsResponse.model_validate(answer)

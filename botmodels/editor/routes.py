@@ -14,6 +14,7 @@ from botmodels.editor.front import EditorFrontend
 EDITOR_ROUTES = {
     "/api/audio/transcribe": "transcribe",
     "/api/audio/waveform": "waveform",
+    "/api/audio/detect-beats": "detect_beats",
 }
 
 

@@ -6,6 +6,8 @@ is its `samples_per_second` default)."""
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 # A waveform is for drawing: past this many values per second no screen shows more.
@@ -65,3 +67,26 @@ class WaveformResponse(BaseModel):
     )
     duration_ms: int
     sample_rate: int = Field(description="values per second in `samples` (samples_per_second)")
+
+
+class BeatsRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    audio_url: str = Field(min_length=1, max_length=MAX_URL_CHARS)
+    # Checked by hand (botmodels/editor/beats_front.py) so the error names the range.
+    sensitivity: Any = Field(
+        None,
+        description="0 (only the most accented beats) to 1 (every beat); omitted or null: 0.5",
+        json_schema_extra={"type": ["number", "null"], "minimum": 0, "maximum": 1},
+    )
+
+
+class Beat(BaseModel):
+    time_ms: int = Field(description="milliseconds from the start of the audio")
+    strength: float = Field(description="how much louder the sound gets at the beat, 0..1")
+    type: Literal["downbeat", "beat"]
+
+
+class BeatsResponse(BaseModel):
+    beats: list[Beat]
+    tempo_bpm: float = Field(description="beats per minute; 0 when no beat was found")

@@ -422,3 +422,37 @@ class SpeechFrontend:
         if slot is None or slot.state != "ready":
             return []
         return [v.describe() for v in slot.instance.voices.values()]
+
+    # the video editor ----------------------------------------------------------------------
+    async def editor_tts(self, request: Request) -> Response:
+        """`POST /api/audio/tts` (botserver's video editor): `{text, voice, speed, language}` ->
+        the audio bytes, which botserver saves as `.mp3` as they come (so mp3 unless the caller
+        names another `response_format`). The same checks and synthesis as `/v1/audio/speech`."""
+        body = await read_json(request)
+        text = self._check_text(body.get("text"), "text")
+        fmt: Any = body.get("response_format")
+        if fmt is None:
+            fmt = "mp3"
+        if fmt not in SPEECH_FORMATS:
+            raise InvalidInput(
+                f"`response_format` {fmt!r} is not one of {', '.join(SPEECH_FORMATS)}",
+                param="response_format",
+            )
+        speed = body.get("speed")
+        language = self._optional_str(body, "language")
+        job = TtsJob(
+            text=text,
+            voice=self._editor_voice(body, language),
+            language=language,
+            speed=self._check_speed(1.0 if speed is None else speed),
+        )
+        result = await self._synthesize(job, "text")
+        encoded = await asyncio.to_thread(
+            audio_io.encode, result.samples(), result.sample_rate, fmt
+        )
+        return Response(encoded, media_type=audio_io.CONTENT_TYPES[fmt])
+
+    def _editor_voice(self, body: dict[str, Any], language: str | None) -> str | None:
+        """The editor's voice name -> what the TTS job carries. botserver sends OpenAI's
+        `alloy` unless its caller chose a voice; every name goes through this one call."""
+        return self._optional_str(body, "voice")  # installed names: the runner resolves them

@@ -37,6 +37,10 @@ def routes(front: Callable[[], SpeechFrontend]) -> list[Route]:
     async def audio_speech(request: Request) -> Response:
         return await front().openai_speech(request)
 
+    @json_errors
+    async def editor_tts(request: Request) -> Response:
+        return await front().editor_tts(request)
+
     async def speech_voices(_: Request) -> JSONResponse:
         return JSONResponse({"voices": front().voices()})
 
@@ -48,4 +52,5 @@ def routes(front: Callable[[], SpeechFrontend]) -> list[Route]:
         Route("/api/speech/voices", speech_voices, methods=["GET"]),
         Route("/v1/audio/transcriptions", audio_transcriptions, methods=["POST"]),
         Route("/v1/audio/speech", audio_speech, methods=["POST"]),
+        Route("/api/audio/tts", editor_tts, methods=["POST"]),  # botserver's video editor
     ]
