@@ -20,6 +20,8 @@ from botmodels import openapi, patches, registry, routes, status
 from botmodels.api import batch_errors, json_errors
 from botmodels.auth import Authenticator, AuthMiddleware
 from botmodels.config import get_settings
+from botmodels.data import routes as data_routes
+from botmodels.data.front import DataFrontend
 from botmodels.dispatch import BatchInfer
 from botmodels.embeddings.front import BATCH_API, BATCH_ROUTE, EmbeddingsFrontend
 from botmodels.embeddings.schemas import EmbeddedText, EmbeddingResponse
@@ -129,6 +131,7 @@ status_app = Starlette(
         *generation_routes(lambda: _service().outputs, lambda: _service().jobs),
         *vision_routes.routes(lambda: _service().vision),
         *speech_routes.routes(lambda: _service().speech),
+        *data_routes.routes(lambda: _service().data),
     ],
     exception_handlers={BotModelsError: handle_exception},
 )
@@ -173,6 +176,7 @@ class BotModels:
         self.speech: SpeechFrontend = SpeechFrontend(
             self.settings, self.pool, self.outputs, self.remotes
         )
+        self.data: DataFrontend = DataFrontend(self.settings)
         _instance = self
 
     def bind_batch_infer(self, batch_infer: BatchInfer) -> None:

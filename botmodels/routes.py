@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Domain = Literal["bentoml", "status", "embeddings", "vision", "speech", "generation"]
+Domain = Literal["bentoml", "status", "embeddings", "vision", "speech", "generation", "data"]
 Probe = Literal["liveness", "readiness", "health"]
 
 
@@ -109,6 +109,8 @@ ROUTES: tuple[RouteFacts, ...] = (
     RouteFacts("/api/jobs/{job_id}/result", "generation"),
     RouteFacts("/api/jobs/{job_id}/cancel", "generation"),
     RouteFacts("/outputs/{kind}/{name}", "generation", open=True, prefix="/outputs/"),
+    # --- data --------------------------------------------------------------------------------
+    RouteFacts("/api/detect", "data", json=True),
 )
 
 # What the middleware asks per request, derived once.
