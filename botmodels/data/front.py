@@ -72,7 +72,9 @@ class FieldError(InvalidInput):
 
     def __init__(self, message: str, *, code: str, rows: list[dict[str, Any]]) -> None:
         fields = available_fields(rows)
-        names = ", ".join(fields[:NAMES_IN_MESSAGE]) + (", …" if len(fields) > NAMES_IN_MESSAGE else "")
+        names = ", ".join(fields[:NAMES_IN_MESSAGE]) + (
+            ", …" if len(fields) > NAMES_IN_MESSAGE else ""
+        )
         super().__init__(
             f"{message}; the rows have: {names or 'no fields'}", param="value_field", code=code
         )
@@ -307,7 +309,5 @@ class DataFrontend:
 
     async def api_detect(self, request: Request) -> Response:
         raw = await request.body()
-        content = await asyncio.to_thread(
-            detect_json, raw, max_rows=self.settings.detect_max_rows
-        )
+        content = await asyncio.to_thread(detect_json, raw, max_rows=self.settings.detect_max_rows)
         return Response(content, media_type="application/json")
