@@ -995,9 +995,9 @@ def _detect_operation(s: Settings, c: _Components) -> dict[str, Any]:
         "tags": ["Data"],
         "summary": "Anomalies in one numeric column: z-score, IQR and MAD votes",
         "description": "Each numeric value gets three votes: |z| > 2.5 (population std), "
-        "outside q1 − 1.5·IQR … q3 + 1.5·IQR, and modified z-score 0.6745·|x − median| / MAD "
+        "outside q1 - 1.5·IQR … q3 + 1.5·IQR, and modified z-score 0.6745·|x - median| / MAD "
         "> 3.5. One vote lists the row; `confidence` is votes / 3. A vote whose spread is 0 "
-        "(std or MAD) abstains. Numbers and numeric strings (`\"12.5\"`) count; a missing "
+        '(std or MAD) abstains. Numbers and numeric strings (`"12.5"`) count; a missing '
         "key, null, boolean, object, list, other text or non-finite value is skipped and "
         f"counted in `skipped`. Fewer than {MIN_VALUES} numeric values: 200 with `detected: "
         "false` and a `reason`.",

@@ -36,8 +36,8 @@ def _answer(values: list[Any], field: str = "v", max_rows: int = 1000) -> dict[s
 def test_a_clear_outlier_gets_all_three_votes() -> None:
     # sorted: 9 9 10 10 10 10 11 11 12 100 (n = 10)
     # q1: position 0.25·9 = 2.25 → 10; q3: 6.75 → 11; IQR 1; fences 8.5 and 12.5
-    # median 10; |x − 10|: 0 0 0 0 1 1 1 1 2 90 → MAD 1; 100: 0.6745·90/1 = 60.705
-    # mean 19.2; Σ(x − 19.2)² = 4·9.2² + 2·8.2² + 2·10.2² + 7.2² + 80.8² = 7261.6; std √726.16
+    # median 10; |x - 10|: 0 0 0 0 1 1 1 1 2 90 → MAD 1; 100: 0.6745·90/1 = 60.705
+    # mean 19.2; Σ(x - 19.2)² = 4·9.2² + 2·8.2² + 2·10.2² + 7.2² + 80.8² = 7261.6; std √726.16
     answer = _answer([10, 11, 9, 10, 12, 10, 11, 9, 10, 100])
     assert answer["detected"] is True
     assert (answer["total_records"], answer["anomalies_found"], answer["skipped"]) == (10, 1, 0)
@@ -71,8 +71,8 @@ def test_a_clear_outlier_gets_all_three_votes() -> None:
 
 def test_a_borderline_value_gets_one_vote() -> None:
     # 1..10 and 17 (n = 11): q1 at 2.5 → 3.5, q3 at 7.5 → 8.5, IQR 5, upper fence 16 < 17
-    # mean 72/11; Σx² = 385 + 289 = 674; var = 674/11 − (72/11)²; z(17) = 2.435 < 2.5
-    # median 6; |x − 6|: 0 1 1 2 2 3 3 4 4 5 11 → MAD 3; 0.6745·11/3 = 2.473 < 3.5
+    # mean 72/11; Σx² = 385 + 289 = 674; var = 674/11 - (72/11)²; z(17) = 2.435 < 2.5
+    # median 6; |x - 6|: 0 1 1 2 2 3 3 4 4 5 11 → MAD 3; 0.6745·11/3 = 2.473 < 3.5
     answer = _answer([*range(1, 11), 17])
     [anomaly] = answer["anomalies"]
     assert anomaly["index"] == 10

@@ -19,8 +19,8 @@ class Votes(BaseModel):
     model_config = _STRICT
 
     zscore: bool = Field(description="|z| > 2.5 (z from the mean and the population std)")
-    iqr: bool = Field(description="below q1 − 1.5·IQR or above q3 + 1.5·IQR")
-    mad: bool = Field(description="modified z-score 0.6745·|x − median| / MAD > 3.5")
+    iqr: bool = Field(description="below q1 - 1.5·IQR or above q3 + 1.5·IQR")
+    mad: bool = Field(description="modified z-score 0.6745·|x - median| / MAD > 3.5")
 
 
 class IqrDetails(BaseModel):
@@ -30,8 +30,8 @@ class IqrDetails(BaseModel):
     value: float
     q1: float
     q3: float
-    iqr: float = Field(description="q3 − q1")
-    lower_bound: float | None = Field(description="q1 − 1.5·IQR (null beyond a double's range)")
+    iqr: float = Field(description="q3 - q1")
+    lower_bound: float | None = Field(description="q1 - 1.5·IQR (null beyond a double's range)")
     upper_bound: float | None = Field(description="q3 + 1.5·IQR (null beyond a double's range)")
 
 
@@ -55,7 +55,7 @@ class Summary(BaseModel):
 
     model_config = _STRICT
 
-    count: int = Field(description="numeric values analysed (total_records − skipped)")
+    count: int = Field(description="numeric values analysed (total_records - skipped)")
     mean: float
     median: float
     std: float = Field(description="population standard deviation")
