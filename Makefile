@@ -59,6 +59,7 @@ bench: $(VENV)/.dev
 	$(PY) scripts/bench_overhead.py
 	$(PY) scripts/bench_generation.py
 	$(PY) scripts/bench_speech.py
+	$(PY) scripts/bench_detect.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

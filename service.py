@@ -20,6 +20,8 @@ from botmodels import openapi, patches, registry, routes, status
 from botmodels.api import batch_errors, json_errors
 from botmodels.auth import Authenticator, AuthMiddleware
 from botmodels.config import get_settings
+from botmodels.data import routes as data_routes
+from botmodels.data.front import DataFrontend
 from botmodels.dispatch import BatchInfer
 from botmodels.editor import routes as editor_routes
 from botmodels.editor.front import EditorFrontend
@@ -135,6 +137,7 @@ status_app = Starlette(
         *speech_routes.routes(lambda: _service().speech),
         *barcode_scan.routes(get_settings, lambda: _service().fetcher),
         *editor_routes.routes(lambda: _service().editor),
+        *data_routes.routes(lambda: _service().data),
     ],
     exception_handlers={BotModelsError: handle_exception},
 )
@@ -181,6 +184,7 @@ class BotModels:
         )
         self.fetcher: Fetcher = Fetcher(self.settings)  # every input named by URL or path
         self.editor: EditorFrontend = EditorFrontend(self.settings, self.fetcher, self.speech)
+        self.data: DataFrontend = DataFrontend(self.settings)
         _instance = self
 
     def bind_batch_infer(self, batch_infer: BatchInfer) -> None:

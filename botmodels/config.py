@@ -356,6 +356,14 @@ class Settings(BaseSettings):
     )
     ocr_default_language: str = Field("eng", description="tesseract code used when none is sent.")
 
+    # --- data ---------------------------------------------------------------------------------
+    detect_max_rows: int = Field(
+        1_000_000,
+        ge=1,
+        description="Most rows in one /api/detect request (more: 413). The body's size is "
+        "bounded first by BOTMODELS_MAX_JSON_BYTES.",
+    )
+
     @field_validator("runners", mode="before")
     @classmethod
     def _parse_runners(cls, value: object) -> object:

@@ -30,6 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.routing import Route
 
 from botmodels.config import Settings
+from botmodels.data.front import DEFAULT_FIELD, MIN_VALUES, SAMPLE_ROWS
+from botmodels.data.schemas import DetectResponse
 from botmodels.editor.schemas import (
     BeatsRequest,
     BeatsResponse,
@@ -516,6 +518,7 @@ _TAGS = [
     {"name": "Speech", "description": "speech-to-text and text-to-speech"},
     {"name": "Generation", "description": "image and video generation, and its jobs"},
     {"name": "Video editor", "description": "botserver's video editor: audio and video by URL"},
+    {"name": "Data", "description": "statistics on rows of a table (botserver's DETECT)"},
     {"name": "Runners", "description": "batchable runner APIs (what a split-out runner serves)"},
     {"name": "Status", "description": "health, models and the key check"},
     {"name": "Infrastructure", "description": "BentoML's probes, metrics and these docs"},
@@ -936,6 +939,7 @@ def _starlette_operations(s: Settings, c: _Components) -> dict[str, dict[str, An
                 speech_errors,
             ),
         },
+        "data_detect": _detect_operation(s, c),
         "audio_speech": {
             "tags": ["OpenAI-compatible", "Speech"],
             "summary": "OpenAI's text-to-speech: the audio bytes",
@@ -1061,6 +1065,68 @@ def _url_operations(c: _Components) -> dict[str, dict[str, Any]]:
             "requestBody": body(BeatsRequest),
             "responses": _responses(_ok("the beats", _json(c.ref(BeatsResponse))), errors, **slow),
         },
+    }
+
+
+def _detect_operation(s: Settings, c: _Components) -> dict[str, Any]:
+    """botserver's DETECT keyword (botmodels/data/front.py has the rules)."""
+    responses = _responses(
+        _ok("the votes and the rows they flag", _json(c.ref(DetectResponse))),
+        {*_ANY, *_KEYED, *_WITH_BODY, 503},
+    )
+    responses["400"] = dict(
+        responses["400"],
+        description="invalid JSON (`NaN` and `Infinity` included), `data` not a non-empty list "
+        "of objects, or `value_field` with no numeric value in any row: then `error.code` is "
+        "`unknown_field` (no row has it) or `no_numeric_values`, and `error` has two more keys, "
+        f"`available_fields` (the keys of the first rows) and `data_sample` (the first "
+        f"{SAMPLE_ROWS} rows)",
+    )
+    responses["413"] = dict(
+        responses["413"],
+        description="body over BOTMODELS_MAX_JSON_BYTES, or more than "
+        f"{s.detect_max_rows} rows (BOTMODELS_DETECT_MAX_ROWS, code `too_many_rows`)",
+    )
+    row = {
+        "type": "object",
+        "description": "a row: any fields; only `value_field` is read, and the row is echoed "
+        "in `record` when it is flagged",
+    }
+    return {
+        "tags": ["Data"],
+        "summary": "Anomalies in one numeric column: z-score, IQR and MAD votes",
+        "description": "Each numeric value gets three votes: |z| > 2.5 (population std), "
+        "outside q1 - 1.5·IQR … q3 + 1.5·IQR, and modified z-score 0.6745·|x - median| / MAD "
+        "> 3.5. One vote lists the row; `confidence` is votes / 3. A vote whose spread is 0 "
+        '(std or MAD) abstains. Numbers and numeric strings (`"12.5"`) count; a missing '
+        "key, null, boolean, object, list, other text or non-finite value is skipped and "
+        f"counted in `skipped`. Fewer than {MIN_VALUES} numeric values: 200 with `detected: "
+        "false` and a `reason`.",
+        "requestBody": {
+            "required": True,
+            "content": _json(
+                {
+                    "type": "object",
+                    "required": ["data"],
+                    "properties": {
+                        "data": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": s.detect_max_rows,
+                            "items": row,
+                            "description": "the rows (botserver sends up to 1500)",
+                        },
+                        "value_field": {
+                            "type": "string",
+                            "minLength": 1,
+                            "default": DEFAULT_FIELD,
+                            "description": "the column to look at",
+                        },
+                    },
+                }
+            ),
+        },
+        "responses": responses,
     }
 
 
@@ -1190,7 +1256,7 @@ def build_document(service: Any, app: Any, settings: Settings, *, version: str) 
 
 _DESCRIPTION = """\
 botmodels, the AI inference sidecar of General Bots: embeddings, vision, speech, image and video
-generation over HTTP.
+generation, and anomaly detection over HTTP.
 
 Every route but health, metrics, these docs and `/outputs/` needs a key: `X-API-Key`,
 `Authorization: Bearer`, or an HMAC signature (`X-BotModels-Signature` with

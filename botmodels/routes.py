@@ -25,7 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Domain = Literal["bentoml", "status", "embeddings", "vision", "speech", "generation", "editor"]
+Domain = Literal[
+    "bentoml", "status", "embeddings", "vision", "speech", "generation", "editor", "data"
+]
 Probe = Literal["liveness", "readiness", "health"]
 
 
@@ -115,6 +117,8 @@ ROUTES: tuple[RouteFacts, ...] = (
     RouteFacts("/api/jobs/{job_id}/result", "generation"),
     RouteFacts("/api/jobs/{job_id}/cancel", "generation"),
     RouteFacts("/outputs/{kind}/{name}", "generation", open=True, prefix="/outputs/"),
+    # --- data --------------------------------------------------------------------------------
+    RouteFacts("/api/detect", "data", json=True),
 )
 
 # What the middleware asks per request, derived once.

@@ -62,6 +62,7 @@ SERVER_ENV = {
     "BOTMODELS_VISION_DEFAULT_VIDEO_FRAMES": "2",
     "BOTMODELS_TTS_MAX_CHARS": "200",
     "BOTMODELS_STT_MAX_AUDIO_S": "30",
+    "BOTMODELS_DETECT_MAX_ROWS": "50",
 }
 # Runner routes whose items can ask for unbounded work (one call holds the one pipeline for as
 # long as the numbers say, or allocates as much as they say): fuzzed only once the document

@@ -11,12 +11,14 @@ from scripts.serverproc import Server
 from tests.conftest import auth
 
 
-def assert_error(response: Any, status: int) -> dict[str, Any]:
+def assert_error(response: Any, status: int, *, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The one error shape; `extra`: the keys a route documents beside the four (e.g.
+    /api/detect's `available_fields` and `data_sample`)."""
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
     assert set(body) == {"error"}
-    assert set(body["error"]) == {"message", "type", "code", "param"}
+    assert set(body["error"]) == {"message", "type", "code", "param", *extra}
     assert isinstance(body["error"]["message"], str)
     assert body["error"]["message"]
     assert "Traceback" not in response.text
