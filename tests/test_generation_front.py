@@ -531,7 +531,7 @@ class _RangedPool(_OnePool):
             tag="image-tiny-sd:x", guidance_range=guidance, steps_range=steps
         )
 
-    def slot(self, kind: str) -> Any:  # type: ignore[override]
+    def slot(self, kind: str) -> Any:
         return self.ranged
 
 
