@@ -319,7 +319,8 @@ def _generation_fields(s: Settings, kind: Literal["image", "video"]) -> dict[str
                 "type": "integer",
                 "minimum": 1,
                 "maximum": max_steps,
-                "description": f"denoising steps; omitted or null: {default_steps}",
+                "description": f"denoising steps; omitted or null: {default_steps}; "
+                "moved into the served model's `steps_range` (GET /api/models)",
             }
         ),
         "width": _nullable(size),
@@ -329,7 +330,8 @@ def _generation_fields(s: Settings, kind: Literal["image", "video"]) -> dict[str
                 "type": "number",
                 "minimum": 0,
                 "maximum": max_guidance,
-                "description": f"classifier-free guidance; omitted or null: {default_guidance}",
+                "description": f"classifier-free guidance; omitted or null: "
+                f"{default_guidance}; moved into the served model's `guidance_range`",
             }
         ),
         "seed": _nullable(

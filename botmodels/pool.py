@@ -38,6 +38,9 @@ class RunnerSlot:
     instance: Any = None
     labels: dict[str, str] = field(default_factory=dict)
     load_seconds: float | None = None
+    # The manifest's ranges for a generation model (None where it declares none).
+    guidance_range: tuple[float, float] | None = None
+    steps_range: tuple[int, int] | None = None
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {
@@ -47,6 +50,10 @@ class RunnerSlot:
             "store_tag": self.tag,
             "quantization": self.quantization,
         }
+        if self.guidance_range is not None:
+            info["guidance_range"] = list(self.guidance_range)
+        if self.steps_range is not None:
+            info["steps_range"] = list(self.steps_range)
         if self.remote_url is not None:
             info["remote_url"] = self.remote_url
             return info
@@ -93,6 +100,8 @@ class RunnerPool:
                 quant,
                 remote_url=remote,
                 state="remote" if remote else "pending",
+                guidance_range=spec.guidance,
+                steps_range=spec.steps,
             )
 
     # -- loading ---------------------------------------------------------------------------

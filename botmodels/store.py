@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import math
 import shutil
 import tempfile
 import tomllib
@@ -44,6 +45,10 @@ class ModelSpec:
     revision: str | None = None
     path: str | None = None
     allow_patterns: tuple[str, ...] = ()
+    # Generation models only: the [low, high] the model is made for (its card's recommendation);
+    # requests are fitted into it (botmodels/generation/front.py). None: only the settings bound.
+    guidance: tuple[float, float] | None = None
+    steps: tuple[int, int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -68,11 +73,36 @@ def load_manifest(path: Path) -> dict[str, dict[str, ModelSpec]]:
             kwargs = {k: v for k, v in entry.items() if k in known}
             if "allow_patterns" in kwargs:
                 kwargs["allow_patterns"] = tuple(kwargs["allow_patterns"])
+            for key in ("guidance", "steps"):
+                if key in kwargs:
+                    kwargs[key] = _range(f"{runner}.{profile}", key, kwargs[key])
             extra = {k: v for k, v in entry.items() if k not in known}
             manifest.setdefault(runner, {})[profile] = ModelSpec(
                 runner=runner, profile=profile, extra=extra, **kwargs
             )
     return manifest
+
+
+def _range(entry: str, key: str, value: object) -> tuple[float, float] | tuple[int, int]:
+    """`guidance = [low, high]` (numbers >= 0) or `steps = [low, high]` (integers >= 1)."""
+    whole = key == "steps"
+
+    def number(v: object) -> bool:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            return False
+        return isinstance(v, int) if whole else math.isfinite(v)
+
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(number(v) for v in value)
+        or not (1 if whole else 0) <= value[0] <= value[1]
+    ):
+        rule = "integers, 1 <= low <= high" if whole else "numbers, 0 <= low <= high"
+        raise ManifestError(f"{entry}: {key} must be [low, high], {rule}; got {value!r}")
+    if whole:
+        return int(value[0]), int(value[1])
+    return float(value[0]), float(value[1])
 
 
 def spec_for(manifest: dict[str, dict[str, ModelSpec]], runner: str, profile: str) -> ModelSpec:

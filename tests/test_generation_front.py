@@ -11,6 +11,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import numpy as np
@@ -495,3 +496,162 @@ def test_openai_size_takes_ascii_digits_only(size: str) -> None:
         parse_size(size, 512)
     assert raised.value.param == "size"
     assert parse_size("64X128", 512) == (64, 128)
+
+
+# --- model ranges: what a request runs with ---------------------------------------------------
+@pytest.mark.parametrize(
+    ("value", "model_range", "low", "high", "used"),
+    [
+        (7.5, (0.0, 0.0), 0.0, 30.0, 0.0),  # botserver's IMAGE guidance on a Turbo model
+        (50, (1, 4), 1, 100, 4),  # botserver's VIDEO steps on a Turbo-like range
+        (50, (10, 25), 1, 100, 25),  # ... and on ModelScope's
+        (2, (10, 25), 1, 100, 10),  # too few for the model: raised to its floor
+        (3, (1, 4), 1, 100, 3),  # inside the range: as asked
+        (7.5, None, 0.0, 30.0, 7.5),  # no declared range: only the settings bound it
+        (50, (10, 25), 1, 5, 5),  # the operator's bound wins over the model's floor
+        (20.0, (1.0, 15.0), 0.0, 10.0, 10.0),  # and over its ceiling
+    ],
+)
+def test_fit_moves_a_value_into_the_model_range_within_the_settings(
+    value: float, model_range: Any, low: float, high: float, used: float
+) -> None:
+    from botmodels.generation.front import fit
+
+    assert fit(value, model_range, low, high) == used
+    assert type(fit(value, model_range, low, high)) is type(value)
+
+
+class _RangedPool(_OnePool):
+    """One runner, and a slot with the served model's ranges (as RunnerPool fills from the
+    manifest)."""
+
+    def __init__(self, runner: Any, guidance: Any, steps: Any) -> None:
+        super().__init__(runner)
+        self.ranged = SimpleNamespace(
+            tag="image-tiny-sd:x", guidance_range=guidance, steps_range=steps
+        )
+
+    def slot(self, kind: str) -> Any:
+        return self.ranged
+
+
+def _ranged_frontend(runner: Any, tmp_path: Path, guidance: Any, steps: Any) -> Any:
+    from botmodels.config import get_settings
+    from botmodels.generation.front import GenerationFrontend
+
+    pool: Any = _RangedPool(runner, guidance, steps)
+    return GenerationFrontend(get_settings(), pool, OutputStore(tmp_path, 3600, 2**30))
+
+
+def test_check_fits_botserver_values_and_defaults_into_the_model_range(
+    image_runner: Any, tmp_path: Path
+) -> None:
+    """botserver's IMAGE body (guidance 7.5) and VIDEO body (steps 50) run as a Turbo model is
+    made to; an omitted value's default is fitted the same way; a value inside runs as asked."""
+    frontend = _ranged_frontend(image_runner, tmp_path, (0.0, 0.0), (1, 4))
+    image = frontend.check_image(prompt="x", steps=4, width=64, height=64, guidance_scale=7.5)
+    assert (image.steps, image.guidance_scale) == (4, 0.0)
+    video = frontend.check_video(prompt="x", num_frames=4, fps=8, steps=50)
+    assert (video.steps, video.guidance_scale) == (4, 0.0)  # default guidance 9.0 fitted too
+    inside = frontend.check_image(prompt="x", steps=3, guidance_scale=0)
+    assert (inside.steps, inside.guidance_scale) == (3, 0.0)
+
+    wide = _ranged_frontend(image_runner, tmp_path, (1.0, 15.0), (10, 25))
+    video = wide.check_video(prompt="x", steps=50, guidance_scale=0.5)
+    assert (video.steps, video.guidance_scale) == (25, 1.0)
+    default = wide.check_image(prompt="x")  # BOTMODELS_IMAGE_DEFAULT_STEPS 4, guidance 0
+    assert (default.steps, default.guidance_scale) == (10, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [
+        ("steps", 0, "`steps` must be between 1 and 100; got 0"),
+        ("steps", 101, "`steps` must be between 1 and 100; got 101"),
+        ("steps", 2.5, "`steps` must be an integer; got 2.5"),
+        ("steps", "4", "`steps` must be an integer; got '4'"),
+        ("steps", True, "`steps` must be an integer; got True"),
+        ("guidance_scale", -1, "`guidance_scale` must be between 0.0 and 30.0; got -1"),
+        ("guidance_scale", 31, "`guidance_scale` must be between 0.0 and 30.0; got 31"),
+        ("guidance_scale", "7.5", "`guidance_scale` must be a number; got '7.5'"),
+        ("guidance_scale", float("nan"), "`guidance_scale` must be a number; got nan"),
+    ],
+)
+def test_malformed_values_are_refused_before_any_fitting(
+    image_runner: Any, tmp_path: Path, field: str, value: object, needle: str
+) -> None:
+    """A value the settings' checks refuse keeps its 400: fitting applies only to values that
+    are well formed and within the settings' bounds."""
+    frontend = _ranged_frontend(image_runner, tmp_path, (0.0, 0.0), (1, 4))
+    for check in (frontend.check_image, frontend.check_video):
+        with pytest.raises(InvalidInput) as raised:
+            check(prompt="x", **{field: value})
+        assert raised.value.message == needle
+        assert raised.value.param == field
+
+
+def test_manifest_ranges_reach_the_pool_slot_and_describe(tmp_path: Path) -> None:
+    """The served model's ranges come from its manifest entry, through the slot, to
+    /api/models; an entry without them is bounded by the settings only."""
+    from botmodels.config import Settings
+    from botmodels.pool import RunnerPool
+    from botmodels.store import load_manifest
+
+    real = load_manifest(Path(__file__).resolve().parent.parent / "models.toml")
+    for profile in ("offline", "cpu", "gpu", "tiny"):
+        for kind in ("image", "video"):
+            spec = real[kind][profile]
+            assert spec.guidance is not None, (kind, profile)
+            assert spec.steps is not None, (kind, profile)
+    assert (real["image"]["cpu"].guidance, real["image"]["cpu"].steps) == ((0.0, 0.0), (1, 4))
+    assert (real["image"]["tiny"].guidance, real["image"]["tiny"].steps) == ((0.0, 0.0), (1, 4))
+
+    manifest = tmp_path / "models.toml"
+    manifest.write_text(
+        '[image.tiny]\nname = "a"\nsource = "tiny"\nquantization = "none"\n'
+        "guidance = [0, 0.5]\nsteps = [2, 4]\n"
+        '[video.tiny]\nname = "b"\nsource = "tiny"\nquantization = "none"\n'
+    )
+    settings = Settings.model_construct(
+        **{
+            **Settings().model_dump(),
+            "manifest": manifest,
+            "profile": "tiny",
+            "runners": ["image", "video"],
+        }
+    )
+    pool = RunnerPool(settings, {})
+    image, video = pool.slots["image"], pool.slots["video"]
+    assert (image.guidance_range, image.steps_range) == ((0.0, 0.5), (2, 4))
+    assert (video.guidance_range, video.steps_range) == (None, None)
+    described = image.describe()
+    assert (described["guidance_range"], described["steps_range"]) == ([0.0, 0.5], [2, 4])
+    assert "guidance_range" not in video.describe()
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "steps = [0, 4]",
+        "steps = [4, 1]",
+        "steps = [1.5, 4]",
+        "steps = [1, true]",
+        "steps = 4",
+        "steps = [1, 2, 3]",
+        "guidance = [-1.0, 0.0]",
+        "guidance = [2.0, 1.0]",
+        "guidance = [0.0, inf]",
+        "guidance = [0.0, nan]",
+        'guidance = ["0", 1]',
+    ],
+)
+def test_manifest_refuses_a_malformed_range_naming_the_entry(tmp_path: Path, line: str) -> None:
+    from botmodels.store import ManifestError, load_manifest
+
+    manifest = tmp_path / "models.toml"
+    manifest.write_text(
+        f'[image.cpu]\nname = "a"\nsource = "tiny"\nquantization = "none"\n{line}\n'
+    )
+    key = line.split()[0]
+    with pytest.raises(ManifestError, match=rf"image\.cpu: {key} must be \[low, high\]"):
+        load_manifest(manifest)

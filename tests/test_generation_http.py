@@ -392,3 +392,136 @@ def test_generation_routes_are_in_the_openapi_schema(client: Any) -> None:
     paths = schema.json()["paths"]
     for path in ("/api/image/generate", "/api/video/generate", "/v1/images/generations"):
         assert path in paths
+
+
+# --- the served model's ranges -----------------------------------------------------------------
+@pytest.fixture
+def turbo(client: Any) -> Iterator[dict[str, Any]]:
+    """The served image and video slots with the `tiny` profile's ranges (Turbo's: guidance 0,
+    1-4 steps), as a server of that profile has them; this app serves `offline`, whose random
+    models declare the settings' whole bounds. Restored after the test."""
+    import service
+    from botmodels.store import load_manifest
+
+    pool = service._service().pool
+    manifest = load_manifest(pool.settings.manifest)
+    kept = {k: (pool.slots[k].guidance_range, pool.slots[k].steps_range) for k in KINDS}
+    ranges = {k: (manifest[k]["tiny"].guidance, manifest[k]["tiny"].steps) for k in KINDS}
+    for kind, (guidance, steps) in ranges.items():
+        assert (guidance, steps) == ((0.0, 0.0), (1, 4))
+        pool.slots[kind].guidance_range, pool.slots[kind].steps_range = guidance, steps
+    try:
+        yield ranges
+    finally:
+        for kind, (guidance, steps) in kept.items():
+            pool.slots[kind].guidance_range, pool.slots[kind].steps_range = guidance, steps
+
+
+KINDS = ("image", "video")
+
+
+def test_models_show_each_generation_model_ranges(client: Any) -> None:
+    """/api/models shows the served profile's manifest ranges for the generation models."""
+    import service
+    from botmodels.store import load_manifest
+
+    settings = service._service().settings
+    manifest = load_manifest(settings.manifest)
+    models = {m["runner"]: m for m in client.get("/api/models", headers=auth()).json()["models"]}
+    for kind in KINDS:
+        spec = manifest[kind][settings.profile]
+        assert models[kind]["guidance_range"] == list(spec.guidance or ())
+        assert models[kind]["steps_range"] == list(spec.steps or ())
+    assert "steps_range" not in models["embeddings"]
+
+
+def test_out_of_range_values_are_fitted_and_reported(client: Any, turbo: Any) -> None:
+    """botserver's IMAGE guidance 7.5 and any steps past the model's are run as the model's
+    range says, and the answer says what ran: the same picture as asking for those values."""
+    body = {**IMAGE, "steps": 50, "guidance_scale": 7.5, "seed": 11}
+    fitted, payload = _png(client, body)
+    assert (fitted["steps"], fitted["guidance_scale"]) == (4, 0.0)
+    asked, same = _png(client, {**IMAGE, "steps": 4, "guidance_scale": 0.0, "seed": 11})
+    assert (asked["steps"], asked["guidance_scale"]) == (4, 0.0)
+    assert payload == same
+    response = client.post(
+        "/api/video/generate", json={**VIDEO, "steps": 50, "seed": 1}, headers=auth()
+    )
+    assert response.status_code == 200, response.text
+    assert (response.json()["steps"], response.json()["guidance_scale"]) == (4, 0.0)
+
+
+def test_openai_request_outside_the_range_is_fitted_and_keeps_openai_shape(
+    client: Any, turbo: Any
+) -> None:
+    body = {"prompt": IMAGE["prompt"], "size": "64x64", "seed": 3, "response_format": "b64_json"}
+    response = client.post(
+        "/v1/images/generations",
+        json={**body, "steps": 50, "guidance_scale": 7.5},
+        headers=auth(),
+    )
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert set(answer) == {"created", "data"}
+    assert set(answer["data"][0]) <= {"url", "b64_json", "revised_prompt"}
+    payload = base64.b64decode(answer["data"][0]["b64_json"])
+    # what ran: the picture of steps 4 and guidance 0 with that seed
+    _, same = _png(client, {**IMAGE, "steps": 4, "guidance_scale": 0.0, "seed": 3})
+    assert payload == same
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "needle", "param"),
+    [
+        ("/api/image/generate", {**IMAGE, "steps": 0}, "between 1 and 100; got 0", "steps"),
+        ("/api/image/generate", {**IMAGE, "steps": 101}, "between 1 and 100; got 101", "steps"),
+        ("/api/image/generate", {**IMAGE, "steps": 2.5}, "must be an integer", "steps"),
+        (
+            "/api/image/generate",
+            {**IMAGE, "guidance_scale": -1},
+            "between 0.0 and 30.0; got -1",
+            "guidance_scale",
+        ),
+        (
+            "/api/image/generate",
+            {**IMAGE, "guidance_scale": 30.5},
+            "between 0.0 and 30.0; got 30.5",
+            "guidance_scale",
+        ),
+        ("/api/image/generate", {**IMAGE, "guidance_scale": "7.5"}, "a number", "guidance_scale"),
+        ("/api/video/generate", {**VIDEO, "steps": 500}, "between 1 and 100; got 500", "steps"),
+        ("/api/video/jobs", {**VIDEO, "steps": -3}, "between 1 and 100; got -3", "steps"),
+        ("/v1/images/generations", {"prompt": "x", "steps": 0}, "between 1 and 100", "steps"),
+        (
+            "/v1/images/generations",
+            {"prompt": "x", "guidance_scale": 99},
+            "between 0.0 and 30.0",
+            "guidance_scale",
+        ),
+    ],
+)
+def test_values_the_settings_refuse_keep_their_400_with_a_model_range(
+    client: Any, turbo: Any, path: str, body: dict[str, Any], needle: str, param: str
+) -> None:
+    error = assert_error(client.post(path, json=body, headers=auth()), 400)
+    assert needle in error["message"]
+    assert error["param"] == param
+
+
+def test_jobs_record_the_values_used(client: Any, turbo: Any) -> None:
+    import service
+
+    response = client.post(
+        "/api/image/jobs", json={**IMAGE, "steps": 50, "guidance_scale": 7.5}, headers=auth()
+    )
+    assert response.status_code == 202, response.text
+    assert response.json()["progress"]["total_steps"] == 4
+    done = _wait_job(client, response.json()["id"])
+    assert done["status"] == "completed", done
+    assert done["progress"] == {"step": 4, "total_steps": 4, "fraction": 1.0}
+    assert (done["result"]["steps"], done["result"]["guidance_scale"]) == (4, 0.0)
+    record = service._service().jobs.store.get(done["id"])
+    assert record is not None
+    assert (record.request["steps"], record.request["guidance_scale"]) == (4, 0.0)
+    result = client.get(f"/api/jobs/{done['id']}/result", headers=auth()).json()
+    assert (result["steps"], result["guidance_scale"]) == (4, 0.0)

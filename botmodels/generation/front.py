@@ -2,7 +2,9 @@
 batchable API, write the file under /outputs, and answer in botserver's or OpenAI's shape.
 
 Flow of one request:
-  1. check inputs against the settings' bounds and what the loaded pipeline can do;
+  1. check inputs against the settings' bounds and what the loaded pipeline can do, then fit
+     `steps` and `guidance_scale` into the served model's ranges (models.toml, `fit`): a value
+     the settings allow but the model is not made for is moved to the nearest end, not refused;
   2. admission: at most `<kind>_max_queue` generations waiting or running per runner, beyond
      that a 429 with a Retry-After estimated from recent generation times;
   3. dispatch through botmodels' dispatcher for the runner's batchable API (`batch_infer`), which
@@ -27,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 from botmodels.config import Settings
 from botmodels.dispatch import BatchInfer, run_on_runner
@@ -195,6 +197,20 @@ def _seed(value: object) -> int:
     return _int("seed", value, 0, MAX_SEED)
 
 
+N = TypeVar("N", int, float)
+
+
+def fit(value: N, model_range: tuple[N, N] | None, low: N, high: N) -> N:
+    """The steps or guidance a generation runs with: a request's value (already within the
+    settings' bounds `low`..`high`) moved into the served model's range, so that a caller's
+    generic value (botserver's IMAGE always sends guidance 7.5, VIDEO 50 steps) runs as the
+    model is made to run, never refused. The settings still win: an operator's bound is a limit
+    on the work, the model's range only a recommendation."""
+    if model_range is not None:
+        value = min(max(value, model_range[0]), model_range[1])
+    return min(max(value, low), high)
+
+
 def parse_size(value: object, default: int) -> tuple[int, int]:
     """OpenAI's `size`: "WIDTHxHEIGHT" (e.g. "512x512")."""
     if value is None:
@@ -245,6 +261,13 @@ class GenerationFrontend:
                 code="model_not_found",
             )
 
+    def ranges(self, kind: Kind) -> tuple[tuple[float, float] | None, tuple[int, int] | None]:
+        """The served model's (guidance, steps) ranges, from its manifest entry."""
+        slot = self.pool.slot(kind)
+        if slot is None:
+            return None, None
+        return slot.guidance_range, slot.steps_range
+
     # 0. The public routes: service.py's APIs hand over their request model's fields --------
     def check_request(self, kind: Kind, fields: dict[str, Any]) -> ImageTask | VideoTask:
         """An ImageRequest's or VideoRequest's fields: the model, then each field, by hand."""
@@ -281,14 +304,23 @@ class GenerationFrontend:
         runner = self.pool.local("image")  # 503 now if not loaded; its limits are needed below
         multiple = int(runner.size_multiple)
         native = int(runner.native_size)
+        guidance_range, steps_range = self.ranges("image")
         return ImageTask(
             task_id=secrets.token_hex(8),
             prompt=_text("prompt", prompt, s.image_max_prompt_chars, required=True) or "",
             negative_prompt=_text(
                 "negative_prompt", negative_prompt, s.image_max_prompt_chars, required=False
             ),
-            steps=_int(
-                "steps", s.image_default_steps if steps is None else steps, 1, s.image_max_steps
+            steps=fit(
+                _int(
+                    "steps",
+                    s.image_default_steps if steps is None else steps,
+                    1,
+                    s.image_max_steps,
+                ),
+                steps_range,
+                1,
+                s.image_max_steps,
             ),
             width=_size(
                 "width",
@@ -304,9 +336,14 @@ class GenerationFrontend:
                 s.image_max_size,
                 multiple,
             ),
-            guidance_scale=_float(
-                "guidance_scale",
-                s.image_default_guidance if guidance_scale is None else guidance_scale,
+            guidance_scale=fit(
+                _float(
+                    "guidance_scale",
+                    s.image_default_guidance if guidance_scale is None else guidance_scale,
+                    0.0,
+                    s.image_max_guidance,
+                ),
+                guidance_range,
                 0.0,
                 s.image_max_guidance,
             ),
@@ -330,6 +367,7 @@ class GenerationFrontend:
         runner = self.pool.local("video")
         multiple = int(runner.size_multiple)
         native = int(runner.native_size)
+        guidance_range, steps_range = self.ranges("video")
         return VideoTask(
             task_id=secrets.token_hex(8),
             prompt=_text("prompt", prompt, s.video_max_prompt_chars, required=True) or "",
@@ -343,8 +381,16 @@ class GenerationFrontend:
                 s.video_max_frames,
             ),
             fps=_int("fps", s.video_default_fps if fps is None else fps, 1, s.video_max_fps),
-            steps=_int(
-                "steps", s.video_default_steps if steps is None else steps, 1, s.video_max_steps
+            steps=fit(
+                _int(
+                    "steps",
+                    s.video_default_steps if steps is None else steps,
+                    1,
+                    s.video_max_steps,
+                ),
+                steps_range,
+                1,
+                s.video_max_steps,
             ),
             width=_size(
                 "width",
@@ -360,9 +406,14 @@ class GenerationFrontend:
                 s.video_max_size,
                 multiple,
             ),
-            guidance_scale=_float(
-                "guidance_scale",
-                s.video_default_guidance if guidance_scale is None else guidance_scale,
+            guidance_scale=fit(
+                _float(
+                    "guidance_scale",
+                    s.video_default_guidance if guidance_scale is None else guidance_scale,
+                    0.0,
+                    s.video_max_guidance,
+                ),
+                guidance_range,
                 0.0,
                 s.video_max_guidance,
             ),
@@ -562,6 +613,7 @@ class GenerationFrontend:
             width=task.width,
             height=task.height,
             steps=task.steps,
+            guidance_scale=task.guidance_scale,
             num_frames=task.num_frames if isinstance(task, VideoTask) else None,
             fps=task.fps if isinstance(task, VideoTask) else None,
             job_id=job_id,

@@ -155,6 +155,7 @@ class GenerationResponse(BaseModel):
     width: int
     height: int
     steps: int
+    guidance_scale: float
     num_frames: int | None = None
     fps: int | None = None
     job_id: str | None = None
