@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 
 from botmodels import openapi, patches, registry, routes, status
 from botmodels.api import batch_errors, json_errors
-from botmodels.auth import Authenticator, AuthMiddleware
+from botmodels.auth import Authenticator, AuthMiddleware, TrustedNetworks, log_trusted_networks
 from botmodels.config import get_settings
 from botmodels.dispatch import BatchInfer
 from botmodels.embeddings.front import BATCH_API, BATCH_ROUTE, EmbeddingsFrontend
@@ -84,7 +84,9 @@ class _LazyAuth(AuthMiddleware):
     def __init__(self, app: Any) -> None:
         current = get_settings()
         limit = max(current.max_upload_bytes, current.max_json_bytes)
-        super().__init__(app, _authenticator(), max_body_bytes=limit)
+        trusted = TrustedNetworks(current.trusted_networks, current.trusted_proxies)
+        super().__init__(app, _authenticator(), max_body_bytes=limit, trusted=trusted)
+        log_trusted_networks(trusted)
 
 
 class _RunnerGuard(RunnerRouteGuard):

@@ -26,6 +26,8 @@ COMPUTED_DEFAULTS = {
     "home": "`~/.botmodels`",
     "manifest": "`models.toml` in the checkout",
     "threads": "the CPUs this process may use",
+    "trusted_networks": "none",
+    "trusted_proxies": "none",
 }
 
 HEADER = """\
