@@ -252,6 +252,12 @@ class Settings(BaseSettings):
         ge=100,
         description=_NO_EFFECT,
     )
+    tts_voice_map: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="Voice aliases, `name=installed voice` comma-separated (`alloy=joe,nova=joe`). "
+        "OpenAI's voice names not listed speak as the first installed voice of the request's "
+        "language (or the default voice).",
+    )
     tts_max_chars: int = Field(4096, ge=1, description="Longest text to speak (OpenAI's limit).")
     tts_max_phonemes: int = Field(
         10_000,
@@ -403,6 +409,24 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_trusted_proxies(cls, value: object) -> object:
         return _parse_networks(value, "BOTMODELS_TRUSTED_PROXIES")
+
+    @field_validator("tts_voice_map", mode="before")
+    @classmethod
+    def _parse_voice_map(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        aliases: dict[str, str] = {}
+        for part in (p.strip() for p in value.split(",")):
+            if not part:
+                continue
+            alias, sep, voice = (x.strip() for x in part.partition("="))
+            if not (sep and alias and voice):
+                raise ValueError(
+                    f"BOTMODELS_TTS_VOICE_MAP={value!r}: {part!r} is not `alias=voice` "
+                    "(e.g. alloy=joe,nova=joe)"
+                )
+            aliases[alias.lower()] = voice
+        return aliases
 
     @property
     def outputs_root(self) -> Path:

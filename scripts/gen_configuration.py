@@ -28,6 +28,7 @@ COMPUTED_DEFAULTS = {
     "threads": "the CPUs this process may use",
     "trusted_networks": "none",
     "trusted_proxies": "none",
+    "tts_voice_map": "none",
 }
 
 HEADER = """\
