@@ -17,7 +17,8 @@ its client address is inside `BOTMODELS_TRUSTED_NETWORKS` (botserver next door s
 calls with no key). A presented credential is always checked, so a wrong key is a 401 from
 anywhere. The client address is the TCP peer; `X-Forwarded-For` is believed only when the peer
 is inside `BOTMODELS_TRUSTED_PROXIES`, and then the client is its right-most entry that is not
-itself a trusted proxy (entries to its left were written by the client and prove nothing).
+itself a trusted proxy (entries to its left were written by the client and prove nothing). A
+request with an `Origin` header (a browser's) is never let in without credentials.
 
 Every comparison is constant-time (`hmac.compare_digest`) and no key is ever logged.
 Open without credentials: the routes botmodels/routes.py marks open (liveness/readiness/health,
@@ -242,7 +243,11 @@ class TrustedNetworks:
         return address
 
     def trusts(self, scope: Scope) -> bool:
-        return bool(self.networks) and self._inside(self.client_address(scope), self.networks)
+        """A browser's request (it carries `Origin`; botserver's never does) is never trusted:
+        a web page open on a trusted host could otherwise post uploads here without a key."""
+        if not self.networks or _header(scope, b"origin") is not None:
+            return False
+        return self._inside(self.client_address(scope), self.networks)
 
 
 NO_TRUSTED_NETWORKS = TrustedNetworks(())
@@ -322,8 +327,8 @@ class AuthMiddleware:
                 send,
                 "missing credentials: send X-API-Key, Authorization: Bearer, or an "
                 "X-BotModels-Signature with X-BotModels-Timestamp; requests without credentials "
-                f"are allowed only from BOTMODELS_TRUSTED_NETWORKS (this one came from "
-                f"{client if client is not None else 'an unknown address'})",
+                f"are allowed only from BOTMODELS_TRUSTED_NETWORKS, and never from a browser "
+                f"(this one came from {client if client is not None else 'an unknown address'})",
             )
             return
 

@@ -78,6 +78,12 @@ def test_a_request_without_credentials_from_elsewhere_is_401_naming_the_setting(
     assert body["error"]["code"] == "invalid_api_key"
 
 
+def test_a_browsers_request_is_never_trusted() -> None:
+    # a web page open on the trusted host posts a multipart upload: it carries Origin
+    assert call(LOCAL, "127.0.0.1", {"Origin": "https://evil.example"})[0] == 401
+    assert call(LOCAL, "127.0.0.1", {"Origin": "null"})[0] == 401
+
+
 def test_v4_and_v6_ranges() -> None:
     trusted = TrustedNetworks(nets("10.0.0.0/8", "fd00::/8"))
     assert call(trusted, "10.200.3.4")[0] == 200
