@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 
 from botmodels import openapi, patches, registry, routes, status
 from botmodels.api import batch_errors, json_errors
-from botmodels.auth import Authenticator, AuthMiddleware
+from botmodels.auth import Authenticator, AuthMiddleware, TrustedNetworks, log_trusted_networks
 from botmodels.config import get_settings
 from botmodels.data import routes as data_routes
 from botmodels.data.front import DataFrontend
@@ -90,7 +90,9 @@ class _LazyAuth(AuthMiddleware):
     def __init__(self, app: Any) -> None:
         current = get_settings()
         limit = max(current.max_upload_bytes, current.max_json_bytes)
-        super().__init__(app, _authenticator(), max_body_bytes=limit)
+        trusted = TrustedNetworks(current.trusted_networks, current.trusted_proxies)
+        super().__init__(app, _authenticator(), max_body_bytes=limit, trusted=trusted)
+        log_trusted_networks(trusted)
 
 
 class _RunnerGuard(RunnerRouteGuard):

@@ -12,6 +12,14 @@ Accepted credentials, any one of them, for any configured key (several keys at o
     its timestamp is still within the tolerance, is rejected. Used signatures are kept in SQLite
     (`ReplayCache`), so a worker restart forgets none and two workers cannot both accept one.
 
+Trusted networks (`TrustedNetworks`): a request with no credentials at all is let through when
+its client address is inside `BOTMODELS_TRUSTED_NETWORKS` (botserver next door sends several
+calls with no key). A presented credential is always checked, so a wrong key is a 401 from
+anywhere. The client address is the TCP peer; `X-Forwarded-For` is believed only when the peer
+is inside `BOTMODELS_TRUSTED_PROXIES`, and then the client is its right-most entry that is not
+itself a trusted proxy (entries to its left were written by the client and prove nothing). A
+request with an `Origin` header (a browser's) is never let in without credentials.
+
 Every comparison is constant-time (`hmac.compare_digest`) and no key is ever logged.
 Open without credentials: the routes botmodels/routes.py marks open (liveness/readiness/health,
 metrics, the API docs, and generated files under /outputs/: botserver hands their URLs to bot
@@ -23,10 +31,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -40,6 +49,9 @@ log = logging.getLogger("botmodels.auth")
 
 TIMESTAMP_HEADER = b"x-botmodels-timestamp"
 SIGNATURE_HEADER = b"x-botmodels-signature"
+# Where the TCP peer is kept when a server rewrites `scope["client"]` from proxy headers
+# (uvicorn does so for loopback peers: botmodels/patches.py, workaround 17).
+PEER_SCOPE_KEY = "botmodels.peer"
 # A unix time in seconds has 10 digits until the year 2286: a much longer one is malformed, and
 # the clock check, in floats, would overflow on a few hundred digits.
 MAX_TIMESTAMP_DIGITS = 15
@@ -178,6 +190,83 @@ class Authenticator:
         return None
 
 
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_address(text: str) -> Address | None:
+    """An IP address (IPv4-mapped IPv6 read as IPv4; `[v6]` and `v4:port` forms accepted),
+    or None for anything else (a host name, garbage)."""
+    text = text.strip()
+    if text.startswith("["):  # [v6] or [v6]:port
+        text = text[1 : text.find("]")] if "]" in text else text
+    elif text.count(":") == 1:  # v4:port
+        text = text.split(":")[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+class TrustedNetworks:
+    """Which requests may omit credentials: those whose client address is in `networks`."""
+
+    def __init__(self, networks: Sequence[Network], proxies: Sequence[Network] = ()) -> None:
+        self.networks = tuple(networks)
+        self.proxies = tuple(proxies)
+
+    @staticmethod
+    def _inside(address: Address | None, networks: Sequence[Network]) -> bool:
+        return address is not None and any(address in network for network in networks)
+
+    def client_address(self, scope: Scope) -> Address | None:
+        """The TCP peer, or, when the peer is a trusted proxy, the right-most X-Forwarded-For
+        entry that is not a trusted proxy (the left-most when every entry is one)."""
+        peer = scope.get(PEER_SCOPE_KEY, scope.get("client"))
+        address = parse_address(str(peer[0])) if peer else None
+        if not self._inside(address, self.proxies):
+            return address
+        chain = [
+            part
+            for key, value in scope.get("headers", [])
+            if key == b"x-forwarded-for"
+            for part in bytes(value).decode("latin-1").split(",")
+            if part.strip()
+        ]
+        for entry in reversed(chain):
+            address = parse_address(entry)
+            if not self._inside(address, self.proxies):
+                return address  # None (unparsable) is trusted by nothing
+        return address
+
+    def trusts(self, scope: Scope) -> bool:
+        """A browser's request (it carries `Origin`; botserver's never does) is never trusted:
+        a web page open on a trusted host could otherwise post uploads here without a key."""
+        if not self.networks or _header(scope, b"origin") is not None:
+            return False
+        return self._inside(self.client_address(scope), self.networks)
+
+
+NO_TRUSTED_NETWORKS = TrustedNetworks(())
+
+
+def log_trusted_networks(trusted: TrustedNetworks) -> None:
+    """Once per worker, at start-up: a WARNING when requests may omit credentials, since it
+    relaxes authentication (a served worker shows no INFO)."""
+    if not trusted.networks:
+        log.info("no trusted networks: every keyed route needs credentials")
+        return
+    log.warning(
+        "requests without credentials are accepted from BOTMODELS_TRUSTED_NETWORKS=%s "
+        "(X-Forwarded-For believed only from BOTMODELS_TRUSTED_PROXIES=%s)",
+        ",".join(map(str, trusted.networks)),
+        ",".join(map(str, trusted.proxies)) or "none",
+    )
+
+
 def _header(scope: Scope, name: bytes) -> bytes | None:
     for key, value in scope.get("headers", []):
         if key == name:
@@ -198,10 +287,17 @@ async def _unauthorized(send: Send, message: str) -> None:
 class AuthMiddleware:
     """Rejects unauthenticated requests to protected paths with 401 before any parsing."""
 
-    def __init__(self, app: ASGIApp, authenticator: Authenticator, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        authenticator: Authenticator,
+        max_body_bytes: int,
+        trusted: TrustedNetworks = NO_TRUSTED_NETWORKS,
+    ) -> None:
         self.app = app
         self.auth = authenticator
         self.max_body_bytes = max_body_bytes
+        self.trusted = trusted
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_open_path(scope["path"]):
@@ -222,11 +318,17 @@ class AuthMiddleware:
 
         signature = _header(scope, SIGNATURE_HEADER)
         timestamp = _header(scope, TIMESTAMP_HEADER)
+        if signature is None and timestamp is None and self.trusted.trusts(scope):
+            await self.app(scope, receive, send)  # no credential at all, from a trusted network
+            return
         if signature is None or timestamp is None:
+            client = self.trusted.client_address(scope)
             await _unauthorized(
                 send,
                 "missing credentials: send X-API-Key, Authorization: Bearer, or an "
-                "X-BotModels-Signature with X-BotModels-Timestamp",
+                "X-BotModels-Signature with X-BotModels-Timestamp; requests without credentials "
+                f"are allowed only from BOTMODELS_TRUSTED_NETWORKS, and never from a browser "
+                f"(this one came from {client if client is not None else 'an unknown address'})",
             )
             return
 

@@ -5,6 +5,7 @@ Nothing here touches a model or the network; reading the environment is the only
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -37,6 +38,38 @@ def _split_csv(value: object) -> object:
     return value
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _parse_networks(value: object, setting: str) -> object:
+    """Comma-separated CIDRs (a bare address is one host) -> networks. A CIDR with host bits
+    set (`10.0.0.5/8`) is refused rather than widened: it usually means one host or a typo."""
+    if not isinstance(value, str):
+        return value
+    networks: list[Network] = []
+    for part in (p.strip() for p in value.split(",")):
+        if not part:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part, strict=True))
+        except ValueError as exc:
+            raise ValueError(
+                f"{setting}={value!r}: {part!r} is not a CIDR (e.g. 127.0.0.1/32, ::1/128, "
+                f"10.0.0.0/8): {exc}"
+            ) from None
+    return networks
+
+
+def is_loopback_host(host: str) -> bool:
+    """A bind address only this machine can reach: 127.0.0.0/8, ::1 or `localhost`."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 # The `*_max_latency_ms` settings fed BentoML's dispatcher, which botmodels no longer uses.
 _NO_EFFECT = (
     "Accepted for compatibility; no effect: botmodels' dispatcher holds no request and cancels "
@@ -67,6 +100,21 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = Field(
         None,
         description="File with one key per line; default <home>/api-key, generated if missing.",
+    )
+    allow_short_keys: bool = Field(
+        False,
+        description="Accept keys under 16 characters (botserver's default `starter`), only when "
+        "BOTMODELS_HOST is loopback (127.0.0.0/8, ::1, localhost); another bind refuses to start.",
+    )
+    trusted_networks: Annotated[list[Network], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated CIDRs whose requests may omit credentials (a presented "
+        "credential is still checked). Botserver next door: `127.0.0.1/32,::1/128`.",
+    )
+    trusted_proxies: Annotated[list[Network], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated CIDRs of reverse proxies whose X-Forwarded-For is believed "
+        "(the client is its right-most entry that is not a trusted proxy); never from others.",
     )
     signature_tolerance_s: int = Field(
         300,
@@ -230,6 +278,12 @@ class Settings(BaseSettings):
         ge=100,
         description=_NO_EFFECT,
     )
+    tts_voice_map: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="Voice aliases, `name=installed voice` comma-separated (`alloy=joe,nova=joe`). "
+        "OpenAI's voice names not listed speak as the first installed voice of the request's "
+        "language (or the default voice).",
+    )
     tts_max_chars: int = Field(4096, ge=1, description="Longest text to speak (OpenAI's limit).")
     tts_max_phonemes: int = Field(
         10_000,
@@ -392,6 +446,34 @@ class Settings(BaseSettings):
                 f"of {list(KNOWN_RUNNERS)}"
             )
         return list(dict.fromkeys(value))
+
+    @field_validator("trusted_networks", mode="before")
+    @classmethod
+    def _parse_trusted_networks(cls, value: object) -> object:
+        return _parse_networks(value, "BOTMODELS_TRUSTED_NETWORKS")
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _parse_trusted_proxies(cls, value: object) -> object:
+        return _parse_networks(value, "BOTMODELS_TRUSTED_PROXIES")
+
+    @field_validator("tts_voice_map", mode="before")
+    @classmethod
+    def _parse_voice_map(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        aliases: dict[str, str] = {}
+        for part in (p.strip() for p in value.split(",")):
+            if not part:
+                continue
+            alias, sep, voice = (x.strip() for x in part.partition("="))
+            if not (sep and alias and voice):
+                raise ValueError(
+                    f"BOTMODELS_TTS_VOICE_MAP={value!r}: {part!r} is not `alias=voice` "
+                    "(e.g. alloy=joe,nova=joe)"
+                )
+            aliases[alias.lower()] = voice
+        return aliases
 
     @property
     def outputs_root(self) -> Path:

@@ -66,10 +66,10 @@ def _looks_like_video(data: bytes) -> bool:
 
 
 # Which raw (non-multipart) bodies a route takes as the upload itself:
-#   "refused": multipart only (415 for anything else);
-#   "image": application/octet-stream, image/*, video/* or no type (older botserver clients);
+#   "image": application/octet-stream, image/*, video/* or no type (botserver's HEAR AS
+#            QRCODE/VIDEO and OCR keyword send application/octet-stream);
 #   "audio": any body but JSON or a urlencoded form (those are a 400 that says how to send it).
-RawBody = Literal["refused", "image", "audio"]
+RawBody = Literal["image", "audio"]
 
 
 @dataclass
@@ -99,11 +99,10 @@ async def read_upload(
         media in ("application/octet-stream", "") or media.startswith(("image/", "video/"))
     ):
         return Upload(await _read_body(request), {}, {})
-    accepted = "multipart/form-data with field `file`"
-    if raw == "image":
-        accepted += ", or the raw image as application/octet-stream"
     raise UnsupportedMediaType(
-        f"this route takes {accepted} (got Content-Type {media or 'none'!r})", param="file"
+        "this route takes multipart/form-data with field `file`, or the raw file as "
+        f"application/octet-stream (got Content-Type {media or 'none'!r})",
+        param="file",
     )
 
 

@@ -43,7 +43,7 @@ from botmodels.editor.schemas import (
 from botmodels.generation.front import MAX_SEED
 from botmodels.generation.schemas import GenerationResponse as MediaGenerationResponse
 from botmodels.outputs import CONTENT_TYPES as OUTPUT_CONTENT_TYPES
-from botmodels.routes import is_open_path
+from botmodels.routes import DEPRECATED_PATHS, is_open_path
 from botmodels.speech.audio import CONTENT_TYPES as AUDIO_CONTENT_TYPES
 from botmodels.speech.front import SPEECH_FORMATS, TRANSCRIPTION_FORMATS
 from botmodels.speech.schemas import (
@@ -170,6 +170,11 @@ class Voice(BaseModel):
 
 class VoicesList(BaseModel):
     voices: list[Voice] = Field(description="empty while the TTS runner is not loaded")
+    aliases: dict[str, str | None] = Field(
+        description="names also accepted as `voice` (OpenAI's, BOTMODELS_TTS_VOICE_MAP's) and "
+        "the voice each speaks as; null: the first installed voice of the request's `language`, "
+        "or the default voice"
+    )
 
 
 class Transcription(BaseModel):
@@ -608,14 +613,30 @@ def _upload_body(
     return {"required": True, "content": content}
 
 
-def _image_file(raw: bool = False) -> dict[str, Any]:
-    description = (
+def _image_file() -> dict[str, Any]:
+    return _binary(
         "the image (PNG, JPEG, GIF, BMP, TIFF, WebP, PPM, ICO); the bytes are sniffed, the "
-        "declared name and type are ignored"
+        "declared name and type are ignored. Or send the image as the raw body instead",
+        "image/*",
     )
-    if raw:
-        description += ". Or send the image as the raw body instead"
-    return _binary(description, "image/*")
+
+
+# Every vision upload also takes the raw file as the body (botserver's HEAR AS QRCODE/VIDEO and
+# OCR keyword send application/octet-stream); its other fields then come from the query string.
+_RAW_IMAGE = ("application/octet-stream", "image/*")
+_RAW_VIDEO = ("application/octet-stream", "video/*")
+
+
+def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """A form field's twin in the query string, for a raw body (the form field wins)."""
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": f"with a raw body: {schema.get('description', name)}; the form field "
+        "wins when both are sent",
+        "schema": {k: v for k, v in schema.items() if k != "description"},
+    }
 
 
 def _starlette_operations(s: Settings, c: _Components) -> dict[str, dict[str, Any]]:
@@ -635,6 +656,18 @@ def _starlette_operations(s: Settings, c: _Components) -> dict[str, dict[str, An
         "maxLength": 64,
         "description": "tesseract code(s) (eng, por, spa, eng+por) or two-letter code (en, pt, "
         f"es); unknown or not installed: 400; default {s.ocr_default_language}",
+    }
+    prompt_field = {
+        "type": "string",
+        "maxLength": s.vision_max_prompt_chars,
+        "description": "the caption's opening words",
+    }
+    question_field = _text(s.vision_max_prompt_chars, "the question")
+    num_frames_field = {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": s.vision_max_video_frames,
+        "description": f"frames to caption; default {s.vision_default_video_frames}",
     }
     job_id = {
         "name": "job_id",
@@ -664,7 +697,8 @@ def _starlette_operations(s: Settings, c: _Components) -> dict[str, dict[str, An
     }
     tts_voice = {
         "type": ["string", "null"],
-        "description": "an installed voice (GET /api/speech/voices); unknown: 400 naming them",
+        "description": "an installed voice or an alias (GET /api/speech/voices: OpenAI's names "
+        "are aliases); unknown: 400 naming the installed ones",
     }
     tts_language = {
         "type": ["string", "null"],
@@ -767,15 +801,9 @@ def _starlette_operations(s: Settings, c: _Components) -> dict[str, dict[str, An
         "vision_describe": {
             "tags": ["Vision"],
             "summary": "Caption an image",
+            "parameters": [_query("prompt", prompt_field)],
             "requestBody": _upload_body(
-                {
-                    "file": _image_file(),
-                    "prompt": {
-                        "type": "string",
-                        "maxLength": s.vision_max_prompt_chars,
-                        "description": "the caption's opening words",
-                    },
-                }
+                {"file": _image_file(), "prompt": prompt_field}, raw=_RAW_IMAGE
             ),
             "responses": _responses(
                 _ok("the caption", _json(c.ref(DescribeResponse))), vision_errors
@@ -784,17 +812,16 @@ def _starlette_operations(s: Settings, c: _Components) -> dict[str, dict[str, An
         "vision_describe_video": {
             "tags": ["Vision"],
             "summary": "Describe a video from captions of evenly sampled frames",
+            "parameters": [_query("num_frames", num_frames_field)],
             "requestBody": _upload_body(
                 {
-                    "file": _binary("the video (mp4, webm, mov, mkv, avi…)", "video/*"),
-                    "num_frames": {
-                        "type": "integer",
-                        "minimum": 1,
-                        "maximum": s.vision_max_video_frames,
-                        "description": f"frames to caption; default "
-                        f"{s.vision_default_video_frames}",
-                    },
-                }
+                    "file": _binary(
+                        "the video (mp4, webm, mov, mkv, avi…); or send it as the raw body",
+                        "video/*",
+                    ),
+                    "num_frames": num_frames_field,
+                },
+                raw=_RAW_VIDEO,
             ),
             "responses": _responses(
                 _ok("the description", _json(c.ref(VideoDescribeResponse))), vision_errors
@@ -803,11 +830,10 @@ def _starlette_operations(s: Settings, c: _Components) -> dict[str, dict[str, An
         "vision_vqa": {
             "tags": ["Vision"],
             "summary": "Answer a question about an image",
+            "parameters": [_query("question", question_field)],
             "requestBody": _upload_body(
-                {
-                    "file": _image_file(),
-                    "question": _text(s.vision_max_prompt_chars, "the question"),
-                },
+                {"file": _image_file(), "question": question_field},
+                raw=_RAW_IMAGE,
                 required=("file", "question"),
             ),
             "responses": _responses(_ok("the answer", _json(c.ref(VqaResponse))), vision_errors),
@@ -815,9 +841,7 @@ def _starlette_operations(s: Settings, c: _Components) -> dict[str, dict[str, An
         "vision_qrcode": {
             "tags": ["Vision"],
             "summary": "Read QR codes (none found: 200 with success false)",
-            "requestBody": _upload_body(
-                {"file": _image_file(raw=True)}, raw=("application/octet-stream", "image/*")
-            ),
+            "requestBody": _upload_body({"file": _image_file()}, raw=_RAW_IMAGE),
             "responses": _responses(
                 _ok("the codes found", _json(c.ref(QrCodeResponse))), vision_errors
             ),
@@ -825,7 +849,7 @@ def _starlette_operations(s: Settings, c: _Components) -> dict[str, dict[str, An
         "vision_barcode": {
             "tags": ["Vision"],
             "summary": "Read barcodes (none found: 200 with success false)",
-            "requestBody": _upload_body({"file": _image_file()}),
+            "requestBody": _upload_body({"file": _image_file()}, raw=_RAW_IMAGE),
             "responses": _responses(
                 _ok("the codes found", _json(c.ref(BarcodeResponse))), vision_errors
             ),
@@ -835,8 +859,7 @@ def _starlette_operations(s: Settings, c: _Components) -> dict[str, dict[str, An
             "summary": "Read the text in an image (tesseract)",
             "parameters": [language_query],
             "requestBody": _upload_body(
-                {"file": _image_file(raw=True), "language": language_field},
-                raw=("application/octet-stream", "image/*"),
+                {"file": _image_file(), "language": language_field}, raw=_RAW_IMAGE
             ),
             "responses": _responses(_ok("the text", _json(c.ref(OcrResponse))), vision_errors),
         },
@@ -845,7 +868,9 @@ def _starlette_operations(s: Settings, c: _Components) -> dict[str, dict[str, An
             "summary": "Caption, OCR and codes at once (a part whose runner is down is "
             "reported in `error`)",
             "parameters": [language_query],
-            "requestBody": _upload_body({"file": _image_file(), "language": language_field}),
+            "requestBody": _upload_body(
+                {"file": _image_file(), "language": language_field}, raw=_RAW_IMAGE
+            ),
             "responses": _responses(
                 _ok("what was found", _json(c.ref(AnalyzeResponse))), vision_errors
             ),
@@ -1208,6 +1233,8 @@ def build_document(service: Any, app: Any, settings: Settings, *, version: str) 
                 continue  # added below, from GET
             operation = dict(operations[route.name])
             operation["operationId"] = _operation_id(method.lower(), route.path)
+            if route.path in DEPRECATED_PATHS:
+                operation["deprecated"] = True
             paths.setdefault(route.path, {})[method.lower()] = _with_auth(route.path, operation)
         if route.methods and "HEAD" in route.methods and "get" in paths.get(route.path, {}):
             paths[route.path]["head"] = _head(paths[route.path]["get"], route.path)

@@ -116,6 +116,15 @@
    server each, so up to that many accepts per turn); the kernel still keeps one queue. Its
    cost: a lone new connection wakes every descriptor, and all but one `accept()` find nothing.
    Drop it when uvloop accepts every pending connection per turn (or offers a setting).
+
+17. X-Forwarded-For believed from loopback (uvicorn, not BentoML). uvicorn, as BentoML runs it,
+   rewrites `scope["client"]` from `X-Forwarded-For` whenever the TCP peer is in
+   `FORWARDED_ALLOW_IPS` (default 127.0.0.1 and ::1), so by the time the auth middleware runs
+   the peer is lost, and a local process (or a local proxy passing the header through) could
+   name any client. The peer is now kept in the scope (`botmodels.auth.PEER_SCOPE_KEY`) before
+   uvicorn rewrites it; botmodels' own rule (`BOTMODELS_TRUSTED_PROXIES`) decides who is
+   believed. uvicorn's rewrite itself is left as it was (the scheme, `request.client`). Always
+   on. Drop it when uvicorn keeps the peer, or BentoML lets a service turn proxy headers off.
 """
 
 from __future__ import annotations
@@ -652,7 +661,24 @@ def apply() -> None:
         wire_service(self)
 
     ServiceAppFactory.create_instance = create_instance
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    ProxyHeadersMiddleware.__call__ = _keeping_the_peer(  # type: ignore[method-assign,assignment]
+        ProxyHeadersMiddleware.__call__
+    )
     _applied = True
+
+
+def _keeping_the_peer(call: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """Workaround 17: the TCP peer, as the server saw it, kept before uvicorn rewrites it."""
+    from botmodels.auth import PEER_SCOPE_KEY
+
+    async def keep_the_peer(self: Any, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            scope[PEER_SCOPE_KEY] = scope.get("client")
+        await call(self, scope, receive, send)
+
+    return keep_the_peer
 
 
 class OpenAPIDocument(dict[str, Any]):

@@ -14,6 +14,7 @@ BentoML's own routes, and the prefixes of mounted static trees. The facts:
 * `traced`: recorded by BentoML's OpenTelemetry middleware; the hot routes and the probes are
   excluded (spans are recorded even at sample rate 0).
 * `optional`: BentoML mounts it only in some configurations (its new index UI).
+* `deprecated`: an old name kept for old clients; the docs mark it `deprecated: true`.
 
 Imports nothing: auth and the middleware read it on every request, and scripts import it.
 tests/test_routes.py checks that every mounted and BentoML route has exactly one entry, and that
@@ -41,6 +42,7 @@ class RouteFacts:
     probe: Probe | None = None
     traced: bool = True
     optional: bool = False
+    deprecated: bool = False
 
 
 def _bentoml(
@@ -86,6 +88,8 @@ ROUTES: tuple[RouteFacts, ...] = (
     RouteFacts("/api/vision/ocr", "vision"),
     RouteFacts("/ocr", "vision"),  # older botserver
     RouteFacts("/api/vision/analyze", "vision"),
+    RouteFacts("/api/image/describe", "vision", deprecated=True),  # upstream's names
+    RouteFacts("/api/video/describe", "vision", deprecated=True),
     RouteFacts("/runners/vision/caption", "vision", json=True, traced=False),
     RouteFacts("/runners/vqa/answer", "vision", json=True, traced=False),
     RouteFacts("/runners/ocr/recognize", "vision", json=True, traced=False),
@@ -128,6 +132,7 @@ JSON_PATHS = frozenset(r.path for r in ROUTES if r.json)
 HEALTH_PATHS = frozenset(r.path for r in ROUTES if r.probe is not None)
 LIVENESS_PATHS = frozenset(r.path for r in ROUTES if r.probe == "liveness")
 READINESS_PATHS = frozenset(r.path for r in ROUTES if r.probe == "readiness")
+DEPRECATED_PATHS = frozenset(r.path for r in ROUTES if r.deprecated)
 # BentoML's `tracing.excluded_urls` (workaround 9 lets these exact paths skip the URL rebuild).
 UNTRACED_PATHS = [r.path for r in ROUTES if not r.traced]
 

@@ -26,6 +26,9 @@ COMPUTED_DEFAULTS = {
     "home": "`~/.botmodels`",
     "manifest": "`models.toml` in the checkout",
     "threads": "the CPUs this process may use",
+    "trusted_networks": "none",
+    "trusted_proxies": "none",
+    "tts_voice_map": "none",
 }
 
 HEADER = """\

@@ -49,6 +49,11 @@ TTS_ROUTE = "/runners/tts/synthesize"
 STT_API = "transcribe_batch"
 TTS_API = "synthesize_batch"
 
+# OpenAI's voice names: OpenAI clients send one of them by default, and none is installed, so
+# each speaks as an installed voice (SpeechFrontend.resolve_voice).
+OPENAI_VOICES = frozenset(
+    ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse")
+)
 TRANSCRIPTION_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 SPEECH_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
 
@@ -282,6 +287,48 @@ class SpeechFrontend:
                 self._check_language(language)
         return contextlib.nullcontext()
 
+    # voices ----------------------------------------------------------------------------------
+    def _installed_voices(self) -> dict[str, Any] | None:
+        """The local runner's voices by name, or None when it is remote or not ready."""
+        slot = self.pool.slot("tts")
+        if slot is None or slot.state != "ready":
+            return None
+        return dict(slot.instance.voices)
+
+    def resolve_voice(self, name: str | None, language: str | None = None) -> str | None:
+        """The installed voice to ask the runner for, given a request's `voice` and `language`.
+
+        An installed voice is itself; an alias in BOTMODELS_TTS_VOICE_MAP is its target; one of
+        OpenAI's names not in the map is None: the runner's first voice of `language`, or its
+        default voice. Anything else is returned as it is, and the runner answers it with the
+        400 that lists the installed voices. (`language` is the caller's: it takes part in the
+        runner's choice, not here.)"""
+        if name is None:
+            return None
+        installed = self._installed_voices()
+        if installed is not None and name.lower() in {v.lower() for v in installed}:
+            return name
+        key = name.strip().lower()
+        target = self.settings.tts_voice_map.get(key)
+        if target is not None:
+            if installed is not None and target.lower() not in {v.lower() for v in installed}:
+                raise InvalidInput(
+                    f"`voice` {name!r} maps to {target!r} (BOTMODELS_TTS_VOICE_MAP), which is "
+                    f"not installed; available voices: {', '.join(installed)}",
+                    param="voice",
+                    code="unknown_voice",
+                )
+            return target
+        if key in OPENAI_VOICES:
+            return None
+        return name
+
+    def voice_aliases(self) -> dict[str, str | None]:
+        """Every alias resolve_voice knows: OpenAI's names and the map's (None: the default)."""
+        aliases: dict[str, str | None] = {name: None for name in sorted(OPENAI_VOICES)}
+        aliases.update(self.settings.tts_voice_map)
+        return aliases
+
     @staticmethod
     def _optional_str(body: dict[str, Any], key: str) -> str | None:
         value = body.get(key)
@@ -317,10 +364,11 @@ class SpeechFrontend:
         started = time.perf_counter()
         body = await read_json(request)
         text = self._check_text(body.get("prompt"), "prompt")
+        language = self._optional_str(body, "language")
         job = TtsJob(
             text=text,
-            voice=self._optional_str(body, "voice"),
-            language=self._optional_str(body, "language"),
+            voice=self.resolve_voice(self._optional_str(body, "voice"), language),
+            language=language,
         )
         result = await self._synthesize(job, "prompt")
         samples = result.samples()
@@ -405,10 +453,11 @@ class SpeechFrontend:
                 f"`response_format` {fmt!r} is not one of {', '.join(SPEECH_FORMATS)}",
                 param="response_format",
             )
+        language = self._optional_str(body, "language")
         job = TtsJob(
             text=text,
-            voice=self._optional_str(body, "voice"),
-            language=self._optional_str(body, "language"),
+            voice=self.resolve_voice(self._optional_str(body, "voice"), language),
+            language=language,
             speed=self._check_speed(body.get("speed", 1.0)),
         )
         result = await self._synthesize(job, "input")

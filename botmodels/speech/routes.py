@@ -42,7 +42,8 @@ def routes(front: Callable[[], SpeechFrontend]) -> list[Route]:
         return await front().editor_tts(request)
 
     async def speech_voices(_: Request) -> JSONResponse:
-        return JSONResponse({"voices": front().voices()})
+        speech = front()
+        return JSONResponse({"voices": speech.voices(), "aliases": speech.voice_aliases()})
 
     return [
         Route("/api/speech/totext", speech_to_text, methods=["POST"]),

@@ -2,9 +2,11 @@
 
 Why the public routes are Starlette routes (botmodels/vision/routes.py, mounted by service.py)
 and not `@bentoml.api`s:
-botserver sends `/api/vision/qrcode` and `/api/vision/ocr` either as multipart field `file` or,
-from older clients, as a raw `application/octet-stream` body, and a BentoML API declares one body
-shape. Keeping every vision route here gives them one upload reader (`botmodels.media`: size,
+botserver sends uploads either as multipart field `file` or as the raw body
+(`application/octet-stream`: HEAR AS QRCODE, HEAR AS VIDEO, the OCR keyword), and a BentoML API
+declares one body shape. Every upload route takes both; a raw body's other fields come from the
+query string (`?prompt=`, `?question=`, `?num_frames=`, `?language=`), a form field wins over
+the query. Keeping every vision route here gives them one upload reader (`botmodels.media`: size,
 format sniffing, image-bomb checks) and one set of rules; they still pass through the same ASGI
 middleware as every other route (auth, limits, the one error shape). Only the public side lives
 here: the model work goes through the batchable BentoML APIs of service.py (`caption_batch`,
@@ -27,7 +29,7 @@ from starlette.requests import Request
 from botmodels.config import Settings, get_settings
 from botmodels.dispatch import BatchInfer, run_on_runner
 from botmodels.errors import BotModelsError, InvalidInput, PayloadTooLarge, runner_errors
-from botmodels.media import RawBody, decode_image, decode_video_frames, encode_png, read_upload
+from botmodels.media import decode_image, decode_video_frames, encode_png, read_upload
 from botmodels.peers import batch_items
 from botmodels.pool import RunnerPool
 from botmodels.remote import RemoteRunner
@@ -115,6 +117,12 @@ def ocr_items(runner: OcrRunner, items: Sequence[OcrJobIn | tuple[bytes, str]]) 
 
 
 # --- request checks --------------------------------------------------------------------------
+def _fields(request: Request, form: dict[str, str]) -> dict[str, str]:
+    """The request's text fields: the query string's (a raw body has no other place for them),
+    then the form's, which win."""
+    return {**request.query_params, **form}
+
+
 def _text_field(form: dict[str, str], name: str, limit: int) -> str | None:
     value = form.get(name)
     if value is None or not value.strip():
@@ -270,12 +278,12 @@ class VisionFrontend:
         )
 
     # 2. Read and check the upload -----------------------------------------------------------
-    async def _image(self, request: Request, *, raw: RawBody) -> tuple[Any, dict[str, str]]:
-        upload = await read_upload(request, raw=raw)
+    async def _image(self, request: Request) -> tuple[Any, dict[str, str]]:
+        upload = await read_upload(request, raw="image")
         image = await asyncio.to_thread(
             decode_image, upload.data, max_pixels=self.settings.vision_max_image_pixels
         )
-        return image, upload.form
+        return image, _fields(request, upload.form)
 
     @staticmethod
     def _for_model(image: Any) -> Any:
@@ -286,16 +294,19 @@ class VisionFrontend:
 
     # 3. Routes ------------------------------------------------------------------------------
     async def describe(self, request: Request) -> DescribeResponse:
-        image, form = await self._image(request, raw="refused")
+        image, form = await self._image(request)
         prompt = _text_field(form, "prompt", self.settings.vision_max_prompt_chars)
         (answer,) = await self._captions([VisionJob(self._for_model(image), prompt=prompt)])
         return DescribeResponse(description=answer["text"], confidence=answer["confidence"])
 
     async def vqa(self, request: Request) -> VqaResponse:
-        image, form = await self._image(request, raw="refused")
+        image, form = await self._image(request)
         question = _text_field(form, "question", self.settings.vision_max_prompt_chars)
         if question is None:
-            raise InvalidInput("form field `question` is required", param="question")
+            raise InvalidInput(
+                "`question` is required (a form field, or `?question=` with a raw body)",
+                param="question",
+            )
         (answer,) = await self._answers([VisionJob(self._for_model(image), question=question)])
         return VqaResponse(
             description=answer["text"],
@@ -305,9 +316,9 @@ class VisionFrontend:
         )
 
     async def describe_video(self, request: Request) -> VideoDescribeResponse:
-        upload = await read_upload(request, raw="refused")
+        upload = await read_upload(request, raw="image")
         num_frames = _int_field(
-            upload.form,
+            _fields(request, upload.form),
             "num_frames",
             self.settings.vision_default_video_frames,
             1,
@@ -333,30 +344,29 @@ class VisionFrontend:
         )
 
     async def qrcode(self, request: Request) -> QrCodeResponse:
-        image, _ = await self._image(request, raw="image")
+        image, _ = await self._image(request)
         codes = await asyncio.to_thread(read_codes, image, only_qr=True)
         if not codes:
             return QrCodeResponse(success=False, data=None, codes=[], count=0, error=NO_QR)
         return QrCodeResponse(success=True, data=codes[0].data, codes=codes, count=len(codes))
 
     async def barcode(self, request: Request) -> BarcodeResponse:
-        image, _ = await self._image(request, raw="refused")
+        image, _ = await self._image(request)
         codes = await asyncio.to_thread(read_codes, image)
         items = [BarcodeItem(data=c.data, type=c.type, rect=c.rect) for c in codes]
         if not items:
             return BarcodeResponse(success=False, barcodes=[], count=0, error=NO_BARCODE)
         return BarcodeResponse(success=True, barcodes=items, count=len(items))
 
-    def _language(self, request: Request, form: dict[str, str]) -> str:
-        # multipart: form field; raw body: the query string (?language=por)
-        raw = form.get("language") or request.query_params.get("language") or ""
+    def _language(self, form: dict[str, str]) -> str:
+        raw = form.get("language") or ""
         if len(raw) > 64:
             raise InvalidInput(f"`language` is {len(raw)} characters long", param="language")
         return raw.strip() or self.settings.ocr_default_language
 
     async def ocr(self, request: Request) -> OcrResponse:
-        image, form = await self._image(request, raw="image")
-        result = await self._ocr(image, self._language(request, form))
+        image, form = await self._image(request)
+        result = await self._ocr(image, self._language(form))
         return OcrResponse(
             success=True,
             text=result.text,
@@ -369,11 +379,11 @@ class VisionFrontend:
         """Caption, OCR and codes at once. A part whose runner is unavailable is reported in
         `error` (and `success: false`) while the other parts are still answered."""
         started = time.perf_counter()
-        upload = await read_upload(request, raw="refused")
+        upload = await read_upload(request, raw="image")
         image = await asyncio.to_thread(
             decode_image, upload.data, max_pixels=self.settings.vision_max_image_pixels
         )
-        language = self._language(request, upload.form)
+        language = self._language(_fields(request, upload.form))
         caption, ocr, codes = await asyncio.gather(
             self._captions([VisionJob(self._for_model(image))]),
             self._ocr(image, language),

@@ -22,6 +22,8 @@ VISION_ROUTES = {
     "/api/vision/ocr": "ocr",
     "/ocr": "ocr",  # older botserver
     "/api/vision/analyze": "analyze",
+    "/api/image/describe": "describe",  # upstream botmodels' name, deprecated
+    "/api/video/describe": "describe_video",  # upstream botmodels' name, deprecated
 }
 
 
