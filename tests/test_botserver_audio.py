@@ -21,10 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from botmodels.speech import audio
-from botmodels.speech.front import SpeechFrontend
 from tests.conftest import auth
 
 
@@ -69,9 +66,6 @@ def test_editor_tts_speed_is_honoured(client: Any, tmp_path: Path) -> None:
     assert _saved_as_mp3(fast.content, tmp_path) < 0.7 * _saved_as_mp3(normal.content, tmp_path)
 
 
-@pytest.mark.skipif(
-    not hasattr(SpeechFrontend, "resolve_voice"), reason="OpenAI voice names are not mapped yet"
-)
 def test_editor_tts_botservers_default_voice(client: Any, tmp_path: Path) -> None:
     # handlers/audio.rs:91-93: what botserver sends when its caller chose nothing
     response = _botserver_tts(client, "Hello.", "alloy", 1.0, "en")

@@ -504,4 +504,4 @@ class SpeechFrontend:
     def _editor_voice(self, body: dict[str, Any], language: str | None) -> str | None:
         """The editor's voice name -> what the TTS job carries. botserver sends OpenAI's
         `alloy` unless its caller chose a voice; every name goes through this one call."""
-        return self._optional_str(body, "voice")  # installed names: the runner resolves them
+        return self.resolve_voice(self._optional_str(body, "voice"), language)
