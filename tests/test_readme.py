@@ -122,3 +122,9 @@ def test_every_route_of_the_service_is_in_a_readme_table(service: Any) -> None:
     ]
     missing += [f"{m} {p}" for m, p in sorted(BENTOML_ROUTES) if (m, p) not in tables]
     assert not missing, f"routes missing from the README's route tables: {missing}"
+
+
+def test_the_readme_stays_a_short_manual() -> None:
+    """The README is the user manual (design notes and measurements live in docs/)."""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 300, f"README.md is {len(lines)} lines; move detail to docs/"
