@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from botmodels.speech import audio
-from tests.conftest import Server
+from tests.conftest import KEY, Server
 from tests.vision_media import png_bytes, symbol_image, text_image, video_bytes
 
 pytestmark = pytest.mark.serve
@@ -34,8 +34,11 @@ pytestmark = pytest.mark.serve
 OCTET_STREAM = {"Content-Type": "application/octet-stream"}
 
 
+NO_TIMEOUT = None  # as botserver's clients
+
+
 def _post(base: str, path: str, body: bytes) -> httpx.Response:
-    no_timeout = None  # as botserver's client
+    no_timeout = NO_TIMEOUT
     return httpx.post(f"{base}{path}", content=body, headers=OCTET_STREAM, timeout=no_timeout)
 
 
@@ -45,8 +48,11 @@ def trusted(offline_store: None) -> Iterator[Server]:
     server = Server(
         {
             "BOTMODELS_PROFILE": "tiny",
-            "BOTMODELS_RUNNERS": "vision,ocr,stt",
+            "BOTMODELS_RUNNERS": "vision,ocr,stt,tts",
             "BOTMODELS_TRUSTED_NETWORKS": "127.0.0.1/32,::1/128",
+            # DETECT and SCAN BARCODE's default key, next to the real one (README, Authentication)
+            "BOTMODELS_API_KEYS": f"{KEY},starter",
+            "BOTMODELS_ALLOW_SHORT_KEYS": "true",
         }
     )
     try:
@@ -168,3 +174,38 @@ def test_a_wrong_key_from_a_trusted_network_is_401(trusted: Server) -> None:
 
 def test_the_start_up_log_names_the_trusted_networks(trusted: Server) -> None:
     assert "BOTMODELS_TRUSTED_NETWORKS=127.0.0.1/32,::1/128" in trusted.output()
+
+
+def test_video_editor_tts_sends_no_key(trusted: Server) -> None:
+    """botserver/crates/botvideo/src/engine/effects.rs:163-201 (generate_tts): reqwest with no
+    key and no timeout posts `.json({text, voice, speed, language})` to
+    {BOTMODELS_URL}/api/audio/tts and writes the answer's bytes to `tts_<uuid>.mp3`;
+    handlers/audio.rs:91-93 default the voice to `alloy`, speed 1.0, language `en`."""
+    response = httpx.post(
+        f"{trusted.url}/api/audio/tts",
+        json={"text": "Hello from the editor.", "voice": "alloy", "speed": 1.0, "language": "en"},
+        timeout=NO_TIMEOUT,
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "audio/mpeg"
+    decoded = audio.decode(response.content, max_seconds=60)  # what ffprobe then reads
+    assert decoded.size > 0
+
+
+def test_detect_with_botservers_default_key_starter(trusted: Server) -> None:
+    """botserver/crates/botbasic_data/src/keywords/detect.rs:113-135: POST
+    {BOTMODELS_HOST}/api/detect with `X-API-Key: ` + env BOTMODELS_API_KEY, default `starter`;
+    a non-2xx answer fails the script, a 2xx one is kept as text."""
+    rows = [{"month": m, "amount": 100 + (m % 3)} for m in range(1, 24)] + [
+        {"month": 24, "amount": 900}
+    ]
+    response = httpx.post(
+        f"{trusted.url}/api/detect",
+        headers={"X-API-Key": "starter"},
+        json={"data": rows, "value_field": "amount"},
+        timeout=300,
+    )
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["anomalies_found"] >= 1
+    assert [a["index"] for a in answer["anomalies"]][-1] == 23
