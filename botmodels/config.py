@@ -180,6 +180,14 @@ class Settings(BaseSettings):
         "from, comma-separated; checked after resolving symlinks and `..`. Empty: every path is "
         "refused.",
     )
+    fetch_path_map: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="Paths that are another server's URL paths, comma-separated `prefix=directory` "
+        "pairs: botserver's video editor names its own TTS audio `/video/audio/<file>`, a file of "
+        "its VIDEO_AUDIO_DIR (`/video/audio/=/srv/botserver/audio/video`). A path input that "
+        "starts with `prefix` is read from `directory` (which may then be read like a "
+        "BOTMODELS_FETCH_ROOTS directory), checked after resolving symlinks and `..`.",
+    )
     fetch_timeout_s: float = Field(
         30.0,
         gt=0,
@@ -423,7 +431,7 @@ class Settings(BaseSettings):
     def _parse_runners(cls, value: object) -> object:
         return _split_csv(value)
 
-    @field_validator("fetch_allow", "fetch_roots", mode="before")
+    @field_validator("fetch_allow", "fetch_roots", "fetch_path_map", mode="before")
     @classmethod
     def _parse_fetch_lists(cls, value: object) -> object:
         return _split_csv(value)
@@ -434,6 +442,14 @@ class Settings(BaseSettings):
         from botmodels.fetch import AllowList
 
         AllowList.parse(value)  # raises ValueError naming the entry
+        return value
+
+    @field_validator("fetch_path_map")
+    @classmethod
+    def _fetch_path_map_entries(cls, value: list[str]) -> list[str]:
+        from botmodels.fetch import parse_path_map
+
+        parse_path_map(value)  # raises ValueError naming the entry
         return value
 
     @field_validator("runners")

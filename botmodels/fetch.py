@@ -176,12 +176,34 @@ def _kind(address: Address) -> str:
     return "not a public address"
 
 
+def parse_path_map(entries: list[str]) -> list[tuple[str, Path]]:
+    """`prefix=directory` pairs (BOTMODELS_FETCH_PATH_MAP): an absolute URL-path prefix ending
+    in `/`, and an absolute directory. A ValueError names a malformed entry."""
+    pairs: list[tuple[str, Path]] = []
+    for entry in entries:
+        prefix, sep, directory = entry.partition("=")
+        prefix, directory = prefix.strip(), directory.strip()
+        if not sep or not prefix.startswith("/") or not prefix.endswith("/"):
+            raise ValueError(
+                f"BOTMODELS_FETCH_PATH_MAP entry {entry!r}: write `/prefix/=/directory` (the "
+                "prefix starts and ends with `/`)"
+            )
+        if not os.path.isabs(directory):
+            raise ValueError(
+                f"BOTMODELS_FETCH_PATH_MAP entry {entry!r}: the directory must be absolute"
+            )
+        pairs.append((prefix, Path(directory)))
+    return pairs
+
+
 class Fetcher:
     """Reads a URL or a local path under the rules above. One per service."""
 
     def __init__(self, settings: Settings, resolver: Resolver = system_resolver) -> None:
         self.allow = AllowList.parse(settings.fetch_allow)
-        self.roots = [Path(os.path.realpath(root)) for root in settings.fetch_roots]
+        self.path_map = parse_path_map(settings.fetch_path_map)
+        mapped = [directory for _, directory in self.path_map]
+        self.roots = [Path(os.path.realpath(root)) for root in [*settings.fetch_roots, *mapped]]
         self.max_bytes = settings.max_upload_bytes
         self.timeout_s = settings.fetch_timeout_s
         self.max_redirects = settings.fetch_max_redirects
@@ -333,6 +355,10 @@ class Fetcher:
         return await asyncio.to_thread(self._read_file, source, param)
 
     def _read_file(self, source: str, param: str) -> bytes:
+        for prefix, directory in self.path_map:
+            if source.startswith(prefix):  # another server's URL path: read its directory
+                source = str(directory / source[len(prefix) :])
+                break
         if "\0" in source or not os.path.isabs(source):
             raise InvalidInput(f"`{param}` must be an absolute path or a URL", param=param)
         real = Path(os.path.realpath(source))  # symlinks and `..` resolved

@@ -275,3 +275,20 @@ def test_paths_under_the_roots_only(tmp_path: Path) -> None:
     _refused(fetcher, str(root / "sub"), FetchFailed)
     (root / "big.png").write_bytes(b"x" * (LIMIT + 1))
     _refused(fetcher, str(root / "big.png"), PayloadTooLarge)
+
+
+def test_another_servers_url_paths_map_to_its_directory(tmp_path: Path) -> None:
+    """botserver's video editor names its TTS audio `/video/audio/<file>` (effects.rs:199), a
+    file of its VIDEO_AUDIO_DIR: BOTMODELS_FETCH_PATH_MAP reads it from there, and only there."""
+    audio_dir = tmp_path / "audio" / "video"
+    audio_dir.mkdir(parents=True)
+    (audio_dir / "tts_1.mp3").write_bytes(PAYLOAD)
+    (tmp_path / "secret.txt").write_bytes(b"secret")
+    fetcher = _fetcher([], fetch_path_map=[f"/video/audio/={audio_dir}"])
+    assert _fetch(fetcher, "/video/audio/tts_1.mp3") == PAYLOAD
+    assert "BOTMODELS_FETCH_ROOTS" in _refused(fetcher, "/video/audio/../../secret.txt")
+    assert "BOTMODELS_FETCH_ROOTS" in _refused(fetcher, str(tmp_path / "secret.txt"))
+    _refused(fetcher, "/video/audio/missing.mp3", FetchFailed)
+    for bad in ("video/audio/=/x", "/video/audio=/x", "/video/audio/=relative"):
+        with pytest.raises(ValueError, match="BOTMODELS_FETCH_PATH_MAP"):
+            Settings(fetch_path_map=[bad])
