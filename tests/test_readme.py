@@ -128,3 +128,18 @@ def test_the_readme_stays_a_short_manual() -> None:
     """The README is the user manual (design notes and measurements live in docs/)."""
     lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
     assert len(lines) <= 300, f"README.md is {len(lines)} lines; move detail to docs/"
+
+
+def test_the_botserver_page_names_real_replay_tests() -> None:
+    """docs/botserver.md pairs each botserver call with its replay test: each file it names
+    exists, and each `::test` is defined in one of its row's files."""
+    page = (ROOT / "docs" / "botserver.md").read_text(encoding="utf-8")
+    rows = [row for row in page.splitlines() if "`tests/test_" in row]
+    assert len(rows) >= 10
+    for row in rows:
+        sources = [
+            (ROOT / path).read_text(encoding="utf-8")
+            for path in re.findall(r"`(tests/test_\w+\.py)", row)
+        ]
+        for name in re.findall(r"::(\w+)`", row):
+            assert any(f"def {name}(" in source for source in sources), (name, row)
