@@ -78,8 +78,10 @@ def test_remove_background_as_the_editor_sends_it(
     result = response.json()
     processed_url = result["processed_url"]
     duration_ms = result["duration_ms"]
-    assert isinstance(processed_url, str) and processed_url.startswith("http")
-    assert isinstance(duration_ms, int) and not isinstance(duration_ms, bool)
+    assert isinstance(processed_url, str)
+    assert processed_url.startswith("http")
+    assert isinstance(duration_ms, int)
+    assert not isinstance(duration_ms, bool)
     assert duration_ms == 600  # 6 frames at 10 fps
     assert result["replacement"] == (replacement or "#00ff00")
     # the editor hands processed_url on: it is served without a key

@@ -48,7 +48,8 @@ def test_composite_over_an_image_mixes_pixel_by_pixel() -> None:
         + background.astype(np.float32) * (1 - mask[..., None])
     )
     assert (out == expected.astype(np.uint8)).all()
-    assert (out[0, 0] == background[0, 0]).all() and (out[0, 1] == 100).all()
+    assert (out[0, 0] == background[0, 0]).all()
+    assert (out[0, 1] == 100).all()
 
 
 @pytest.mark.parametrize(
@@ -143,7 +144,8 @@ def test_every_frame_and_the_fps_are_kept_and_the_colour_fills_the_background(
     served_file = fetching.get(body["file_path"])
     assert served_file.status_code == 200
     out, rate = decode(served_file.content)
-    assert len(out) == 10 and rate == 12
+    assert len(out) == 10
+    assert rate == 12
 
     # Where the model says "background" (the same tiny model, on the same decoded frames),
     # the output is blue; where it says "person", it is the input.
@@ -157,7 +159,8 @@ def test_every_frame_and_the_fps_are_kept_and_the_colour_fills_the_background(
         back_pixels.append(np.abs(result[back].astype(np.float32) - blue))
         fore_pixels.append(np.abs(result[fore].astype(np.float32) - frame[fore]))
     back_diff, fore_diff = np.concatenate(back_pixels), np.concatenate(fore_pixels)
-    assert len(back_diff) > 20 and len(fore_diff) > 20
+    assert len(back_diff) > 20
+    assert len(fore_diff) > 20
     assert back_diff.mean() < 16
     assert fore_diff.mean() < 16
 
@@ -171,9 +174,7 @@ def _interior(region: np.ndarray) -> np.ndarray:
     return inner
 
 
-def test_bad_requests_are_4xx_and_write_nothing(
-    fetching: Any, served: tuple[Path, str]
-) -> None:
+def test_bad_requests_are_4xx_and_write_nothing(fetching: Any, served: tuple[Path, str]) -> None:
     root, base = served
     (root / "not-video.mp4").write_bytes(b"hello, this is text" * 50)
     write_mp4(blocks_video(2, 16, 16), 8, root / "two.mp4")

@@ -30,10 +30,12 @@ def test_masks_have_each_frames_size_and_are_probabilities(
     for frame, mask in zip(frames, masks, strict=True):
         assert mask.dtype == np.float32
         assert mask.shape == (frame.height, frame.width)
-        assert 0.0 <= float(mask.min()) and float(mask.max()) <= 1.0
+        assert float(mask.min()) >= 0.0
+        assert float(mask.max()) <= 1.0
     # the tiny model is calibrated to reach both ends (a compositing test needs 0 and 1)
     every = np.concatenate([m.ravel() for m in masks])
-    assert (every < 0.05).any() and (every > 0.95).any()
+    assert (every < 0.05).any()
+    assert (every > 0.95).any()
 
 
 def test_a_batch_answers_what_each_frame_answers_alone(tiny_runner: Callable[..., Any]) -> None:
