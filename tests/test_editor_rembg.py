@@ -107,9 +107,10 @@ def blocks_video(frames: int, width: int, height: int) -> np.ndarray:
 def decode(data: bytes) -> tuple[list[np.ndarray], float]:
     import av
 
+    box: Any
     with av.open(io.BytesIO(data)) as box:
         stream = box.streams.video[0]
-        rate = float(stream.average_rate)
+        rate = float(stream.average_rate or 0)
         return [f.to_ndarray(format="rgb24") for f in box.decode(stream)], rate
 
 
