@@ -25,6 +25,7 @@ from botmodels.data.front import DataFrontend
 from botmodels.dispatch import BatchInfer
 from botmodels.editor import routes as editor_routes
 from botmodels.editor.front import EditorFrontend
+from botmodels.editor.rembg import SEGMENT_ROUTE, MaskJobIn, MaskOut, RembgFrontend, mask_items
 from botmodels.embeddings.front import BATCH_API, BATCH_ROUTE, EmbeddingsFrontend
 from botmodels.embeddings.schemas import EmbeddedText, EmbeddingResponse
 from botmodels.errors import BotModelsError, RunnerUnavailable, handle_exception
@@ -185,7 +186,12 @@ class BotModels:
             self.settings, self.pool, self.outputs, self.remotes
         )
         self.fetcher: Fetcher = Fetcher(self.settings)  # every input named by URL or path
-        self.editor: EditorFrontend = EditorFrontend(self.settings, self.fetcher, self.speech)
+        self.rembg: RembgFrontend = RembgFrontend(
+            self.settings, self.pool, self.outputs, self.remotes
+        )
+        self.editor: EditorFrontend = EditorFrontend(
+            self.settings, self.fetcher, self.speech, rembg=self.rembg
+        )
         self.data: DataFrontend = DataFrontend(self.settings)
         _instance = self
 
@@ -196,6 +202,7 @@ class BotModels:
         self.generation.batch_infer = batch_infer
         self.vision.batch_infer = batch_infer
         self.speech.batch_infer = batch_infer
+        self.rembg.batch_infer = batch_infer
 
     def runner_checks(self) -> dict[str, RunnerCheck]:
         """What a `/runners/*` call from a peer must pass (botmodels/peers.py)."""
@@ -208,6 +215,7 @@ class BotModels:
             VIDEO_BATCH_ROUTE: functools.partial(self.generation.check_runner_call, "video"),
             STT_ROUTE: functools.partial(self.speech.check_runner_call, "stt"),
             TTS_ROUTE: functools.partial(self.speech.check_runner_call, "tts"),
+            SEGMENT_ROUTE: self.rembg.check_runner_call,
         }
 
     def batch_concurrency(self) -> dict[str, int]:
@@ -393,6 +401,19 @@ class BotModels:
     async def synthesize_batch(self, jobs: list[TtsJob]) -> list[TtsResult]:
         """The text-to-speech runner: one batch of jobs in, one audio per job out."""
         return await self.speech.run_local("tts", jobs)
+
+    # --- the video editor's segmentation (public route: botmodels/editor/rembg.py) -----------
+    @bentoml.api(
+        route=SEGMENT_ROUTE,
+        batchable=True,
+        max_batch_size=settings.segment_max_batch_size,
+        max_latency_ms=settings.segment_max_latency_ms,
+    )
+    @batch_errors
+    def segment_masks(self, items: list[MaskJobIn]) -> list[MaskOut]:
+        """The segment runner: one batch of frames in, one foreground mask per frame out.
+        In-process the items are PIL images (no PNG round trip)."""
+        return mask_items(self.pool.local("segment"), items)
 
 
 # Outermost first. Shutdown first (while draining, new work is refused before anything else

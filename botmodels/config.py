@@ -418,6 +418,33 @@ class Settings(BaseSettings):
     )
     ocr_default_language: str = Field("eng", description="tesseract code used when none is sent.")
 
+    # --- segment runner: /api/video/remove-background ---------------------------------------
+    segment_url: AnyHttpUrl | None = Field(
+        None, description="Serve foreground masks from a remote botmodels at this URL instead."
+    )
+    segment_quantization: Quantization | None = Field(
+        None, description="Override the manifest's: none, or int8 (torch dynamic, CPU only)."
+    )
+    segment_max_batch_size: int = Field(8, ge=2, le=64, description="Frames per mask batch.")
+    segment_max_latency_ms: int = Field(120_000, ge=10, description=_NO_EFFECT)
+    segment_model_side: int = Field(
+        512,
+        ge=32,
+        le=2048,
+        description="Frames are shrunk to at most this many pixels a side for the model; the "
+        "mask is scaled back to the frame.",
+    )
+    rembg_max_frames: int = Field(
+        900,
+        ge=1,
+        description="Most frames /api/video/remove-background processes (more: 400).",
+    )
+    rembg_max_pixels: int = Field(
+        1920 * 1080,
+        ge=1024,
+        description="Largest frame (width x height) /api/video/remove-background takes.",
+    )
+
     # --- data ---------------------------------------------------------------------------------
     detect_max_rows: int = Field(
         1_000_000,

@@ -32,6 +32,7 @@ from starlette.routing import Route
 from botmodels.config import Settings
 from botmodels.data.front import DEFAULT_FIELD, MIN_VALUES, SAMPLE_ROWS
 from botmodels.data.schemas import DetectResponse
+from botmodels.editor.rembg import RemoveBackgroundRequest, RemoveBackgroundResponse
 from botmodels.editor.schemas import (
     BeatsRequest,
     BeatsResponse,
@@ -1091,6 +1092,17 @@ def _url_operations(c: _Components) -> dict[str, dict[str, Any]]:
             "summary": "Beats (every fourth a downbeat) and the tempo of the audio at a URL",
             "requestBody": body(BeatsRequest),
             "responses": _responses(_ok("the beats", _json(c.ref(BeatsResponse))), errors, **slow),
+        },
+        "editor_remove_background": {
+            "tags": ["Video editor"],
+            "summary": "Replace the background of the video at a URL (a person segmentation "
+            "model's mask per frame) with a colour or an image; every frame kept, same fps",
+            "requestBody": body(RemoveBackgroundRequest),
+            "responses": _responses(
+                _ok("the processed MP4", _json(c.ref(RemoveBackgroundResponse))),
+                {*errors, 503},
+                **slow,
+            ),
         },
     }
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from runners.embeddings import EmbeddingsRunner
     from runners.image import ImageRunner
     from runners.ocr import OcrRunner
+    from runners.segment import SegmentRunner
     from runners.stt import SttRunner
     from runners.tts import TtsRunner
     from runners.video import VideoRunner
@@ -115,6 +116,12 @@ def _make_tts(path: Path, quantization: Quantization, device: Device) -> TtsRunn
     )
 
 
+def _make_segment(path: Path, quantization: Quantization, device: Device) -> SegmentRunner:
+    from runners.segment import SegmentRunner
+
+    return SegmentRunner(path, quantization=quantization, device=device)
+
+
 def _tiny(module: str, function: str = "build_tiny") -> TinyBuilder:
     """`runners.<module>.<function>`, imported when the tiny model is built."""
 
@@ -157,6 +164,7 @@ KINDS: dict[str, RunnerKind] = {
         RunnerKind("tts", "tts:TtsRunner", _make_tts, _tiny("tts")),
         RunnerKind("image", "image:ImageRunner", _make_image, _tiny("image")),
         RunnerKind("video", "video:VideoRunner", _make_video, _tiny("video")),
+        RunnerKind("segment", "segment:SegmentRunner", _make_segment, _tiny("segment")),
     )
 }
 

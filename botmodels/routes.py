@@ -109,6 +109,8 @@ ROUTES: tuple[RouteFacts, ...] = (
     RouteFacts("/api/audio/transcribe", "editor", json=True),
     RouteFacts("/api/audio/waveform", "editor", json=True),
     RouteFacts("/api/audio/detect-beats", "editor", json=True),
+    RouteFacts("/api/video/remove-background", "editor", json=True),
+    RouteFacts("/runners/segment/masks", "editor", json=True, traced=False),
     # --- generation --------------------------------------------------------------------------
     RouteFacts("/api/image/generate", "generation", json=True),
     RouteFacts("/api/video/generate", "generation", json=True),

@@ -13,6 +13,7 @@ from starlette.requests import Request
 
 from botmodels.config import Settings
 from botmodels.editor.beats_front import beats_from_bytes
+from botmodels.editor.rembg import RembgFrontend, RemoveBackgroundResponse
 from botmodels.editor.schemas import (
     BeatsRequest,
     BeatsResponse,
@@ -47,10 +48,17 @@ def peak_envelope(
 
 
 class EditorFrontend:
-    def __init__(self, settings: Settings, fetcher: Fetcher, speech: SpeechFrontend) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        fetcher: Fetcher,
+        speech: SpeechFrontend,
+        rembg: RembgFrontend | None = None,
+    ) -> None:
         self.settings = settings
         self.fetcher = fetcher
         self.speech = speech
+        self.rembg = rembg
 
     async def transcribe(self, request: Request) -> TranscribeResponse:
         body = await read_json_model(request, TranscribeRequest)
@@ -112,3 +120,8 @@ class EditorFrontend:
             max_seconds=self.settings.stt_max_audio_s,
         )
         return BeatsResponse.model_validate(answer)
+
+    async def remove_background(self, request: Request) -> RemoveBackgroundResponse:
+        if self.rembg is None:  # pragma: no cover - service.py always builds it
+            raise RuntimeError("the editor front was built without the segment front")
+        return await self.rembg.remove_background(request, self.fetcher)
