@@ -185,7 +185,9 @@ class BotModels:
             self.settings, self.pool, self.outputs, self.remotes
         )
         self.fetcher: Fetcher = Fetcher(self.settings)  # every input named by URL or path
-        self.editor: EditorFrontend = EditorFrontend(self.settings, self.fetcher, self.speech)
+        self.editor: EditorFrontend = EditorFrontend(
+            self.settings, self.fetcher, self.speech, self.outputs
+        )
         self.data: DataFrontend = DataFrontend(self.settings)
         _instance = self
 

@@ -15,6 +15,7 @@ EDITOR_ROUTES = {
     "/api/audio/transcribe": "transcribe",
     "/api/audio/waveform": "waveform",
     "/api/audio/detect-beats": "detect_beats",
+    "/api/video/enhance": "enhance",
 }
 
 
