@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from botmodels.errors import BotModelsError, InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from botmodels.media import VIDEO_CONTAINERS
+from botmodels.media import VIDEO_CONTAINERS, _looks_like_video
 
 Frame = npt.NDArray[np.uint8]  # (height, width, 3) RGB
 Floats = npt.NDArray[np.float64]
@@ -239,6 +239,10 @@ def _open(data: bytes) -> Any:
     try:
         container = av.open(io.BytesIO(data), mode="r")
     except av.FFmpegError as exc:
+        if _looks_like_video(data):  # e.g. an mp4 cut before its index ("moov atom")
+            raise InvalidInput(
+                f"`{PARAM}` is a truncated or corrupt video: {exc}", param=PARAM
+            ) from None
         raise UnsupportedMediaType(
             f"`{PARAM}` is not a video FFmpeg reads (mp4, webm, mov, mkv, avi…): {exc}",
             param=PARAM,
