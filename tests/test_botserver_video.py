@@ -111,9 +111,10 @@ def _video_at(client: Any, url: str) -> tuple[int, float, int, int, list[str]]:
     response = client.get(urlsplit(url).path)
     assert response.status_code == 200
     assert response.headers["content-type"] == "video/mp4"
-    with av.open(io.BytesIO(response.content)) as box:
+    box: Any = av.open(io.BytesIO(response.content))
+    with box:
         video = box.streams.video[0]
-        count = sum(1 for _ in box.decode(video))
+        count = len(list(box.decode(video)))
         audio = [s.codec_context.name for s in box.streams.audio]
         return count, float(video.average_rate), video.width, video.height, audio
 
