@@ -49,6 +49,7 @@ MOTION_SIDE = 256
 SMOOTH_SECONDS = 0.5
 # Colour statistics are taken from at most this many frames, spread over the video.
 COLOR_SAMPLES = 64
+COLOR_SAMPLE_SIDE = 320  # each sampled frame is thinned to about this many pixels a side
 COLOR_PERCENTILES = (0.5, 99.5)
 MAX_GAIN = 2.0  # gray-world never more than doubles or halves a channel
 MIN_RANGE = 32  # a stretch of a nearly flat picture would only amplify its noise
@@ -343,13 +344,14 @@ def measure(
     for index, frame in enumerate(_frames(data, deadline)):
         if options.stabilize:
             small = motion_image(frame)
-            same = previous is not None and previous.shape == small.shape
-            steps.append(phase_shift(previous, small) if same and previous is not None else (0, 0))
+            if previous is not None and previous.shape == small.shape:
+                steps.append(phase_shift(previous, small))
+            else:  # the first frame, or the frame size changed: no shift measured
+                steps.append((0.0, 0.0))
             previous = small
         if options.color_correct and index % every == 0:
-            samples.append(
-                frame[:: max(1, frame.shape[0] // 180), :: max(1, frame.shape[1] // 320)]
-            )
+            step = max(1, max(frame.shape[:2]) // COLOR_SAMPLE_SIDE)
+            samples.append(frame[::step, ::step])
     if not steps and not samples:
         raise InvalidInput(
             f"`{PARAM}` is a truncated or corrupt video: no frame decoded", param=PARAM
