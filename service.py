@@ -190,7 +190,7 @@ class BotModels:
             self.settings, self.pool, self.outputs, self.remotes
         )
         self.editor: EditorFrontend = EditorFrontend(
-            self.settings, self.fetcher, self.speech, rembg=self.rembg
+            self.settings, self.fetcher, self.speech, self.outputs, rembg=self.rembg
         )
         self.data: DataFrontend = DataFrontend(self.settings)
         _instance = self

@@ -444,6 +444,21 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest frame (width x height) /api/video/remove-background takes.",
     )
+    # --- the video editor: /api/video/enhance ----------------------------------------------
+    editor_max_frames: int = Field(
+        1800,
+        ge=1,
+        description="Most frames in a video to enhance (more: 413); bounds the CPU time, which "
+        "must fit in BOTMODELS_REQUEST_TIMEOUT_S.",
+    )
+    editor_max_pixels: int = Field(
+        3840 * 2160,
+        ge=1024,
+        description="Largest enhanced frame (width x height after `upscale_factor`; more: 413).",
+    )
+    editor_max_enhancing: int = Field(
+        2, ge=1, description="Videos enhanced at once per worker; one more is a 429."
+    )
 
     # --- data ---------------------------------------------------------------------------------
     detect_max_rows: int = Field(

@@ -36,6 +36,8 @@ from botmodels.editor.rembg import RemoveBackgroundRequest, RemoveBackgroundResp
 from botmodels.editor.schemas import (
     BeatsRequest,
     BeatsResponse,
+    EnhanceRequest,
+    EnhanceResponse,
     TranscribeRequest,
     TranscribeResponse,
     WaveformRequest,
@@ -1101,6 +1103,26 @@ def _url_operations(c: _Components) -> dict[str, dict[str, Any]]:
             "responses": _responses(
                 _ok("the processed MP4", _json(c.ref(RemoveBackgroundResponse))),
                 {*errors, 503},
+                **slow,
+            ),
+        },
+        "editor_enhance": {
+            "tags": ["Video editor"],
+            "summary": "Denoise, stabilise, colour-correct and upscale the video at a URL",
+            "description": "Each filter runs unless its field is `false` (`null` counts as "
+            "absent). Denoise: a motion-adaptive 3-frame temporal median and a light blur; "
+            "stabilise: the camera's shake (global translation by phase correlation) removed, "
+            "the uncovered border repeating the edge; colour: gray-world white balance and a "
+            "0.5-99.5 percentile stretch measured over the whole video; upscale: Lanczos (no "
+            "super-resolution model). The answer is an H.264 MP4 under /outputs/videos/ with "
+            "every frame at the source's rate; AAC and MP3 audio is copied, other audio is "
+            "dropped. The work must finish within BOTMODELS_REQUEST_TIMEOUT_S (then it stops, "
+            "504, no file kept): BOTMODELS_EDITOR_MAX_FRAMES and BOTMODELS_EDITOR_MAX_PIXELS "
+            "bound it.",
+            "requestBody": body(EnhanceRequest),
+            "responses": _responses(
+                _ok("the enhanced video's URL", _json(c.ref(EnhanceResponse))),
+                {*errors, 413, 415},
                 **slow,
             ),
         },

@@ -105,12 +105,13 @@ ROUTES: tuple[RouteFacts, ...] = (
     RouteFacts("/api/audio/tts", "speech", json=True),  # botserver's video editor
     RouteFacts("/runners/stt/transcribe", "speech", json=True),
     RouteFacts("/runners/tts/synthesize", "speech", json=True),
-    # --- the video editor (botserver's botvideo): audio by URL -------------------------------
+    # --- the video editor (botserver's botvideo): audio and video by URL -------------------------
     RouteFacts("/api/audio/transcribe", "editor", json=True),
     RouteFacts("/api/audio/waveform", "editor", json=True),
     RouteFacts("/api/audio/detect-beats", "editor", json=True),
     RouteFacts("/api/video/remove-background", "editor", json=True),
     RouteFacts("/runners/segment/masks", "editor", json=True, traced=False),
+    RouteFacts("/api/video/enhance", "editor", json=True),
     # --- generation --------------------------------------------------------------------------
     RouteFacts("/api/image/generate", "generation", json=True),
     RouteFacts("/api/video/generate", "generation", json=True),

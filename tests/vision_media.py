@@ -96,3 +96,34 @@ def png_bad_pixels(width: int = 40, height: int = 30) -> bytes:
         + chunk(b"IDAT", b"\x78\x9cnot deflate data")
         + chunk(b"IEND", b"")
     )
+
+
+def clip_with_audio(frames: list[Any], fps: int, *, audio: bool = True) -> bytes:
+    """An H.264 MP4 of `frames` (RGB uint8 arrays, even sides) at `fps`, with a 440 Hz AAC tone
+    as long as the video when `audio`."""
+    import av
+
+    height, width = frames[0].shape[:2]
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as out:
+        video: Any = out.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        sound: Any = out.add_stream("aac", rate=44_100) if audio else None
+        for array in frames:
+            for packet in video.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                out.mux(packet)
+        if sound is not None:
+            count = 44_100 * len(frames) // fps
+            tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(count) / 44_100)).astype(np.float32)
+            for start in range(0, count, 1024):
+                chunk = av.AudioFrame.from_ndarray(
+                    tone[None, start : start + 1024].copy(), format="fltp", layout="mono"
+                )
+                chunk.sample_rate, chunk.pts = 44_100, start
+                for packet in sound.encode(chunk):
+                    out.mux(packet)
+            for packet in sound.encode(None):
+                out.mux(packet)
+        for packet in video.encode(None):
+            out.mux(packet)
+    return buffer.getvalue()

@@ -1,22 +1,29 @@
-"""The video editor's audio routes: the audio named by `audio_url` (botmodels/fetch.py's rules),
+"""The video editor's routes: the audio named by `audio_url` (botmodels/fetch.py's rules),
 decoded as an upload is (botmodels/speech/audio.py), then transcribed on the speech runner or
-reduced to a waveform. Starlette routes (botmodels/editor/routes.py), like the speech routes."""
+reduced to a waveform; the video named by `video_url` enhanced (botmodels/editor/enhance.py)
+into /outputs/videos/. Starlette routes (botmodels/editor/routes.py), like the speech routes."""
 
 from __future__ import annotations
 
 import asyncio
 import math
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 from starlette.requests import Request
 
 from botmodels.config import Settings
+from botmodels.editor import enhance as video_enhance
 from botmodels.editor.beats_front import beats_from_bytes
 from botmodels.editor.rembg import RembgFrontend, RemoveBackgroundResponse
 from botmodels.editor.schemas import (
     BeatsRequest,
     BeatsResponse,
+    EnhanceRequest,
+    EnhanceResponse,
     TranscribedSegment,
     TranscribedWord,
     TranscribeRequest,
@@ -24,8 +31,10 @@ from botmodels.editor.schemas import (
     WaveformRequest,
     WaveformResponse,
 )
+from botmodels.errors import Overloaded
 from botmodels.fetch import Fetcher
 from botmodels.media import read_json_model
+from botmodels.outputs import OutputStore
 from botmodels.speech import audio as audio_io
 from botmodels.speech.front import SpeechFrontend
 
@@ -53,12 +62,16 @@ class EditorFrontend:
         settings: Settings,
         fetcher: Fetcher,
         speech: SpeechFrontend,
+        outputs: OutputStore,
         rembg: RembgFrontend | None = None,
     ) -> None:
         self.settings = settings
         self.fetcher = fetcher
         self.speech = speech
         self.rembg = rembg
+        self.outputs = outputs
+        self._enhancing = 0
+        self._enhancing_lock = threading.Lock()
 
     async def transcribe(self, request: Request) -> TranscribeResponse:
         body = await read_json_model(request, TranscribeRequest)
@@ -125,3 +138,63 @@ class EditorFrontend:
         if self.rembg is None:  # pragma: no cover - service.py always builds it
             raise RuntimeError("the editor front was built without the segment front")
         return await self.rembg.remove_background(request, self.fetcher)
+
+    async def enhance(self, request: Request) -> EnhanceResponse:
+        """Each filter runs unless the body says `false` (botserver sends null for what its
+        caller left out). The video is checked (container, size, frame count) before any frame
+        is decoded; the work runs in a worker thread and stops at BOTMODELS_REQUEST_TIMEOUT_S,
+        so a request the caller gave up on leaves no file behind."""
+        body = await read_json_model(request, EnhanceRequest)
+        options = video_enhance.EnhanceOptions(
+            upscale=body.upscale_factor or 1,
+            denoise=body.denoise is not False,
+            stabilize=body.stabilize is not False,
+            color_correct=body.color_correct is not False,
+        )
+        deadline = time.monotonic() + self.settings.request_timeout_s
+        data = await self.fetcher.fetch(body.video_url, param="video_url")
+        self._enter_enhance()
+        try:
+            info = await asyncio.to_thread(
+                video_enhance.probe,
+                data,
+                max_frames=self.settings.editor_max_frames,
+                max_pixels=self.settings.editor_max_pixels,
+                upscale=options.upscale,
+            )
+            result: list[video_enhance.Enhanced] = []
+
+            def write(path: Path) -> None:
+                result.append(
+                    video_enhance.enhance(data, options, path, info=info, deadline=deadline)
+                )
+
+            saved = await asyncio.to_thread(self.outputs.save, "videos", write, "mp4")
+        finally:
+            self._leave_enhance()
+        done = result[0]
+        base = str(self.settings.public_url) if self.settings.public_url else str(request.base_url)
+        return EnhanceResponse(
+            enhanced_url=base.rstrip("/") + saved.url_path,
+            enhancements=done.enhancements,
+            file_path=saved.url_path,
+            frame_count=done.frame_count,
+            fps=done.fps,
+            width=done.width,
+            height=done.height,
+        )
+
+    def _enter_enhance(self) -> None:
+        with self._enhancing_lock:
+            limit = self.settings.editor_max_enhancing
+            if self._enhancing >= limit:
+                raise Overloaded(
+                    f"{self._enhancing} videos are being enhanced (the limit is {limit}, "
+                    f"BOTMODELS_EDITOR_MAX_ENHANCING); retry later",
+                    headers={"Retry-After": "30"},
+                )
+            self._enhancing += 1
+
+    def _leave_enhance(self) -> None:
+        with self._enhancing_lock:
+            self._enhancing -= 1

@@ -16,6 +16,7 @@ EDITOR_ROUTES = {
     "/api/audio/waveform": "waveform",
     "/api/audio/detect-beats": "detect_beats",
     "/api/video/remove-background": "remove_background",
+    "/api/video/enhance": "enhance",
 }
 
 

@@ -2,7 +2,8 @@
 (`botvideo/src/engine/effects.rs` transcribe_audio, `chat_ai.rs` generate_waveform): it reads
 `segments[].start/end` in seconds (and multiplies by 1000), `text`, `confidence`, `language`;
 `samples`, `duration_ms` and `sample_rate`, the waveform's values per second (its default, 10,
-is its `samples_per_second` default)."""
+is its `samples_per_second` default); `chat_ai.rs` enhance_video reads `enhanced_url` (a string,
+handed on as it is) and `enhancements` (strings) and ignores the rest."""
 
 from __future__ import annotations
 
@@ -90,3 +91,38 @@ class Beat(BaseModel):
 class BeatsResponse(BaseModel):
     beats: list[Beat]
     tempo_bpm: float = Field(description="beats per minute; 0 when no beat was found")
+
+
+class EnhanceRequest(BaseModel):
+    """botserver sends every field, `null` for what its caller left out (`Option<_>`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    video_url: str = Field(
+        min_length=1,
+        max_length=MAX_URL_CHARS,
+        description="an http(s) URL allowed by BOTMODELS_FETCH_ALLOW, or an absolute path under "
+        "BOTMODELS_FETCH_ROOTS",
+    )
+    upscale_factor: int | None = Field(
+        None, ge=1, le=4, description="width and height times this (Lanczos); null: 1"
+    )
+    denoise: bool | None = Field(None, description="null: true")
+    stabilize: bool | None = Field(None, description="null: true")
+    color_correct: bool | None = Field(None, description="null: true")
+
+
+class EnhanceResponse(BaseModel):
+    enhanced_url: str = Field(
+        description="absolute URL of the MP4 under /outputs/videos/ (BOTMODELS_PUBLIC_URL, or "
+        "the request's own base); no key needed, kept BOTMODELS_OUTPUTS_MAX_AGE_S"
+    )
+    enhancements: list[str] = Field(
+        description="what was applied, in order: `denoise`, `stabilize`, `color_correct`, "
+        "`upscale_lanczos_<n>x`"
+    )
+    file_path: str = Field(description="the same file's URL path, /outputs/videos/<name>.mp4")
+    frame_count: int
+    fps: float
+    width: int
+    height: int
