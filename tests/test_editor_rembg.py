@@ -21,6 +21,7 @@ from botmodels.fetch import Fetcher
 from runners.video import write_mp4
 from tests.conftest import auth
 from tests.helpers import assert_error
+from tests.vision_media import clip_with_audio
 
 ROUTE = "/api/video/remove-background"
 
@@ -164,6 +165,37 @@ def test_every_frame_and_the_fps_are_kept_and_the_colour_fills_the_background(
     assert len(fore_diff) > 20
     assert back_diff.mean() < 16
     assert fore_diff.mean() < 16
+
+
+def audio_seconds(data: bytes) -> list[tuple[str, float]]:
+    """(codec, seconds) of each audio stream, from its packets' timestamps."""
+    import av
+
+    box: Any
+    with av.open(io.BytesIO(data)) as box:
+        streams = list(box.streams.audio)
+        ends = {s.index: 0.0 for s in streams}
+        for packet in box.demux(*streams):
+            if packet.pts is not None and packet.duration and packet.time_base:
+                end = float((packet.pts + packet.duration) * packet.time_base)
+                ends[packet.stream.index] = max(ends[packet.stream.index], end)
+        return [(s.codec_context.name, ends[s.index]) for s in streams]
+
+
+def test_the_aac_audio_is_kept(fetching: Any, served: tuple[Path, str]) -> None:
+    root, base = served
+    frames = list(blocks_video(24, 32, 32))
+    source = clip_with_audio(frames, fps=12)
+    (root / "talk.mp4").write_bytes(source)
+    response = fetching.post(ROUTE, json={"video_url": f"{base}/talk.mp4"}, headers=auth())
+    assert response.status_code == 200, response.text
+    out = fetching.get(response.json()["file_path"]).content
+    assert len(decode(out)[0]) == 24
+    ((codec, seconds),) = audio_seconds(out)
+    ((_, expected),) = audio_seconds(source)
+    assert codec == "aac"
+    assert expected > 1.5
+    assert abs(seconds - expected) < 0.1
 
 
 def _interior(region: np.ndarray) -> np.ndarray:

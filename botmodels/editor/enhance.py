@@ -21,10 +21,9 @@ worker thread.
 
 from __future__ import annotations
 
-import io
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -33,8 +32,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from botmodels.errors import BotModelsError, InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from botmodels.media import VIDEO_CONTAINERS, _looks_like_video
+from botmodels.editor.videoio import (
+    Cancelled,
+    Watch,
+    add_audio,
+    copied_audio,
+    mux_audio,
+    open_video,
+)
+from botmodels.errors import BotModelsError, InvalidInput, PayloadTooLarge
 
 Frame = npt.NDArray[np.uint8]  # (height, width, 3) RGB
 Floats = npt.NDArray[np.float64]
@@ -53,7 +59,6 @@ COLOR_SAMPLE_SIDE = 320  # each sampled frame is thinned to about this many pixe
 COLOR_PERCENTILES = (0.5, 99.5)
 MAX_GAIN = 2.0  # gray-world never more than doubles or halves a channel
 MIN_RANGE = 32  # a stretch of a nearly flat picture would only amplify its noise
-COPIED_AUDIO = frozenset({"aac", "mp3"})
 
 
 class EnhanceTimeout(BotModelsError):
@@ -233,30 +238,7 @@ def _fit(frame: Frame, width: int, height: int) -> Frame:
 
 
 def _open(data: bytes) -> Any:
-    import av
-
-    if not data:
-        raise InvalidInput(f"`{PARAM}` is empty (0 bytes)", param=PARAM)
-    try:
-        container = av.open(io.BytesIO(data), mode="r")
-    except av.FFmpegError as exc:
-        if _looks_like_video(data):  # e.g. an mp4 cut before its index ("moov atom")
-            raise InvalidInput(
-                f"`{PARAM}` is a truncated or corrupt video: {exc}", param=PARAM
-            ) from None
-        raise UnsupportedMediaType(
-            f"`{PARAM}` is not a video FFmpeg reads (mp4, webm, mov, mkv, avi…): {exc}",
-            param=PARAM,
-        ) from None
-    if not set(container.format.name.split(",")) & VIDEO_CONTAINERS or not container.streams.video:
-        name = container.format.name
-        container.close()
-        raise UnsupportedMediaType(
-            f"`{PARAM}` is not a video (FFmpeg reads it as {name}); send mp4, webm, mov, mkv "
-            f"or avi",
-            param=PARAM,
-        )
-    return container
+    return open_video(data, PARAM)
 
 
 def probe(data: bytes, *, max_frames: int, max_pixels: int, upscale: int) -> VideoInfo:
@@ -280,7 +262,8 @@ def probe(data: bytes, *, max_frames: int, max_pixels: int, upscale: int) -> Vid
             )
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = Fraction(rate).limit_denominator(1001) if rate else Fraction(25)
-        audio = container.streams.audio[0].codec_context.name if container.streams.audio else None
+        audio_in = copied_audio(container)
+        audio = audio_in.codec_context.name if audio_in is not None else None
         total = 0
         try:
             for packet in container.demux(stream):
@@ -304,7 +287,7 @@ def probe(data: bytes, *, max_frames: int, max_pixels: int, upscale: int) -> Vid
     return VideoInfo(width, height, total, fps, audio)
 
 
-def _frames(data: bytes, deadline: float) -> Iterator[Frame]:
+def _frames(data: bytes, tick: Callable[[], None]) -> Iterator[Frame]:
     """Every decodable frame, RGB; a truncated tail ends the video where it breaks."""
     import av
 
@@ -314,7 +297,7 @@ def _frames(data: bytes, deadline: float) -> Iterator[Frame]:
         stream.thread_type = "AUTO"
         try:
             for frame in container.decode(stream):
-                _check(deadline)
+                tick()
                 yield frame.to_ndarray(format="rgb24")
         except av.FFmpegError:
             return
@@ -322,17 +305,31 @@ def _frames(data: bytes, deadline: float) -> Iterator[Frame]:
         container.close()
 
 
-def _check(deadline: float) -> None:
-    if time.monotonic() > deadline:
-        raise EnhanceTimeout(
-            "the enhancement did not finish within BOTMODELS_REQUEST_TIMEOUT_S; send a shorter "
-            "video or fewer enhancements",
-            param=PARAM,
-        )
+def _ticker(deadline: float, watch: Watch | None, total: int) -> Callable[[], None]:
+    """What runs before each decoded frame: the deadline, a job's cancellation, its progress
+    (frames decoded of `total`, both passes counted)."""
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        if time.monotonic() > deadline:
+            raise EnhanceTimeout(
+                "the enhancement did not finish within BOTMODELS_REQUEST_TIMEOUT_S; send a "
+                "shorter video or fewer enhancements, or submit it as a job "
+                "(POST /api/video/enhance/jobs)",
+                param=PARAM,
+            )
+        if watch is not None:
+            if watch.cancelled():
+                raise Cancelled
+            watch.progress(min(done, total), total)
+        done += 1
+
+    return tick
 
 
 def measure(
-    data: bytes, info: VideoInfo, options: EnhanceOptions, deadline: float
+    data: bytes, info: VideoInfo, options: EnhanceOptions, tick: Callable[[], None]
 ) -> tuple[Floats | None, npt.NDArray[np.uint8] | None]:
     """The first pass: per-frame stabilising corrections and the colour tables, as asked."""
     if not (options.stabilize or options.color_correct):
@@ -341,7 +338,7 @@ def measure(
     steps: list[tuple[float, float]] = []
     samples: list[Frame] = []
     previous: Floats | None = None
-    for index, frame in enumerate(_frames(data, deadline)):
+    for index, frame in enumerate(_frames(data, tick)):
         if options.stabilize:
             small = motion_image(frame)
             if previous is not None and previous.shape == small.shape:
@@ -388,13 +385,17 @@ def enhance(
     path: Path,
     *,
     info: VideoInfo,
-    deadline: float,
+    deadline: float = math.inf,
+    watch: Watch | None = None,
 ) -> Enhanced:
     """Decode `data`, filter each frame as `options` ask, write H.264 MP4 at `path` (at the
-    source's frame rate, every decoded frame, the audio copied when MP4 holds it)."""
+    source's frame rate, every decoded frame, the audio copied when MP4 holds it). A job passes
+    `watch`: its progress, and cancellation (`Cancelled`) before any frame."""
     import av
 
-    moves, tables = measure(data, info, options, deadline)
+    passes = 2 if options.stabilize or options.color_correct else 1
+    tick = _ticker(deadline, watch, info.frames * passes)
+    moves, tables = measure(data, info, options, tick)
 
     def filtered(index: int, previous: Frame, current: Frame, following: Frame) -> Frame:
         frame = denoise_frame(previous, current, following) if options.denoise else current
@@ -409,7 +410,7 @@ def enhance(
     try:
         video_in = source.streams.video[0]
         video_in.thread_type = "AUTO"
-        audio_in = source.streams.audio[0] if info.audio_codec in COPIED_AUDIO else None
+        audio_in = copied_audio(source)
         with av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"}) as box:
             # Both streams before the first packet: the header is written with the first mux.
             width = info.width * options.upscale + (info.width * options.upscale) % 2
@@ -418,7 +419,7 @@ def enhance(
             video_out.width, video_out.height = width, height
             video_out.pix_fmt = "yuv420p"
             video_out.options = {"crf": "20", "preset": "veryfast"}
-            audio_out = box.add_stream_from_template(audio_in) if audio_in is not None else None
+            audio_out = add_audio(box, audio_in)
 
             def write(frame: Frame) -> None:
                 nonlocal count
@@ -433,12 +434,10 @@ def enhance(
             try:
                 for packet in source.demux(*streams):
                     if packet.stream.type == "audio":
-                        if packet.dts is not None and audio_out is not None:
-                            packet.stream = audio_out
-                            box.mux(packet)
+                        mux_audio(box, packet, audio_out)
                         continue
                     for decoded in packet.decode():
-                        _check(deadline)
+                        tick()
                         window.append(decoded.to_ndarray(format="rgb24"))
                         if len(window) == 2 and count == 0:  # the first frame: no previous
                             write(filtered(0, window[0], window[0], window[1]))

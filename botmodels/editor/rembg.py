@@ -9,7 +9,8 @@ editor can take out again.
 The video streams through in chunks of one mask batch: decode (a worker thread), masks (the
 runner's batchable API, through the dispatcher), composite and encode (a worker thread). Memory
 holds one chunk, whatever the video's length. Every frame is kept, at the input's frame rate; an
-odd width or height loses its last pixel column or row (H.264 in yuv420p needs even sizes).
+odd width or height loses its last pixel column or row (H.264 in yuv420p needs even sizes). AAC
+and MP3 audio is copied as it is (botmodels/editor/videoio.py, as enhance does).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import io
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -34,9 +34,17 @@ from starlette.requests import Request
 
 from botmodels.config import Settings, get_settings
 from botmodels.dispatch import BatchInfer, run_on_runner
-from botmodels.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from botmodels.editor.videoio import (
+    Cancelled,
+    Watch,
+    add_audio,
+    copied_audio,
+    copy_audio,
+    open_video,
+)
+from botmodels.errors import InvalidInput, PayloadTooLarge
 from botmodels.fetch import Fetcher
-from botmodels.media import VIDEO_CONTAINERS, decode_image, encode_png, read_json_model
+from botmodels.media import decode_image, encode_png, read_json_model
 from botmodels.outputs import OutputStore
 from botmodels.peers import batch_items
 from botmodels.pool import RunnerPool
@@ -166,22 +174,7 @@ class _Input:
 
 
 def _open(data: bytes, settings: Settings) -> tuple[Any, Any]:
-    import av
-
-    try:
-        container = av.open(io.BytesIO(data), mode="r")
-    except av.FFmpegError as exc:
-        raise UnsupportedMediaType(
-            f"`video_url` is not a video FFmpeg reads (mp4, webm, mov, mkv, avi…): {exc}",
-            param="video_url",
-        ) from None
-    if not set(container.format.name.split(",")) & VIDEO_CONTAINERS or not container.streams.video:
-        name = container.format.name
-        container.close()
-        raise UnsupportedMediaType(
-            f"`video_url` is not a video with a video stream (FFmpeg reads it as {name})",
-            param="video_url",
-        )
+    container = open_video(data)
     stream = container.streams.video[0]
     width, height = stream.codec_context.width, stream.codec_context.height
     if width * height > settings.rembg_max_pixels:
@@ -198,8 +191,6 @@ def probe(data: bytes, settings: Settings) -> int:
     """The number of video frames (demuxed packets, nothing decoded), within the limit."""
     import av
 
-    if not data:
-        raise InvalidInput("`video_url` is empty (0 bytes)", param="video_url")
     container, stream = _open(data, settings)
     total = 0
     try:
@@ -254,18 +245,21 @@ def _read_chunk(source: _Input, count: int) -> list[Pixels]:
 
 
 class _Writer:
-    """H.264 (libx264, yuv420p, `+faststart`) at the input's frame rate, one frame per frame."""
+    """H.264 (libx264, yuv420p, `+faststart`) at the input's frame rate, one frame per frame;
+    the input's audio, when MP4 holds it, copied after the last frame (`close`)."""
 
-    def __init__(self, path: Path, fps: Fraction, width: int, height: int) -> None:
+    def __init__(self, path: Path, source: _Input, data: bytes) -> None:
         import av
 
+        self.data = data
         self.box: Any = av.open(
             str(path), mode="w", format="mp4", options={"movflags": "+faststart"}
         )
-        self.stream: Any = self.box.add_stream("libx264", rate=fps)
-        self.stream.width, self.stream.height = width, height
+        self.stream: Any = self.box.add_stream("libx264", rate=source.fps)
+        self.stream.width, self.stream.height = source.width, source.height
         self.stream.pix_fmt = "yuv420p"
         self.stream.options = {"crf": "20", "preset": "veryfast"}
+        self.audio: Any = add_audio(self.box, copied_audio(source.container))
         self.frames = 0
 
     def write(self, frames: list[Pixels]) -> None:
@@ -276,10 +270,16 @@ class _Writer:
                 self.box.mux(packet)
             self.frames += 1
 
-    def close(self) -> None:
-        for packet in self.stream.encode(None):
-            self.box.mux(packet)
-        self.box.close()
+    def close(self, *, complete: bool) -> None:
+        """Flush and close; the audio only for a video written to its end (a failed or
+        cancelled one is deleted)."""
+        try:
+            for packet in self.stream.encode(None):
+                self.box.mux(packet)
+            if complete and self.frames:
+                copy_audio(self.data, self.box, self.audio)
+        finally:
+            self.box.close()
 
 
 def _small(pixels: Pixels, side: int) -> Any:
@@ -310,6 +310,17 @@ def _cover(image: Any, width: int, height: int) -> Pixels:
 
     fitted = ImageOps.fit(image, (width, height), Image.Resampling.LANCZOS)
     return np.asarray(fitted.convert("RGB"), dtype=np.uint8)
+
+
+@dataclass
+class RemovalWork:
+    """A checked request: the video's bytes, its frame count, the background, the URL base."""
+
+    data: bytes
+    label: str
+    background: Pixels | Any
+    frames: int
+    base: str
 
 
 class RembgFrontend:
@@ -396,20 +407,30 @@ class RembgFrontend:
             )
         return "#{:02x}{:02x}{:02x}".format(*colour), np.array(colour, dtype=np.uint8)
 
-    async def remove_background(
-        self, request: Request, fetcher: Fetcher
-    ) -> RemoveBackgroundResponse:
+    async def prepare(self, request: Request, fetcher: Fetcher) -> RemovalWork:
+        """Everything a bad request fails on (the body, the replacement, the fetch, the limits),
+        before any frame is decoded: a job's submission answers these as the route does."""
         body = await read_json_model(request, RemoveBackgroundRequest)
         if self.remote is None:
             self.pool.local("segment")  # a 503 now, before any fetch or decode
         label, background = await self._background(body.replacement, fetcher)
         data = await fetcher.fetch(body.video_url, param="video_url")
-        await asyncio.to_thread(probe, data, self.settings)  # the limits, before decoding
+        frames = await asyncio.to_thread(probe, data, self.settings)  # before decoding
+        base = str(self.settings.public_url or request.base_url).rstrip("/")
+        return RemovalWork(data, label, background, frames, base)
+
+    async def remove_background(
+        self, request: Request, fetcher: Fetcher
+    ) -> RemoveBackgroundResponse:
+        return await self.run(await self.prepare(request, fetcher))
+
+    async def run(self, work: RemovalWork, watch: Watch | None = None) -> RemoveBackgroundResponse:
+        """The prepared work, to a file under /outputs/videos/; a job passes `watch`."""
         with tempfile.TemporaryDirectory(prefix="botmodels-rembg-") as tmp:
             out_path = Path(tmp) / "out.mp4"
-            source = await asyncio.to_thread(_open_input, data, self.settings)
+            source = await asyncio.to_thread(_open_input, work.data, self.settings)
             try:
-                frames = await self._process(source, background, out_path)
+                frames = await self._process(source, work, out_path, watch)
             finally:
                 source.container.close()
 
@@ -417,46 +438,51 @@ class RembgFrontend:
                 shutil.move(out_path, path)
 
             saved = await asyncio.to_thread(self.outputs.save, "videos", move, "mp4")
-        base = str(self.settings.public_url or request.base_url).rstrip("/")
         return RemoveBackgroundResponse(
-            processed_url=base + saved.url_path,
+            processed_url=work.base + saved.url_path,
             file_path=saved.url_path,
             duration_ms=round(frames * 1000 / source.fps),
             frame_count=frames,
             fps=round(float(source.fps), 3),
             width=source.width,
             height=source.height,
-            replacement=label,
+            replacement=work.label,
         )
 
-    async def _process(self, source: _Input, background: Pixels | Any, out_path: Path) -> int:
+    async def _process(
+        self, source: _Input, work: RemovalWork, out_path: Path, watch: Watch | None
+    ) -> int:
         """Every frame composited and written; the number written."""
         if source.width < 2 or source.height < 2:
             raise InvalidInput(
                 f"`video_url` frames are {source.width}x{source.height}; at least 2x2",
                 param="video_url",
             )
+        background = work.background
         if not isinstance(background, np.ndarray):  # an image: scaled once to the frame
             background = await asyncio.to_thread(_cover, background, source.width, source.height)
-        writer = await asyncio.to_thread(_Writer, out_path, source.fps, source.width, source.height)
+        writer = await asyncio.to_thread(_Writer, out_path, source, work.data)
         side = self.settings.segment_model_side
         step = self.settings.segment_max_batch_size
+        complete = False
         try:
             while chunk := await asyncio.to_thread(_read_chunk, source, step):
                 small = await asyncio.to_thread(_shrink, chunk, side)
                 masks = await self.masks(small)
 
                 def finish(c: list[Pixels] = chunk, m: list[Mask] = masks) -> None:
-                    writer.write(
-                        [
-                            composite(f, _full_size(k, source.width, source.height), background)
-                            for f, k in zip(c, m, strict=True)
-                        ]
-                    )
+                    for f, k in zip(c, m, strict=True):
+                        if watch is not None and watch.cancelled():
+                            raise Cancelled
+                        size = _full_size(k, source.width, source.height)
+                        writer.write([composite(f, size, background)])
 
                 await asyncio.to_thread(finish)
+                if watch is not None:
+                    watch.progress(min(writer.frames, work.frames), work.frames)
+            complete = True
         finally:
-            await asyncio.to_thread(writer.close)
+            await asyncio.to_thread(writer.close, complete=complete)
         if writer.frames == 0:
             raise InvalidInput(
                 "`video_url` is a corrupt video: no frame decoded", param="video_url"
