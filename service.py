@@ -192,6 +192,7 @@ class BotModels:
         self.editor: EditorFrontend = EditorFrontend(
             self.settings, self.fetcher, self.speech, self.outputs, rembg=self.rembg
         )
+        self.editor.jobs = self.jobs  # long videos as jobs, on generation's job manager
         self.data: DataFrontend = DataFrontend(self.settings)
         _instance = self
 

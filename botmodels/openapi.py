@@ -146,14 +146,17 @@ class JobProgress(BaseModel):
 
 class Job(BaseModel):
     id: str
-    object: Literal["generation.job"]
-    kind: Literal["image", "video"]
+    object: Literal["generation.job", "editor.job"]
+    kind: Literal["image", "video", "video_enhance", "video_remove_background"] = Field(
+        description="a generation (`image`, `video`: progress in denoising steps) or the video "
+        "editor's work (progress in frames)"
+    )
     status: Literal["queued", "running", "completed", "failed", "cancelled", "interrupted"]
     progress: JobProgress
     created_at: float
     started_at: float | None
     finished_at: float | None
-    result: MediaGenerationResponse | None
+    result: MediaGenerationResponse | EnhanceResponse | RemoveBackgroundResponse | None
     error: ErrorDetail | None
     result_url: str
 
@@ -787,11 +790,13 @@ def _starlette_operations(s: Settings, c: _Components) -> dict[str, dict[str, An
             "parameters": [job_id],
             "responses": _responses(
                 _ok(
-                    "the generation answer, or the cancelled job",
+                    "the blocking route's answer, or the cancelled job",
                     _json(
                         {
                             "anyOf": [
                                 c.ref(MediaGenerationResponse),
+                                c.ref(EnhanceResponse),
+                                c.ref(RemoveBackgroundResponse),
                                 c.ref(CancelledJobResult),
                             ]
                         }
@@ -1058,6 +1063,14 @@ def _url_operations(c: _Components) -> dict[str, dict[str, Any]]:
         }
     }
 
+    fetch_slow = {
+        "504": {
+            "description": "the URL did not answer in full within BOTMODELS_FETCH_TIMEOUT_S",
+            "content": _json(_ERROR_REF),
+        }
+    }
+    job_queued = _ok("the job, queued: poll GET /api/jobs/{id}", _json(c.ref(Job)), status=202)
+
     def body(model: type[BaseModel]) -> dict[str, Any]:
         schema = c.inline(model.model_json_schema(ref_template=REF, mode="validation"))
         schema.pop("title", None)
@@ -1125,6 +1138,25 @@ def _url_operations(c: _Components) -> dict[str, dict[str, Any]]:
                 {*errors, 413, 415},
                 **slow,
             ),
+        },
+        "editor_enhance_job": {
+            "tags": ["Video editor"],
+            "summary": "Enhance the video at a URL as a job (no request timeout)",
+            "description": "The body of /api/video/enhance, checked (and the video fetched and "
+            "probed) before the answer: a bad one is its 4xx, not a failed job. Poll GET "
+            "/api/jobs/{id} (progress: frames done of the total, both passes counted), fetch "
+            "GET /api/jobs/{id}/result (/api/video/enhance's answer), cancel POST "
+            "/api/jobs/{id}/cancel (the work stops between frames, no file kept).",
+            "requestBody": body(EnhanceRequest),
+            "responses": _responses(job_queued, {*errors, 413, 415, 429}, **fetch_slow),
+        },
+        "editor_remove_background_job": {
+            "tags": ["Video editor"],
+            "summary": "Replace the background of the video at a URL as a job",
+            "description": "The body of /api/video/remove-background, checked before the "
+            "answer; then as /api/video/enhance/jobs (progress: frames done of the total).",
+            "requestBody": body(RemoveBackgroundRequest),
+            "responses": _responses(job_queued, {*errors, 413, 415, 503}, **fetch_slow),
         },
     }
 

@@ -112,6 +112,8 @@ ROUTES: tuple[RouteFacts, ...] = (
     RouteFacts("/api/video/remove-background", "editor", json=True),
     RouteFacts("/runners/segment/masks", "editor", json=True, traced=False),
     RouteFacts("/api/video/enhance", "editor", json=True),
+    RouteFacts("/api/video/enhance/jobs", "editor", json=True),
+    RouteFacts("/api/video/remove-background/jobs", "editor", json=True),
     # --- generation --------------------------------------------------------------------------
     RouteFacts("/api/image/generate", "generation", json=True),
     RouteFacts("/api/video/generate", "generation", json=True),

@@ -309,9 +309,10 @@ def _ticker(deadline: float, watch: Watch | None, total: int) -> Callable[[], No
     """What runs before each decoded frame: the deadline, a job's cancellation, its progress
     (frames decoded of `total`, both passes counted)."""
     done = 0
+    reported = -1  # the job record is written once per percent, not once per frame
 
     def tick() -> None:
-        nonlocal done
+        nonlocal done, reported
         if time.monotonic() > deadline:
             raise EnhanceTimeout(
                 "the enhancement did not finish within BOTMODELS_REQUEST_TIMEOUT_S; send a "
@@ -322,7 +323,10 @@ def _ticker(deadline: float, watch: Watch | None, total: int) -> Callable[[], No
         if watch is not None:
             if watch.cancelled():
                 raise Cancelled
-            watch.progress(min(done, total), total)
+            percent = min(done, total) * 100 // max(1, total)
+            if percent != reported:
+                reported = percent
+                watch.progress(min(done, total), total)
         done += 1
 
     return tick

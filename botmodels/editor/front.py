@@ -1,7 +1,12 @@
 """The video editor's routes: the audio named by `audio_url` (botmodels/fetch.py's rules),
 decoded as an upload is (botmodels/speech/audio.py), then transcribed on the speech runner or
 reduced to a waveform; the video named by `video_url` enhanced (botmodels/editor/enhance.py)
-into /outputs/videos/. Starlette routes (botmodels/editor/routes.py), like the speech routes."""
+into /outputs/videos/. Starlette routes (botmodels/editor/routes.py), like the speech routes.
+
+Enhance and remove-background also run as jobs (`/jobs` after the route, on generation's job
+manager): the request is checked as the blocking route checks it (a bad one is answered at
+once), then the work runs without the request timeout and stops between frames when the job is
+cancelled."""
 
 from __future__ import annotations
 
@@ -9,11 +14,14 @@ import asyncio
 import math
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 
 from botmodels.config import Settings
 from botmodels.editor import enhance as video_enhance
@@ -31,12 +39,17 @@ from botmodels.editor.schemas import (
     WaveformRequest,
     WaveformResponse,
 )
+from botmodels.editor.videoio import Watch
 from botmodels.errors import Overloaded
 from botmodels.fetch import Fetcher
 from botmodels.media import read_json_model
 from botmodels.outputs import OutputStore
 from botmodels.speech import audio as audio_io
 from botmodels.speech.front import SpeechFrontend
+
+if TYPE_CHECKING:
+    from botmodels.generation.front import Control
+    from botmodels.generation.jobs import JobManager
 
 # The waveform's decoding rate: the envelope of speech and music at display resolution.
 WAVEFORM_RATE = 16_000
@@ -56,6 +69,15 @@ def peak_envelope(
     return clipped
 
 
+@dataclass(frozen=True)
+class _EnhanceWork:
+    data: bytes
+    options: video_enhance.EnhanceOptions
+    info: video_enhance.VideoInfo
+    base: str
+    url: str
+
+
 class EditorFrontend:
     def __init__(
         self,
@@ -70,6 +92,7 @@ class EditorFrontend:
         self.speech = speech
         self.rembg = rembg
         self.outputs = outputs
+        self.jobs: JobManager | None = None  # service.py binds generation's job manager
         self._enhancing = 0
         self._enhancing_lock = threading.Lock()
 
@@ -144,6 +167,56 @@ class EditorFrontend:
         caller left out). The video is checked (container, size, frame count) before any frame
         is decoded; the work runs in a worker thread and stops at BOTMODELS_REQUEST_TIMEOUT_S,
         so a request the caller gave up on leaves no file behind."""
+        deadline = time.monotonic() + self.settings.request_timeout_s
+        work = await self._prepare_enhance(request)
+        try:
+            return await self._run_enhance(work, deadline, None)
+        finally:
+            self._leave_enhance()
+
+    async def enhance_job(self, request: Request) -> JSONResponse:
+        """`/api/video/enhance/jobs`: the body checked and the video probed now, the filters in
+        a job (BOTMODELS_EDITOR_MAX_ENHANCING counts it until it ends)."""
+        jobs = self._jobs()
+        work = await self._prepare_enhance(request)
+
+        async def run(control: Control) -> dict[str, Any]:
+            done = await self._run_enhance(work, math.inf, control)
+            return done.model_dump(mode="json")
+
+        passes = 2 if work.options.stabilize or work.options.color_correct else 1
+        request_record = {"video_url": work.url, **vars(work.options)}
+        return await jobs.submit_work(
+            "video_enhance",
+            request_record,
+            work.info.frames * passes,
+            run,
+            self._leave_enhance,
+        )
+
+    async def remove_background_job(self, request: Request) -> JSONResponse:
+        """`/api/video/remove-background/jobs`: checked and probed now, the frames in a job."""
+        if self.rembg is None:  # pragma: no cover - service.py always builds it
+            raise RuntimeError("the editor front was built without the segment front")
+        jobs = self._jobs()
+        rembg = self.rembg
+        work = await rembg.prepare(request, self.fetcher)
+
+        async def run(control: Control) -> dict[str, Any]:
+            done = await rembg.run(work, control)
+            return done.model_dump(mode="json")
+
+        record = {"video_url": work.url, "replacement": work.label}
+        return await jobs.submit_work("video_remove_background", record, work.frames, run)
+
+    def _jobs(self) -> JobManager:
+        if self.jobs is None:  # pragma: no cover - service.py binds it
+            raise RuntimeError("the editor front was built without the job manager")
+        return self.jobs
+
+    async def _prepare_enhance(self, request: Request) -> _EnhanceWork:
+        """The body, the fetch and the probe; on success the caller holds an enhancing slot
+        (`_leave_enhance`)."""
         body = await read_json_model(request, EnhanceRequest)
         options = video_enhance.EnhanceOptions(
             upscale=body.upscale_factor or 1,
@@ -151,7 +224,6 @@ class EditorFrontend:
             stabilize=body.stabilize is not False,
             color_correct=body.color_correct is not False,
         )
-        deadline = time.monotonic() + self.settings.request_timeout_s
         data = await self.fetcher.fetch(body.video_url, param="video_url")
         self._enter_enhance()
         try:
@@ -162,20 +234,28 @@ class EditorFrontend:
                 max_pixels=self.settings.editor_max_pixels,
                 upscale=options.upscale,
             )
-            result: list[video_enhance.Enhanced] = []
-
-            def write(path: Path) -> None:
-                result.append(
-                    video_enhance.enhance(data, options, path, info=info, deadline=deadline)
-                )
-
-            saved = await asyncio.to_thread(self.outputs.save, "videos", write, "mp4")
-        finally:
+        except BaseException:
             self._leave_enhance()
-        done = result[0]
+            raise
         base = str(self.settings.public_url) if self.settings.public_url else str(request.base_url)
+        return _EnhanceWork(data, options, info, base.rstrip("/"), body.video_url)
+
+    async def _run_enhance(
+        self, work: _EnhanceWork, deadline: float, watch: Watch | None
+    ) -> EnhanceResponse:
+        result: list[video_enhance.Enhanced] = []
+
+        def write(path: Path) -> None:
+            result.append(
+                video_enhance.enhance(
+                    work.data, work.options, path, info=work.info, deadline=deadline, watch=watch
+                )
+            )
+
+        saved = await asyncio.to_thread(self.outputs.save, "videos", write, "mp4")
+        done = result[0]
         return EnhanceResponse(
-            enhanced_url=base.rstrip("/") + saved.url_path,
+            enhanced_url=work.base + saved.url_path,
             enhancements=done.enhancements,
             file_path=saved.url_path,
             frame_count=done.frame_count,

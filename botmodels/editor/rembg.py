@@ -321,6 +321,7 @@ class RemovalWork:
     background: Pixels | Any
     frames: int
     base: str
+    url: str
 
 
 class RembgFrontend:
@@ -417,7 +418,7 @@ class RembgFrontend:
         data = await fetcher.fetch(body.video_url, param="video_url")
         frames = await asyncio.to_thread(probe, data, self.settings)  # before decoding
         base = str(self.settings.public_url or request.base_url).rstrip("/")
-        return RemovalWork(data, label, background, frames, base)
+        return RemovalWork(data, label, background, frames, base, body.video_url)
 
     async def remove_background(
         self, request: Request, fetcher: Fetcher
@@ -476,10 +477,10 @@ class RembgFrontend:
                             raise Cancelled
                         size = _full_size(k, source.width, source.height)
                         writer.write([composite(f, size, background)])
+                    if watch is not None:  # a job record's write: off the event loop
+                        watch.progress(min(writer.frames, work.frames), work.frames)
 
                 await asyncio.to_thread(finish)
-                if watch is not None:
-                    watch.progress(min(writer.frames, work.frames), work.frames)
             complete = True
         finally:
             await asyncio.to_thread(writer.close, complete=complete)

@@ -17,6 +17,8 @@ EDITOR_ROUTES = {
     "/api/audio/detect-beats": "detect_beats",
     "/api/video/remove-background": "remove_background",
     "/api/video/enhance": "enhance",
+    "/api/video/enhance/jobs": "enhance_job",
+    "/api/video/remove-background/jobs": "remove_background_job",
 }
 
 
@@ -26,6 +28,8 @@ def _handler(
     @json_errors
     async def handler(request: Request) -> Response:
         result = await getattr(front(), name)(request)
+        if isinstance(result, Response):  # a job, 202
+            return result
         return JSONResponse(result.model_dump(mode="json"))
 
     handler.__name__ = f"editor_{name}"  # the OpenAPI operation (botmodels/openapi.py)

@@ -6,6 +6,11 @@ finished job's result stays fetchable after a restart until `outputs_max_age_s` 
 retention as its file), and a job that was queued or running when the process stopped answers
 `interrupted` instead of vanishing. The work itself is in memory: an asyncio task per job that
 goes through the same admission, batching and runner as botserver's blocking routes.
+
+Other domains' long work runs here too (`submit_work`): the video editor's enhance and
+remove-background. Their route checks the request first (a bad one is its 4xx, not a failed
+job), then hands over a function that does the work and answers what the blocking route would;
+its progress is frames done of the total, and cancellation stops it between frames.
 """
 
 from __future__ import annotations
@@ -17,12 +22,14 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from starlette.responses import JSONResponse
 
+from botmodels.editor.videoio import Cancelled
 from botmodels.errors import BotModelsError, ShuttingDown
 from botmodels.generation.front import Control, GenerationFrontend, Kind
 from botmodels.generation.schemas import ImageTask, VideoTask
@@ -31,6 +38,10 @@ log = logging.getLogger("botmodels.jobs")
 
 JobStatus = Literal["queued", "running", "completed", "failed", "cancelled", "interrupted"]
 FINISHED: frozenset[str] = frozenset({"completed", "failed", "cancelled", "interrupted"})
+GENERATION_KINDS: frozenset[str] = frozenset({"image", "video"})
+# Work of another domain: given the job's control, it answers the blocking route's JSON body
+# (with the `file_path` of its output) or raises `Cancelled` once the control is cancelled.
+Work = Callable[[Control], Awaitable[dict[str, Any]]]
 
 
 def _interrupted_error(message: str) -> dict[str, Any]:
@@ -97,7 +108,7 @@ class JobRecord:
     def public(self) -> dict[str, Any]:
         return {
             "id": self.id,
-            "object": "generation.job",
+            "object": "generation.job" if self.kind in GENERATION_KINDS else "editor.job",
             "kind": self.kind,
             "status": self.status,
             "progress": {
@@ -276,6 +287,80 @@ class JobManager:
         self._tasks.add(runner)  # a reference, or the loop may collect the task mid-run
         runner.add_done_callback(self._tasks.discard)
         return job
+
+    async def submit_work(
+        self,
+        kind: str,
+        request: dict[str, Any],
+        total: int,
+        work: Work,
+        release: Callable[[], None] | None = None,
+    ) -> JSONResponse:
+        """Another domain's job: `request` is what the record keeps of the (checked) body,
+        `total` the progress's total, `release` what ends the route's own admission."""
+        try:
+            if self.frontend.closing:
+                raise self.frontend.shutting_down()
+            job = JobRecord(
+                id="job_" + secrets.token_hex(16),
+                kind=kind,
+                status="queued",
+                request=request,
+                created_at=time.time(),
+                total_steps=total,
+            )
+            await asyncio.to_thread(self._insert_and_prune, job)
+        except BaseException:
+            if release is not None:
+                release()
+            raise
+        control = Control(on_progress=lambda step, total: self._progress(job.id, step, total))
+        self._controls[job.id] = control
+        runner = asyncio.create_task(self._run_work(job, work, control, release))
+        self._tasks.add(runner)
+        runner.add_done_callback(self._tasks.discard)
+        return JSONResponse(job.public(), status_code=202)
+
+    async def _run_work(
+        self,
+        job: JobRecord,
+        work: Work,
+        control: Control,
+        release: Callable[[], None] | None,
+    ) -> None:
+        interrupted = False
+        try:
+            await asyncio.to_thread(self._started, job.id, job.total_steps)
+            result = await work(control)
+            interrupted = job.id in self._interrupted
+            if control.cancelled() and not interrupted:  # cancelled as it finished
+                self.frontend.outputs.delete(str(result.get("file_path")))
+                await self._finish(job.id, "cancelled")
+                return
+            await self._finish(job.id, "completed", result=result, step=job.total_steps)
+        except Cancelled:
+            if job.id not in self._interrupted:  # else interrupt_all() wrote the record
+                await self._finish(job.id, "cancelled")
+        except ShuttingDown:
+            await self._finish(job.id, "interrupted", error=SHUT_DOWN)
+        except BotModelsError as exc:
+            await self._finish(job.id, "failed", error=exc.body()["error"])
+        except Exception as exc:
+            log.exception("job %s failed", job.id)
+            await self._finish(
+                job.id,
+                "failed",
+                error={
+                    "message": f"{job.kind} failed: {type(exc).__name__}",
+                    "type": "server_error",
+                    "code": "job_failed",
+                    "param": None,
+                },
+            )
+        finally:
+            if release is not None:
+                release()
+            self._controls.pop(job.id, None)
 
     def _insert_and_prune(self, job: JobRecord) -> None:
         self.store.insert(job)
