@@ -1130,8 +1130,8 @@ def _url_operations(c: _Components) -> dict[str, dict[str, Any]]:
             "super-resolution model). The answer is an H.264 MP4 under /outputs/videos/ with "
             "every frame at the source's rate; AAC and MP3 audio is copied, other audio is "
             "dropped. The work must finish within BOTMODELS_REQUEST_TIMEOUT_S (then it stops, "
-            "504, no file kept): BOTMODELS_EDITOR_MAX_FRAMES and BOTMODELS_EDITOR_MAX_PIXELS "
-            "bound it.",
+            "504, no file kept; longer work goes to /api/video/enhance/jobs): "
+            "BOTMODELS_EDITOR_MAX_FRAMES and BOTMODELS_EDITOR_MAX_PIXELS bound it.",
             "requestBody": body(EnhanceRequest),
             "responses": _responses(
                 _ok("the enhanced video's URL", _json(c.ref(EnhanceResponse))),
