@@ -328,12 +328,10 @@ class JobManager:
         control: Control,
         release: Callable[[], None] | None,
     ) -> None:
-        interrupted = False
         try:
             await asyncio.to_thread(self._started, job.id, job.total_steps)
             result = await work(control)
-            interrupted = job.id in self._interrupted
-            if control.cancelled() and not interrupted:  # cancelled as it finished
+            if control.cancelled() and job.id not in self._interrupted:  # as it finished
                 self.frontend.outputs.delete(str(result.get("file_path")))
                 await self._finish(job.id, "cancelled")
                 return
