@@ -30,11 +30,13 @@ RUNNER_ROUTES = {
     "/runners/video/generate": "tasks",
     "/runners/stt/transcribe": "jobs",
     "/runners/tts/synthesize": "jobs",
+    "/runners/segment/masks": "items",
 }
 IMAGE_ITEM_ROUTES = {
     "/runners/vision/caption": {},
     "/runners/vqa/answer": {"question": "what colour is it?"},
     "/runners/ocr/recognize": {"language": "eng"},
+    "/runners/segment/masks": {},
 }
 IMAGE_TASK = {
     "task_id": "t1",
@@ -255,6 +257,16 @@ JSON_ROUTES = [
     "/v1/images/generations",
     "/api/speech/generate",
     "/v1/audio/speech",
+    "/api/detect",
+    "/api/barcode/scan",
+    "/api/audio/transcribe",
+    "/api/audio/waveform",
+    "/api/audio/detect-beats",
+    "/api/audio/tts",
+    "/api/video/enhance",
+    "/api/video/enhance/jobs",
+    "/api/video/remove-background",
+    "/api/video/remove-background/jobs",
 ]
 
 

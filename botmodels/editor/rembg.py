@@ -49,6 +49,7 @@ from botmodels.outputs import OutputStore
 from botmodels.peers import batch_items
 from botmodels.pool import RunnerPool
 from botmodels.remote import RemoteRunner
+from botmodels.vision.schemas import ImageB64
 from runners.segment import SegmentRunner
 
 SEGMENT_API, SEGMENT_ROUTE = "segment_masks", "/runners/segment/masks"
@@ -92,7 +93,9 @@ class RemoveBackgroundResponse(BaseModel):
 class MaskJobIn(BaseModel):
     """One frame for the segment runner over HTTP (a peer's `/runners/segment/masks`)."""
 
-    image_png_b64: str = Field(min_length=1, description="the frame, a base64 PNG")
+    # Checked when the request is parsed, as the vision runners' items are: a bad frame is its
+    # own item's 400 (`items.N.image_png_b64`), never the failure of a batch it would join.
+    image_png_b64: ImageB64
 
 
 class MaskOut(BaseModel):
