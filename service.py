@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 
 from botmodels import openapi, patches, registry, routes, status
 from botmodels.api import batch_errors, json_errors
-from botmodels.auth import Authenticator, AuthMiddleware, TrustedNetworks, log_trusted_networks
+from botmodels.auth import auth_from_settings
 from botmodels.config import get_settings
 from botmodels.data import routes as data_routes
 from botmodels.data.front import DataFrontend
@@ -43,7 +43,7 @@ from botmodels.generation.schemas import (
     VideoRequest,
     VideoTask,
 )
-from botmodels.http import ErrorShapeMiddleware, LimitsMiddleware
+from botmodels.http import ErrorShapeMiddleware, limits_from_settings
 from botmodels.keys import load_api_keys
 from botmodels.outputs import OutputStore
 from botmodels.peers import RunnerCheck, RunnerRouteGuard
@@ -76,50 +76,6 @@ VERSION = "0.1.0"  # pyproject.toml's version; tests/test_store.py keeps them eq
 shutdown = Shutdown(settings.shutdown_grace_s)  # botmodels/shutdown.py: what SIGTERM does
 
 
-def _authenticator() -> Authenticator:
-    # Runs when the server builds its middleware stack (start-up), never at import.
-    current = get_settings()
-    return Authenticator(
-        load_api_keys(current),
-        tolerance_s=current.signature_tolerance_s,
-        replay_ttl_s=current.replay_cache_s,
-        replay_path=current.replay_cache_path,
-    )
-
-
-class _LazyAuth(AuthMiddleware):
-    def __init__(self, app: Any) -> None:
-        current = get_settings()
-        limit = max(current.max_upload_bytes, current.max_json_bytes)
-        trusted = TrustedNetworks(current.trusted_networks, current.trusted_proxies)
-        super().__init__(app, _authenticator(), max_body_bytes=limit, trusted=trusted)
-        log_trusted_networks(trusted)
-
-
-class _RunnerGuard(RunnerRouteGuard):
-    def __init__(self, app: Any) -> None:
-        checks: dict[str, RunnerCheck] = {}
-
-        def table() -> dict[str, RunnerCheck]:
-            if not checks:
-                checks.update(_service().runner_checks())
-            return checks
-
-        super().__init__(app, table)
-
-
-class _Limits(LimitsMiddleware):
-    def __init__(self, app: Any) -> None:
-        current = get_settings()
-        super().__init__(
-            app,
-            max_concurrency=current.max_concurrency,
-            max_json_bytes=current.max_json_bytes,
-            max_upload_bytes=current.max_upload_bytes,
-            json_paths=routes.JSON_PATHS,
-        )
-
-
 # --- the mounted Starlette app: GET routes, and bodies a BentoML API cannot take -------------
 _instance: BotModels | None = None
 
@@ -130,6 +86,11 @@ def _service() -> BotModels:
             "botmodels is starting; retry shortly", headers={"Retry-After": "2"}
         )
     return _instance
+
+
+@functools.cache  # an exception is not cached: asked again until the service exists
+def _runner_checks() -> dict[str, RunnerCheck]:
+    return _service().runner_checks()
 
 
 status_app = Starlette(
@@ -426,9 +387,9 @@ _service_obj.add_asgi_middleware(
     ShutdownMiddleware, state=shutdown, probe_paths=routes.HEALTH_PATHS
 )
 _service_obj.add_asgi_middleware(ErrorShapeMiddleware)
-_service_obj.add_asgi_middleware(_LazyAuth)
-_service_obj.add_asgi_middleware(_Limits)
-_service_obj.add_asgi_middleware(_RunnerGuard)
+_service_obj.add_asgi_middleware(auth_from_settings)
+_service_obj.add_asgi_middleware(limits_from_settings)
+_service_obj.add_asgi_middleware(RunnerRouteGuard, checks=_runner_checks)
 # /docs.json documents every route, the mounted ones included (botmodels/openapi.py).
 patches.document_service(
     _service_obj,

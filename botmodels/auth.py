@@ -375,3 +375,27 @@ class AuthMiddleware:
             return
 
         await self.app(scope, replay_body(body, receive), send)
+
+
+def auth_from_settings(app: ASGIApp) -> AuthMiddleware:
+    """The auth middleware as the settings configure it: keys, signatures, the replay cache and
+    the trusted networks. Called when the server builds its middleware stack (start-up), never
+    at import."""
+    from botmodels.config import get_settings
+    from botmodels.keys import load_api_keys
+
+    settings = get_settings()
+    authenticator = Authenticator(
+        load_api_keys(settings),
+        tolerance_s=settings.signature_tolerance_s,
+        replay_ttl_s=settings.replay_cache_s,
+        replay_path=settings.replay_cache_path,
+    )
+    trusted = TrustedNetworks(settings.trusted_networks, settings.trusted_proxies)
+    log_trusted_networks(trusted)
+    return AuthMiddleware(
+        app,
+        authenticator,
+        max_body_bytes=max(settings.max_upload_bytes, settings.max_json_bytes),
+        trusted=trusted,
+    )

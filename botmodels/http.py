@@ -221,3 +221,19 @@ class LimitsMiddleware:
                 f"request body exceeds the limit of {limit} bytes for this content type",
                 code="payload_too_large",
             )
+
+
+def limits_from_settings(app: ASGIApp) -> LimitsMiddleware:
+    """The limits middleware as the settings and the route table configure it (built at
+    start-up, never at import)."""
+    from botmodels.config import get_settings
+    from botmodels.routes import JSON_PATHS
+
+    settings = get_settings()
+    return LimitsMiddleware(
+        app,
+        max_concurrency=settings.max_concurrency,
+        max_json_bytes=settings.max_json_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+        json_paths=JSON_PATHS,
+    )

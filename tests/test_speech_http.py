@@ -399,7 +399,7 @@ def test_chunked_upload_over_the_size_limit_is_413(
     limits: Any = None
     node: Any = client.app.middleware_stack  # built at start-up: the middleware chain
     while node is not None and limits is None:
-        if type(node).__name__ == "_Limits":
+        if type(node).__name__ == "LimitsMiddleware":
             limits = node
         node = getattr(node, "app", None)
     assert limits is not None, "the limits middleware is not in the stack"
