@@ -9,8 +9,11 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +101,42 @@ def tiny_runner(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Any]:
         return runner
 
     return make
+
+
+class _QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
+def file_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """(a directory, the base URL on 127.0.0.1 that serves it): the media that a route names by
+    URL or path (`*_url`, `image_path`)."""
+    root = tmp_path_factory.mktemp("served")
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietFiles, directory=str(root)))
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture
+def fetching(client: Any, file_server: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The app with BOTMODELS_FETCH_ALLOW=127.0.0.1/32 and BOTMODELS_FETCH_ROOTS=<file_server's
+    directory>, for the length of a test."""
+    import service
+    from botmodels.config import Settings
+    from botmodels.fetch import Fetcher
+
+    instance = service._instance
+    assert instance is not None
+    fetcher = Fetcher(Settings(fetch_allow=["127.0.0.1/32"], fetch_roots=[file_server[0]]))
+    monkeypatch.setattr(instance, "fetcher", fetcher)
+    monkeypatch.setattr(instance.editor, "fetcher", fetcher)
+    return client
 
 
 def auth(key: str = KEY) -> dict[str, str]:

@@ -14,19 +14,13 @@ need (`_editor_headers`)."""
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from botmodels.config import Settings
 from botmodels.editor.beats import SAMPLE_RATE
-from botmodels.fetch import Fetcher
 from botmodels.speech import audio
 from tests.conftest import KEY, auth
 from tests.helpers import assert_error
@@ -34,38 +28,6 @@ from tests.speech_helpers import click_track, wer
 from tests.vision_media import png_bytes, symbol_image
 
 SENTENCE = "Please send the invoice to the finance team before Friday."
-
-
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, *_: Any) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
-    """(a directory, the base URL that serves it)."""
-    root = tmp_path_factory.mktemp("served")
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(root)))
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-
-
-@pytest.fixture
-def fetching(client: Any, served: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The service with BOTMODELS_FETCH_ALLOW=127.0.0.1/32 and BOTMODELS_FETCH_ROOTS=<served>."""
-    import service
-
-    instance = service._instance
-    assert instance is not None
-    fetcher = Fetcher(Settings(fetch_allow=["127.0.0.1/32"], fetch_roots=[served[0]]))
-    monkeypatch.setattr(instance, "fetcher", fetcher)
-    monkeypatch.setattr(instance.editor, "fetcher", fetcher)
-    return client
 
 
 def _editor_headers() -> dict[str, str]:
@@ -93,9 +55,9 @@ def _scan_barcode(client: Any, image_path: str) -> Any:
     return response.status_code, parsed
 
 
-def test_scan_barcode_by_path(fetching: Any, served: tuple[Path, str]) -> None:
+def test_scan_barcode_by_path(fetching: Any, file_server: tuple[Path, str]) -> None:
     """products.rs:320-341: `image_path` is a file on botserver's side, here under the roots."""
-    root, _ = served
+    root, _ = file_server
     (root / "product.png").write_bytes(png_bytes(symbol_image("EAN13", "5901234123457")))
     status, answer = _scan_barcode(fetching, str(root / "product.png"))
     assert status == 200, answer
@@ -105,9 +67,9 @@ def test_scan_barcode_by_path(fetching: Any, served: tuple[Path, str]) -> None:
     assert answer["barcodes"][0]["type"] == "EAN13"
 
 
-def test_scan_barcode_by_url(fetching: Any, served: tuple[Path, str]) -> None:
+def test_scan_barcode_by_url(fetching: Any, file_server: tuple[Path, str]) -> None:
     """products.rs:320-341: `image_path` may be a URL; the answer is /api/vision/barcode's."""
-    root, base = served
+    root, base = file_server
     (root / "box.png").write_bytes(png_bytes(symbol_image("Code128", "SKU-42")))
     status, answer = _scan_barcode(fetching, f"{base}/box.png")
     assert status == 200, answer
@@ -124,9 +86,9 @@ def test_scan_barcode_by_url(fetching: Any, served: tuple[Path, str]) -> None:
     }
 
 
-def test_scan_barcode_refusals(client: Any, fetching: Any, served: tuple[Path, str]) -> None:
+def test_scan_barcode_refusals(client: Any, fetching: Any, file_server: tuple[Path, str]) -> None:
     """products.rs:338-341 hands any body to the script: errors are the one JSON shape."""
-    root, base = served
+    root, base = file_server
     status, answer = _scan_barcode(fetching, f"{root}/../outside.png")
     assert status == 400
     assert "BOTMODELS_FETCH_ROOTS" in answer["error"]["message"]
@@ -152,12 +114,12 @@ def test_url_inputs_are_refused_by_default(client: Any) -> None:
     assert "BOTMODELS_FETCH_ROOTS" in assert_error(response, 400)["message"]
 
 
-def test_transcribe_by_url(fetching: Any, served: tuple[Path, str]) -> None:
+def test_transcribe_by_url(fetching: Any, file_server: tuple[Path, str]) -> None:
     """botvideo/src/engine/effects.rs:53-110 (transcribe_audio): POST
     {BOTMODELS_URL}/api/audio/transcribe `{audio_url: clip.source_url, language: "auto",
     word_timestamps: true}`, no key, no timeout; reads `segments[].start/end` as seconds
     (x1000 to ms), `text`, `confidence` (default 0.9), and `language` (default "en")."""
-    root, base = served
+    root, base = file_server
     spoken = fetching.post(
         "/v1/audio/speech", json={"input": SENTENCE, "response_format": "wav"}, headers=auth()
     )
@@ -191,12 +153,12 @@ def test_transcribe_by_url(fetching: Any, served: tuple[Path, str]) -> None:
     assert len(words) >= 8  # CTranslate2 Whisper: word times asked for, given
 
 
-def test_waveform_by_url(fetching: Any, served: tuple[Path, str]) -> None:
+def test_waveform_by_url(fetching: Any, file_server: tuple[Path, str]) -> None:
     """botvideo/src/engine/chat_ai.rs:238-275 (generate_waveform): POST
     {BOTMODELS_URL}/api/audio/waveform `{audio_url: track.source_url, samples_per_second: 10}`,
     no key; reads `samples` (f64 list), `duration_ms` (i64), `sample_rate` (i64, default 10:
     the envelope's values per second)."""
-    root, base = served
+    root, base = file_server
     rate = 16_000
     t = np.arange(rate, dtype=np.float32) / rate
     tone = np.concatenate([np.zeros(rate, np.float32), 0.5 * np.sin(2 * np.pi * 440 * t)])
@@ -223,12 +185,12 @@ def test_waveform_by_url(fetching: Any, served: tuple[Path, str]) -> None:
     assert assert_error(response, 400)["param"] == "samples_per_second"
 
 
-def test_detect_beats_by_url(fetching: Any, served: tuple[Path, str]) -> None:
+def test_detect_beats_by_url(fetching: Any, file_server: tuple[Path, str]) -> None:
     """botvideo/src/engine/chat_ai.rs:193-236 (detect_beats): POST
     {BOTMODELS_URL}/api/audio/detect-beats `{audio_url: track.source_url, sensitivity}` (0.5
     unless its caller chose one), no key; reads `beats[].time_ms` (i64), `strength` (f64, 1.0
     when absent), `type` (string, "beat" when absent) and `tempo_bpm` (f64, 120 when absent)."""
-    root, base = served
+    root, base = file_server
     track, clicks = click_track(120.0, amplitudes=(1.0, 0.8, 0.8, 0.8))
     (root / "beat.wav").write_bytes(audio.wav_bytes(track, SAMPLE_RATE))
     response = fetching.post(

@@ -14,56 +14,21 @@ is not an IP address, so the test sends the key the editor's deployment would no
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from botmodels.config import Settings
-from botmodels.fetch import Fetcher
 from runners.video import write_mp4
 from tests.conftest import auth
 
 
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, *_: Any) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
-    root = tmp_path_factory.mktemp("served")
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(root)))
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-
-
-@pytest.fixture
-def fetching(client: Any, served: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> Any:
-    import service
-
-    instance = service._instance
-    assert instance is not None
-    fetcher = Fetcher(Settings(fetch_allow=["127.0.0.1/32"], fetch_roots=[served[0]]))
-    monkeypatch.setattr(instance.editor, "fetcher", fetcher)
-    return client
-
-
 @pytest.mark.parametrize("replacement", [None, "#ffffff"])
 def test_remove_background_as_the_editor_sends_it(
-    fetching: Any, served: tuple[Path, str], replacement: str | None
+    fetching: Any, file_server: tuple[Path, str], replacement: str | None
 ) -> None:
-    root, base = served
+    root, base = file_server
     rng = np.random.default_rng(5)
     frames = rng.integers(0, 256, (6, 32, 48, 3), dtype=np.uint8)
     write_mp4(frames, 10, root / "source.mp4")

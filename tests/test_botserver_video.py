@@ -13,10 +13,6 @@ from __future__ import annotations
 
 import io
 import json
-import threading
-from collections.abc import Iterator
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,43 +21,9 @@ import av
 import numpy as np
 import pytest
 
-from botmodels.config import Settings
-from botmodels.fetch import Fetcher
 from tests.conftest import auth
 from tests.helpers import assert_error
 from tests.vision_media import clip_with_audio
-
-
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, *_: Any) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
-    """(a directory, the base URL that serves it)."""
-    root = tmp_path_factory.mktemp("served_video")
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(root)))
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-
-
-@pytest.fixture
-def fetching(client: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The service with BOTMODELS_FETCH_ALLOW=127.0.0.1/32."""
-    import service
-
-    instance = service._instance
-    assert instance is not None
-    fetcher = Fetcher(Settings(fetch_allow=["127.0.0.1/32"]))
-    monkeypatch.setattr(instance, "fetcher", fetcher)
-    monkeypatch.setattr(instance.editor, "fetcher", fetcher)
-    return client
 
 
 def _clip(frames: int = 16, fps: int = 8) -> bytes:
@@ -119,11 +81,11 @@ def _video_at(client: Any, url: str) -> tuple[int, float, int, int, list[str]]:
         return count, float(video.average_rate), video.width, video.height, audio
 
 
-def test_enhance_video(fetching: Any, served: tuple[Path, str]) -> None:
+def test_enhance_video(fetching: Any, file_server: tuple[Path, str]) -> None:
     """chat_ai.rs:154-191 with the editor's caller asking for a 2x upscale and no stabilising:
     the answer's URL is absolute (botserver hands it on as it is), the file keeps the frame
     count, the rate and the audio."""
-    root, base = served
+    root, base = file_server
     (root / "clip.mp4").write_bytes(_clip())
     status, answer = _enhance_video(fetching, f"{base}/clip.mp4", upscale_factor=2, stabilize=False)
     assert status == 200, answer
@@ -134,10 +96,12 @@ def test_enhance_video(fetching: Any, served: tuple[Path, str]) -> None:
     assert _video_at(fetching, url) == (16, 8.0, 128, 96, ["aac"])
 
 
-def test_enhance_video_with_every_option_left_out(fetching: Any, served: tuple[Path, str]) -> None:
+def test_enhance_video_with_every_option_left_out(
+    fetching: Any, file_server: tuple[Path, str]
+) -> None:
     """chat_ai.rs:164-175: every `Option` None is sent as `null`: the three filters run, no
     upscale."""
-    root, base = served
+    root, base = file_server
     (root / "plain.mp4").write_bytes(_clip(frames=9, fps=12))
     status, answer = _enhance_video(fetching, f"{base}/plain.mp4")
     assert status == 200, answer
@@ -163,9 +127,9 @@ def _outputs(client: Any) -> set[Path]:
     ],
 )
 def test_bad_fields_are_400s(
-    fetching: Any, served: tuple[Path, str], options: dict[str, Any], status: int, param: str
+    fetching: Any, file_server: tuple[Path, str], options: dict[str, Any], status: int, param: str
 ) -> None:
-    root, base = served
+    root, base = file_server
     (root / "ok.mp4").write_bytes(_clip(frames=4))
     before = _outputs(fetching)
     response = fetching.post(
@@ -175,8 +139,10 @@ def test_bad_fields_are_400s(
     assert _outputs(fetching) == before
 
 
-def test_bad_videos_are_refused_and_leave_no_file(fetching: Any, served: tuple[Path, str]) -> None:
-    root, base = served
+def test_bad_videos_are_refused_and_leave_no_file(
+    fetching: Any, file_server: tuple[Path, str]
+) -> None:
+    root, base = file_server
     (root / "notes.txt").write_bytes(b"not a video at all, just text")
     data = _clip(frames=6)
     (root / "cut.mp4").write_bytes(data[: len(data) // 3])
@@ -195,14 +161,14 @@ def test_bad_videos_are_refused_and_leave_no_file(fetching: Any, served: tuple[P
 
 
 def test_too_many_frames_is_413(
-    fetching: Any, served: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+    fetching: Any, file_server: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import service
 
     assert service._instance is not None
     settings = service._instance.editor.settings.model_copy(update={"editor_max_frames": 5})
     monkeypatch.setattr(service._instance.editor, "settings", settings)
-    root, base = served
+    root, base = file_server
     (root / "long.mp4").write_bytes(_clip(frames=8))
     response = fetching.post(
         "/api/video/enhance", headers=auth(), json={"video_url": f"{base}/long.mp4"}

@@ -5,19 +5,14 @@ served by a local HTTP server the fetcher is allowed to read."""
 from __future__ import annotations
 
 import io
-import threading
-from collections.abc import Callable, Iterator
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from botmodels.config import Settings
 from botmodels.editor.rembg import composite, parse_colour
-from botmodels.fetch import Fetcher
 from runners.video import write_mp4
 from tests.conftest import auth
 from tests.helpers import assert_error
@@ -67,36 +62,6 @@ def test_not_a_colour() -> None:
 
 
 # --- the route -------------------------------------------------------------------------------
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, *_: Any) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
-    """(a directory, the base URL that serves it) on 127.0.0.1."""
-    root = tmp_path_factory.mktemp("served")
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(root)))
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-
-
-@pytest.fixture
-def fetching(client: Any, served: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> Any:
-    import service
-
-    instance = service._instance
-    assert instance is not None
-    fetcher = Fetcher(Settings(fetch_allow=["127.0.0.1/32"], fetch_roots=[served[0]]))
-    monkeypatch.setattr(instance.editor, "fetcher", fetcher)
-    return client
-
-
 def blocks_video(frames: int, width: int, height: int) -> np.ndarray:
     """Frames of random 8x8 colour blocks (H.264 keeps them well; the tiny model's masks
     reach 0 and 1 on them)."""
@@ -124,11 +89,11 @@ def outputs_count() -> int:
 
 
 def test_every_frame_and_the_fps_are_kept_and_the_colour_fills_the_background(
-    fetching: Any, served: tuple[Path, str], tiny_runner: Callable[..., Any]
+    fetching: Any, file_server: tuple[Path, str], tiny_runner: Callable[..., Any]
 ) -> None:
     from PIL import Image
 
-    root, base = served
+    root, base = file_server
     frames = blocks_video(10, 64, 48)
     write_mp4(frames, 12, root / "clip.mp4")
     response = fetching.post(
@@ -182,8 +147,8 @@ def audio_seconds(data: bytes) -> list[tuple[str, float]]:
         return [(s.codec_context.name, ends[s.index]) for s in streams]
 
 
-def test_the_aac_audio_is_kept(fetching: Any, served: tuple[Path, str]) -> None:
-    root, base = served
+def test_the_aac_audio_is_kept(fetching: Any, file_server: tuple[Path, str]) -> None:
+    root, base = file_server
     frames = list(blocks_video(24, 32, 32))
     source = clip_with_audio(frames, fps=12)
     (root / "talk.mp4").write_bytes(source)
@@ -207,8 +172,10 @@ def _interior(region: np.ndarray) -> np.ndarray:
     return inner
 
 
-def test_bad_requests_are_4xx_and_write_nothing(fetching: Any, served: tuple[Path, str]) -> None:
-    root, base = served
+def test_bad_requests_are_4xx_and_write_nothing(
+    fetching: Any, file_server: tuple[Path, str]
+) -> None:
+    root, base = file_server
     (root / "not-video.mp4").write_bytes(b"hello, this is text" * 50)
     write_mp4(blocks_video(2, 16, 16), 8, root / "two.mp4")
     before = outputs_count()
@@ -228,10 +195,12 @@ def test_bad_requests_are_4xx_and_write_nothing(fetching: Any, served: tuple[Pat
     assert outputs_count() == before
 
 
-def test_an_image_replacement_covers_the_frame(fetching: Any, served: tuple[Path, str]) -> None:
+def test_an_image_replacement_covers_the_frame(
+    fetching: Any, file_server: tuple[Path, str]
+) -> None:
     from PIL import Image
 
-    root, base = served
+    root, base = file_server
     write_mp4(blocks_video(3, 32, 32), 8, root / "three.mp4")
     Image.new("RGB", (50, 20), (255, 0, 0)).save(root / "red.png")
     response = fetching.post(
