@@ -189,6 +189,9 @@ class JobStore:
         unknown = set(fields) - columns
         if unknown:
             raise ValueError(f"not job columns: {sorted(unknown)}")
+        if fields.get("error") is not None and "status" in fields:
+            # The result route answers an ended job with the status stored here, once.
+            fields.setdefault("http_status", result_status(fields["status"], fields["error"]))
         values = [json.dumps(v) if k in ("result", "error") else v for k, v in fields.items()]
         assignments = ", ".join(f"{k} = ?" for k in fields)  # names from the fixed set above
         with self._lock:
@@ -413,9 +416,6 @@ class JobManager:
             self._controls.pop(job.id, None)
 
     async def _finish(self, job_id: str, status: JobStatus, **fields: Any) -> None:
-        error = fields.get("error")
-        if error is not None:
-            fields["http_status"] = result_status(status, error)
         await asyncio.to_thread(
             self.store.update, job_id, status=status, finished_at=time.time(), **fields
         )

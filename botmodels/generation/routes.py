@@ -57,9 +57,7 @@ def generation_routes(
                 )
             return JSONResponse(job.result)
         if job.status in ("failed", "interrupted") and job.error is not None:
-            status = job.http_status
-            if status is None:  # a record written past JobManager, without its status
-                status = result_status(job.status, job.error)
+            status = job.http_status or result_status(job.status, job.error)
             # The record says why the job ended; this answer's type follows this answer's
             # status (an interrupted job's 409: nothing to fetch, resubmit it).
             error = {**job.error, "type": error_type(status)}
