@@ -214,6 +214,39 @@ class VideoFrames:
     total_frames: int
 
 
+def open_video(data: bytes, param: str = "file") -> Any:
+    """An av input container of a video FFmpeg reads, with a video stream; the caller closes it.
+    Not a video: 415; a video cut short or corrupt: 400; `param` is the field the errors name."""
+    import av
+
+    _check_not_empty(data, param)
+    try:
+        container = av.open(io.BytesIO(data), mode="r")
+    except av.FFmpegError as exc:
+        if _looks_like_video(data):  # e.g. an mp4 cut before its index ("moov atom")
+            raise InvalidInput(
+                f"`{param}` is a truncated or corrupt video: {exc}", param=param
+            ) from None
+        raise UnsupportedMediaType(
+            f"`{param}` is not a video in a container FFmpeg reads (mp4, webm, mov, mkv, avi…): "
+            f"{exc}",
+            param=param,
+        ) from None
+    if not set(container.format.name.split(",")) & VIDEO_CONTAINERS:
+        container.close()
+        raise UnsupportedMediaType(
+            f"`{param}` is not a video (FFmpeg reads it as {container.format.name}); "
+            f"send mp4, webm, mov, mkv or avi",
+            param=param,
+        )
+    if not container.streams.video:
+        container.close()
+        raise UnsupportedMediaType(
+            f"`{param}` ({container.format.name}) has no video stream", param=param
+        )
+    return container
+
+
 def decode_video_frames(
     data: bytes, num_frames: int, *, max_pixels: int, max_packets: int, max_side: int = 768
 ) -> VideoFrames:
@@ -228,35 +261,8 @@ def decode_video_frames(
 
     _check_not_empty(data)
 
-    def open_video() -> Any:
-        try:
-            container = av.open(io.BytesIO(data), mode="r")
-        except av.FFmpegError as exc:
-            if _looks_like_video(data):  # e.g. an mp4 cut before its index ("moov atom")
-                raise InvalidInput(
-                    f"`file` is a truncated or corrupt video: {exc}", param="file"
-                ) from None
-            raise UnsupportedMediaType(
-                f"`file` is not a video in a container FFmpeg reads (mp4, webm, mov, mkv, avi…): "
-                f"{exc}",
-                param="file",
-            ) from None
-        if not set(container.format.name.split(",")) & VIDEO_CONTAINERS:
-            container.close()
-            raise UnsupportedMediaType(
-                f"`file` is not a video (FFmpeg reads it as {container.format.name}); "
-                f"send mp4, webm, mov, mkv or avi",
-                param="file",
-            )
-        if not container.streams.video:
-            container.close()
-            raise UnsupportedMediaType(
-                f"`file` ({container.format.name}) has no video stream", param="file"
-            )
-        return container
-
     # 1. Count frames (demux only) and check the frame size
-    container = open_video()
+    container = open_video(data)
     try:
         stream = container.streams.video[0]
         width, height = stream.codec_context.width, stream.codec_context.height
@@ -287,7 +293,7 @@ def decode_video_frames(
     count = min(num_frames, total)
     wanted = sorted({round(i * (total - 1) / max(1, count - 1)) for i in range(count)})
     frames: list[Any] = []
-    container = open_video()
+    container = open_video(data)
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"

@@ -38,9 +38,9 @@ from botmodels.editor.videoio import (
     add_audio,
     copied_audio,
     mux_audio,
-    open_video,
 )
 from botmodels.errors import BotModelsError, InvalidInput, PayloadTooLarge
+from botmodels.media import open_video
 
 Frame = npt.NDArray[np.uint8]  # (height, width, 3) RGB
 Floats = npt.NDArray[np.float64]

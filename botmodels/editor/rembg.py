@@ -40,11 +40,10 @@ from botmodels.editor.videoio import (
     add_audio,
     copied_audio,
     copy_audio,
-    open_video,
 )
 from botmodels.errors import InvalidInput, PayloadTooLarge
 from botmodels.fetch import Fetcher
-from botmodels.media import decode_image, encode_png, read_json_model
+from botmodels.media import decode_image, encode_png, open_video, read_json_model
 from botmodels.outputs import OutputStore
 from botmodels.peers import batch_items
 from botmodels.pool import RunnerPool
@@ -177,7 +176,7 @@ class _Input:
 
 
 def _open(data: bytes, settings: Settings) -> tuple[Any, Any]:
-    container = open_video(data)
+    container = open_video(data, "video_url")
     stream = container.streams.video[0]
     width, height = stream.codec_context.width, stream.codec_context.height
     if width * height > settings.rembg_max_pixels:

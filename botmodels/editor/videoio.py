@@ -5,11 +5,9 @@ Everything here blocks: callers run it in a worker thread."""
 
 from __future__ import annotations
 
-import io
 from typing import Any, Protocol
 
-from botmodels.errors import InvalidInput, UnsupportedMediaType
-from botmodels.media import VIDEO_CONTAINERS, _looks_like_video
+from botmodels.media import open_video
 
 COPIED_AUDIO = frozenset({"aac", "mp3"})
 
@@ -25,34 +23,6 @@ class Watch(Protocol):
 
 class Cancelled(Exception):
     """The job was cancelled between two frames: the work stops, its partial file goes."""
-
-
-def open_video(data: bytes, param: str = "video_url") -> Any:
-    """An av input container with at least one video stream; the caller closes it."""
-    import av
-
-    if not data:
-        raise InvalidInput(f"`{param}` is empty (0 bytes)", param=param)
-    try:
-        container = av.open(io.BytesIO(data), mode="r")
-    except av.FFmpegError as exc:
-        if _looks_like_video(data):  # e.g. an mp4 cut before its index ("moov atom")
-            raise InvalidInput(
-                f"`{param}` is a truncated or corrupt video: {exc}", param=param
-            ) from None
-        raise UnsupportedMediaType(
-            f"`{param}` is not a video FFmpeg reads (mp4, webm, mov, mkv, avi…): {exc}",
-            param=param,
-        ) from None
-    if not set(container.format.name.split(",")) & VIDEO_CONTAINERS or not container.streams.video:
-        name = container.format.name
-        container.close()
-        raise UnsupportedMediaType(
-            f"`{param}` is not a video (FFmpeg reads it as {name}); send mp4, webm, mov, mkv "
-            f"or avi",
-            param=param,
-        )
-    return container
 
 
 def copied_audio(container: Any) -> Any | None:
