@@ -129,11 +129,12 @@ def test_packing_off_decodes_each_clip_alone(
         whisper.pack = True
     # Not word-for-word equal: a packed clip is decoded with its neighbour's text as context,
     # which can change a word (docs/benchmarks.md, Speech numbers), and which word differs by
-    # CPU. Alone, one word of a sentence may still differ by CPU ("jumps" heard as "jumped" on
-    # AVX-512).
+    # CPU. Alone, a word or two of a sentence may still differ, by CPU and from run to run on
+    # one CPU ("jumps" heard as "jumped"; once in four full runs on an AVX-512 EPYC, "Please
+    # send" heard as "Place in"): what this test proves is the one window per clip above.
     for sentence, one, other in zip(SENTENCES, packed, alone, strict=False):
         assert wer(sentence, one.text) <= 0.3, (sentence, one.text)
-        assert wer(sentence, other.text) <= 1 / len(sentence.split()), (sentence, other.text)
+        assert wer(sentence, other.text) <= 2 / len(sentence.split()), (sentence, other.text)
 
 
 def test_long_clips_and_word_timestamps_are_not_packed(
