@@ -224,8 +224,17 @@ class Settings(BaseSettings):
     embeddings_batching: bool = Field(
         True, description="Adaptive batching; false runs each request alone (a baseline)."
     )
+    embeddings_engine: Literal["onnx", "torchscript", "eager"] = Field(
+        "onnx",
+        description="How the encoder runs on the CPU: onnx (ONNX Runtime over the graph "
+        "exported at import), torchscript (a PyTorch trace) or eager (PyTorch). Each is checked "
+        "against PyTorch float32 at load and falls back, with a log line, to the next if it "
+        "differs; CUDA and MPS always run PyTorch.",
+    )
     embeddings_torchscript: bool = Field(
-        True, description="Run the encoder as a TorchScript trace (checked against eager at load)."
+        True,
+        description="Deprecated (use BOTMODELS_EMBEDDINGS_ENGINE=eager): false makes the "
+        "torchscript engine run eager.",
     )
     embeddings_workers: int = Field(
         1,
@@ -532,6 +541,13 @@ class Settings(BaseSettings):
                 )
             aliases[alias.lower()] = voice
         return aliases
+
+    @property
+    def embeddings_engine_choice(self) -> Literal["onnx", "torchscript", "eager"]:
+        """The engine asked for, with the deprecated torchscript switch applied."""
+        if self.embeddings_engine == "torchscript" and not self.embeddings_torchscript:
+            return "eager"
+        return self.embeddings_engine
 
     @property
     def outputs_root(self) -> Path:

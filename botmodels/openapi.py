@@ -130,6 +130,11 @@ class ModelInfo(BaseModel):
     device: str | None = None
     dtype: str | None = None
     load_seconds: float | None = None
+    engine: str | None = Field(
+        None,
+        description="embeddings: the engine that runs (onnx, torchscript or eager), after the "
+        "load check against PyTorch float32",
+    )
     compute: str | None = None
     error: str | None = None
 

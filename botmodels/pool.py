@@ -48,7 +48,8 @@ class RunnerSlot:
             "state": self.state,
             "loaded": self.state == "ready",
             "store_tag": self.tag,
-            "quantization": self.quantization,
+            # the runner's own where it had to run another (ONNX int8 that missed its bar)
+            "quantization": getattr(self.instance, "quantization", self.quantization),
         }
         if self.guidance_range is not None:
             info["guidance_range"] = list(self.guidance_range)
@@ -68,6 +69,9 @@ class RunnerSlot:
                 "load_seconds": self.load_seconds,
             }
         )
+        engine = getattr(self.instance, "engine", None)  # where a runner chooses (embeddings)
+        if isinstance(engine, str):
+            info["engine"] = engine
         compute = getattr(self.instance, "compute", None)  # how a batch runs, where it varies
         if isinstance(compute, str):
             info["compute"] = compute

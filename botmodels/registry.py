@@ -34,6 +34,7 @@ log = logging.getLogger("botmodels")
 
 Factory = Callable[[Path, Quantization, Device], Any]
 TinyBuilder = Callable[[Path], None]
+Exporter = Callable[[Path], None]
 
 
 def _make_embeddings(path: Path, quantization: Quantization, device: Device) -> EmbeddingsRunner:
@@ -45,7 +46,7 @@ def _make_embeddings(path: Path, quantization: Quantization, device: Device) -> 
         path,
         quantization=quantization,
         device=device,
-        torchscript=settings.embeddings_torchscript,
+        engine=settings.embeddings_engine_choice,
         workers=settings.embeddings_workers,
         threads=settings.threads,
     )
@@ -122,6 +123,16 @@ def _make_segment(path: Path, quantization: Quantization, device: Device) -> Seg
     return SegmentRunner(path, quantization=quantization, device=device)
 
 
+def _export(module: str, function: str) -> Exporter:
+    """`runners.<module>.<function>`, imported when a stored model is exported."""
+
+    def export(folder: Path) -> None:
+        getattr(importlib.import_module(f"runners.{module}"), function)(folder)
+
+    export.__qualname__ = f"runners.{module}.{function}"
+    return export
+
+
 def _tiny(module: str, function: str = "build_tiny") -> TinyBuilder:
     """`runners.<module>.<function>`, imported when the tiny model is built."""
 
@@ -138,6 +149,9 @@ class RunnerKind:
     runner: str  # "module:Class" under runners/: the class the factory builds
     factory: Factory  # the runner for a stored model's folder (loads nothing until `load()`)
     build_tiny: TinyBuilder | None  # None: the kind has no tiny model (ocr's data is tesseract's)
+    # The import step's derived files, written into the stored model's folder once (the
+    # embeddings' ONNX graph); None: the stored files are the model's own.
+    export: Exporter | None = None
 
     def runner_class(self) -> type[Any]:
         """The runner class, imported now (tests build runners with their own options)."""
@@ -155,7 +169,11 @@ KINDS: dict[str, RunnerKind] = {
     kind.name: kind
     for kind in (
         RunnerKind(
-            "embeddings", "embeddings:EmbeddingsRunner", _make_embeddings, _tiny("embeddings")
+            "embeddings",
+            "embeddings:EmbeddingsRunner",
+            _make_embeddings,
+            _tiny("embeddings"),
+            _export("embeddings", "export_onnx"),
         ),
         RunnerKind("vision", "vision:VisionRunner", _make_vision, _tiny("vision")),
         RunnerKind("vqa", "vision:VisionRunner", _make_vision, _tiny("vision", "build_tiny_vqa")),
@@ -175,6 +193,10 @@ def factories() -> dict[str, Factory]:
 
 def tiny_builders() -> dict[str, TinyBuilder]:
     return {name: kind.build_tiny for name, kind in KINDS.items() if kind.build_tiny is not None}
+
+
+def exporters() -> dict[str, Exporter]:
+    return {name: kind.export for name, kind in KINDS.items() if kind.export is not None}
 
 
 def model_ref(kind: str) -> Any:

@@ -78,7 +78,7 @@ def measure_in_process(quantization: str, seconds: float, only_batch32: bool) ->
         Path(stored.path),
         quantization=quantization,  # type: ignore[arg-type]
         device="cpu",
-        torchscript=settings.embeddings_torchscript,
+        engine=settings.embeddings_engine_choice,
         workers=settings.embeddings_workers,
         threads=settings.threads,
     )

@@ -80,7 +80,8 @@ def client(app: Any) -> Any:
 def tiny_runner(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Any]:
     """`tiny_runner(kind, **options)`: a new, loaded CPU runner of `kind` (botmodels/registry.py)
     over the folder the store would hold for its `tiny` profile (random weights, plus the files
-    the manifest adds), staged once per session and shared read-only. Unquantized unless
+    the manifest adds and the import step's export), staged once per session and shared
+    read-only. Unquantized unless
     `quantization=` says otherwise; other options go to the runner's constructor."""
     from botmodels import registry
     from botmodels.config import get_settings
@@ -93,6 +94,9 @@ def tiny_runner(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Any]:
             spec = spec_for(load_manifest(get_settings().manifest), kind, "tiny")
             staging = tmp_path_factory.mktemp(f"tiny-{kind}")
             folders[kind], _, _ = stage(spec, staging, registry.tiny_builders())
+            export = registry.KINDS[kind].export
+            if export is not None:
+                export(folders[kind])
         runner = registry.KINDS[kind].runner_class()(
             folders[kind], quantization=quantization, device="cpu", **options
         )

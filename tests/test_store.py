@@ -86,6 +86,44 @@ def test_local_import_is_idempotent_and_labelled(tmp_path: Path, offline_store: 
     assert labels["synthetic"] == "false"
 
 
+def test_import_exports_once_and_a_store_without_the_export_is_stored_again(
+    tmp_path: Path, offline_store: None
+) -> None:
+    """A kind with an exporter (the embeddings' ONNX graph) gets it in the stored folder with
+    its sha256 in the labels; a version stored before there was an exporter is replaced."""
+    from botmodels import registry
+    from runners.onnx_encoder import graph_path
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    build_tiny(folder)
+    spec = ModelSpec(
+        runner="embeddings",
+        profile="test",
+        name="embeddings-export-test",
+        source="local",
+        quantization="none",
+        path=str(folder),
+    )
+    without = import_spec(spec, {}, lambda _: None)
+    assert "export_sha256" not in without.info.labels
+    messages: list[str] = []
+    stored = import_spec(spec, {}, messages.append, registry.exporters())
+    assert any("stored without its exported files" in m for m in messages)
+    assert stored.tag == without.tag  # the same version: the model's own files are the same
+    assert graph_path(Path(stored.path)).is_file()
+    assert stored.info.labels["export_sha256"] == tree_sha256(
+        Path(stored.path), [Path(stored.path) / "onnx"]
+    )
+    assert stored.info.labels["sha256"] == tree_sha256(folder)
+    again = import_spec(spec, {}, messages.append, registry.exporters())
+    assert "already stored" in messages[-1]
+    assert again.info.labels["export_sha256"] == stored.info.labels["export_sha256"]
+    runner = EmbeddingsRunner(Path(again.path), quantization="none", device="cpu")
+    runner.load()
+    assert runner.engine == "onnx"
+
+
 def test_hub_import_records_the_resolved_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offline_store: None
 ) -> None:

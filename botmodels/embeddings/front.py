@@ -92,7 +92,7 @@ def batches_at_once(settings: Settings) -> int:
         pick_device(settings.device),
         settings.embeddings_workers,
         settings.threads,
-        traced=settings.embeddings_torchscript,
+        traced=settings.embeddings_engine_choice == "torchscript",
     )
 
 
