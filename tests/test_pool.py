@@ -15,7 +15,13 @@ def _pool_settings(tmp_path: Path, manifest: str, **kwargs: Any) -> Settings:
     path = tmp_path / "models.toml"
     path.write_text(manifest)
     return Settings.model_construct(
-        **{**Settings().model_dump(), "manifest": path, "runners": ["good", "bad"], **kwargs}
+        **{
+            **Settings().model_dump(),
+            "manifest": path,
+            "runners": ["good", "bad"],
+            "preload": ["all"],
+            **kwargs,
+        }
     )
 
 
