@@ -255,7 +255,7 @@ class Settings(BaseSettings):
 
     # --- residency: which models are in memory (botmodels/pool.py) ----------------------------
     preload: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["embeddings"],
+        ["embeddings"],
         description="Runner kinds loaded at start-up, comma-separated, or `all` (every enabled "
         "runner); /readyz waits for them. Every other enabled runner loads on its first request. "
         "Default: embeddings, botserver's hot path (knowledge-base search).",

@@ -349,8 +349,11 @@ class RunnerPool:
         return not self.starting(slot)
 
     # -- loading -----------------------------------------------------------------------------
-    def _start_load(self, slot: RunnerSlot) -> concurrent.futures.Future[None]:
-        """Under `_cond`: the runner's load, started now unless one is under way."""
+    def _start_load(
+        self, slot: RunnerSlot, wait_s: float | None = None
+    ) -> concurrent.futures.Future[None]:
+        """Under `_cond`: the runner's load, started now unless one is under way. `wait_s`: how
+        long its first requester waits (the load waits for room a little less)."""
         if slot.loading is not None and not slot.loading.done():
             return slot.loading
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -358,21 +361,24 @@ class RunnerPool:
         slot.loading = future
         slot.state = "loading"
         slot.publish()
+        room_wait = 0.9 * (self.wait_s if wait_s is None else wait_s)
         threading.Thread(
             target=self._load_thread,
-            args=(slot, future),
+            args=(slot, future, room_wait),
             name=f"botmodels-load-{slot.kind}",
             daemon=True,
         ).start()
         return future
 
-    def _load_thread(self, slot: RunnerSlot, future: concurrent.futures.Future[None]) -> None:
+    def _load_thread(
+        self, slot: RunnerSlot, future: concurrent.futures.Future[None], room_wait: float
+    ) -> None:
         with self._load_lock:
             if not self._threads_set:
                 set_threads(self.settings.threads)
                 self._threads_set = True
             try:
-                self._load(slot)
+                self._load(slot, room_wait)
             except MemoryBudgetExceeded as exc:
                 with self._cond:
                     slot.state = "unloaded"
@@ -397,7 +403,7 @@ class RunnerPool:
                 self.on_loaded()
         future.set_result(None)
 
-    def _load(self, slot: RunnerSlot) -> None:
+    def _load(self, slot: RunnerSlot, room_wait: float) -> None:
         started = time.perf_counter()
         stored = find_stored(slot.tag)
         if stored is None:
@@ -409,7 +415,7 @@ class RunnerPool:
         slot.labels = dict(stored.info.labels)
         slot.device = pick_device(self.settings.device)
         slot.estimated_bytes = estimate_bytes(Path(stored.path), slot.quantization)
-        self._make_room(slot)
+        self._make_room(slot, room_wait)
         before = cuda_allocated() if slot.on_gpu else rss_bytes()
         runner = self.factories[slot.kind](Path(stored.path), slot.quantization, slot.device)
         runner.load()
@@ -453,7 +459,7 @@ class RunnerPool:
         )
         return f"{slot.kind} needs {_mib(slot.estimated_bytes)}; loaded: {others or 'none'}"
 
-    def _make_room(self, slot: RunnerSlot) -> None:
+    def _make_room(self, slot: RunnerSlot, wait_s: float) -> None:
         """Unload idle runners, least recently used first, until `slot`'s estimate fits its
         budget; wait for runners in use to be released; `MemoryBudgetExceeded` if it cannot."""
         budget = self._budget(slot)
@@ -466,7 +472,7 @@ class RunnerPool:
                 f"runner {slot.kind!r} does not fit in {name} ({_mib(budget)}) even alone: "
                 f"{self._footprints(slot)}",
             )
-        deadline = time.monotonic() + self.wait_s
+        deadline = time.monotonic() + wait_s
         while True:
             with self._cond:
                 loaded = self._charged(slot)
@@ -565,12 +571,14 @@ class RunnerPool:
             )
         return slot
 
-    def _enter(self, kind: str) -> tuple[RunnerSlot, concurrent.futures.Future[None] | None]:
+    def _enter(
+        self, kind: str, wait_s: float | None
+    ) -> tuple[RunnerSlot, concurrent.futures.Future[None] | None]:
         with self._cond:
             slot = self.check(kind)
             slot.users += 1
             slot.last_used = time.time()
-            return slot, None if slot.state == "ready" else self._start_load(slot)
+            return slot, None if slot.state == "ready" else self._start_load(slot, wait_s)
 
     def _instance(self, slot: RunnerSlot) -> Any:
         with self._cond:
@@ -594,7 +602,7 @@ class RunnerPool:
     @contextlib.contextmanager
     def hold(self, kind: str, wait_s: float | None = None) -> Iterator[Any]:
         """Blocking `acquire` (for code on a worker thread): the loaded runner, held."""
-        slot, loading = self._enter(kind)
+        slot, loading = self._enter(kind, wait_s)
         try:
             while loading is not None:
                 try:
@@ -602,7 +610,7 @@ class RunnerPool:
                 except concurrent.futures.TimeoutError:
                     raise self._still_loading(kind) from None
                 with self._cond:  # evicted between the load and now: impossible while held,
-                    loading = None if slot.state == "ready" else self._start_load(slot)
+                    loading = None if slot.state == "ready" else self._start_load(slot, wait_s)
             yield self._instance(slot)
         finally:
             self._exit(slot)
@@ -610,7 +618,7 @@ class RunnerPool:
     @contextlib.asynccontextmanager
     async def hold_async(self, kind: str, wait_s: float | None = None) -> AsyncIterator[Any]:
         """`acquire` on the event loop: waits for the load without blocking the loop."""
-        slot, loading = self._enter(kind)
+        slot, loading = self._enter(kind, wait_s)
         try:
             while loading is not None:
                 waiting = asyncio.wrap_future(loading)
@@ -621,7 +629,7 @@ class RunnerPool:
                 except TimeoutError:
                     raise self._still_loading(kind) from None
                 with self._cond:
-                    loading = None if slot.state == "ready" else self._start_load(slot)
+                    loading = None if slot.state == "ready" else self._start_load(slot, wait_s)
             yield self._instance(slot)
         finally:
             self._exit(slot)
