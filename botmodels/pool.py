@@ -51,7 +51,9 @@ from botmodels.device import Device, keep_threads, pick_device, set_threads
 from botmodels.errors import MemoryBudgetExceeded, RunnerUnavailable
 from botmodels.store import ManifestError, find_stored, load_manifest, spec_for
 
-log = logging.getLogger("botmodels.pool")
+# Under BentoML's `bentoml` logger: a served worker configures that one (INFO, its handler and
+# format), not the root, and the plan and each load and unload belong in the start-up log.
+log = logging.getLogger("bentoml.botmodels.pool")
 
 State = Literal["unloaded", "loading", "ready", "failed", "remote"]
 Factory = Callable[[Path, Quantization, Device], Any]
