@@ -9,7 +9,6 @@ Importing this module loads no model: models load in a background thread once th
 from __future__ import annotations
 
 import functools
-import threading
 from typing import Annotated, Any, Literal
 
 import bentoml
@@ -186,11 +185,10 @@ class BotModels:
 
     @bentoml.on_startup
     def start_loading(self) -> None:
-        def load() -> None:
-            self.pool.load_all()
-            patches.freeze_heap()
-
-        threading.Thread(target=load, name="botmodels-load", daemon=True).start()
+        """Log the memory plan, load the BOTMODELS_PRELOAD runners in the background (the
+        others on first use), start the idle reaper (botmodels/pool.py)."""
+        self.pool.on_loaded = patches.freeze_heap
+        self.pool.start()
 
     @bentoml.on_startup
     def take_over_signals(self) -> None:
@@ -213,7 +211,7 @@ class BotModels:
         if shutdown.draining or not self.pool.settled:
             return False
         return not self.pool.slots or any(
-            s.state in ("ready", "remote") for s in self.pool.slots.values()
+            s.state == "remote" or self.pool.usable(s.kind) for s in self.pool.slots.values()
         )
 
     async def runner_usable(self, kind: str) -> bool:
@@ -260,7 +258,8 @@ class BotModels:
     def caption_batch(self, items: list[VisionJobIn]) -> list[VisionAnswerOut]:
         """The caption runner: one batch of images (and optional prompts) in, captions out.
         In-process the items are runners.vision.VisionJob objects (no PNG round trip)."""
-        return caption_items(self.pool.local("vision"), items)
+        with self.pool.acquire("vision") as runner:  # a peer's call may be the first
+            return caption_items(runner, items)
 
     @bentoml.api(
         route=VQA_ROUTE,
@@ -271,7 +270,8 @@ class BotModels:
     @batch_errors
     def vqa_batch(self, items: list[VisionJobIn]) -> list[VisionAnswerOut]:
         """The VQA runner: one batch of (image, question) in, answers out."""
-        return answer_items(self.pool.local("vqa"), items)
+        with self.pool.acquire("vqa") as runner:  # a peer's call may be the first
+            return answer_items(runner, items)
 
     @bentoml.api(
         route=OCR_ROUTE,
@@ -282,7 +282,8 @@ class BotModels:
     @batch_errors
     def ocr_batch(self, items: list[OcrJobIn]) -> list[OcrAnswerOut]:
         """The OCR runner: one batch of (PNG, language) in, text and confidences out."""
-        return ocr_items(self.pool.local("ocr"), items)
+        with self.pool.acquire("ocr") as runner:  # a peer's call may be the first
+            return ocr_items(runner, items)
 
     # --- image and video generation ------------------------------------------------------------
     @bentoml.api(
@@ -375,7 +376,8 @@ class BotModels:
     def segment_masks(self, items: list[MaskJobIn]) -> list[MaskOut]:
         """The segment runner: one batch of frames in, one foreground mask per frame out.
         In-process the items are PIL images (no PNG round trip)."""
-        return mask_items(self.pool.local("segment"), items)
+        with self.pool.acquire("segment") as runner:  # a peer's call may be the first
+            return mask_items(runner, items)
 
 
 # Outermost first. Shutdown first (while draining, new work is refused before anything else

@@ -77,6 +77,45 @@ _NO_EFFECT = (
 )
 
 
+_IDLE = "This runner's BOTMODELS_IDLE_UNLOAD_S (unset: the global one; 0: never)."
+
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+    "TB": 1000**4,
+    "KIB": 1024,
+    "MIB": 1024**2,
+    "GIB": 1024**3,
+    "TIB": 1024**4,
+}
+
+
+def parse_bytes(value: object, setting: str) -> object:
+    """`12GiB`, `500MB`, `1.5 GB` or a plain byte count -> bytes (KB/MB/GB are powers of 1000,
+    KiB/MiB/GiB powers of 1024); empty -> None."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not text:
+        return None
+    number = text.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ").strip()
+    unit = text[len(text.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")) :]
+    factor = _UNITS.get(unit.upper())
+    try:
+        amount = float(number)
+    except ValueError:
+        amount = -1.0
+    if factor is None or amount <= 0 or amount != amount:  # NaN is not a size
+        raise ValueError(
+            f"{setting}={value!r} is not a positive size: a number with an optional unit "
+            f"(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. 12GiB or 500MB"
+        )
+    return int(amount * factor)
+
+
 class Settings(BaseSettings):
     """botmodels configuration. Each field is read from `BOTMODELS_<FIELD>`."""
 
@@ -213,6 +252,39 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda", "mps"] = Field(
         "auto", description="Where models run: auto (CUDA, then MPS, then CPU), cpu, cuda or mps."
     )
+
+    # --- residency: which models are in memory (botmodels/pool.py) ----------------------------
+    preload: Annotated[list[str], NoDecode] = Field(
+        ["embeddings"],
+        description="Runner kinds loaded at start-up, comma-separated, or `all` (every enabled "
+        "runner); /readyz waits for them. Every other enabled runner loads on its first request. "
+        "Default: embeddings, botserver's hot path (knowledge-base search).",
+    )
+    memory_budget: Annotated[int | None, NoDecode] = Field(
+        None,
+        description="Most bytes of CPU memory the loaded models may take (`12GiB`, `500MB`, or "
+        "bytes). Before a load over it, idle runners are unloaded, least recently used first; a "
+        "model that cannot fit answers 503. Unset: no limit.",
+    )
+    gpu_memory_budget: Annotated[int | None, NoDecode] = Field(
+        None,
+        description="As BOTMODELS_MEMORY_BUDGET, for the models on the CUDA device.",
+    )
+    idle_unload_s: float = Field(
+        0.0,
+        ge=0,
+        description="Unload a runner unused for this many seconds (it loads again on its next "
+        "request); 0: never. Per runner: BOTMODELS_<RUNNER>_IDLE_UNLOAD_S.",
+    )
+    embeddings_idle_unload_s: float | None = Field(None, ge=0, description=_IDLE)
+    vision_idle_unload_s: float | None = Field(None, ge=0, description=_IDLE)
+    vqa_idle_unload_s: float | None = Field(None, ge=0, description=_IDLE)
+    ocr_idle_unload_s: float | None = Field(None, ge=0, description=_IDLE)
+    stt_idle_unload_s: float | None = Field(None, ge=0, description=_IDLE)
+    tts_idle_unload_s: float | None = Field(None, ge=0, description=_IDLE)
+    image_idle_unload_s: float | None = Field(None, ge=0, description=_IDLE)
+    video_idle_unload_s: float | None = Field(None, ge=0, description=_IDLE)
+    segment_idle_unload_s: float | None = Field(None, ge=0, description=_IDLE)
 
     # --- embeddings runner ------------------------------------------------------------------
     embeddings_url: AnyHttpUrl | None = Field(
@@ -514,6 +586,34 @@ class Settings(BaseSettings):
             )
         return list(dict.fromkeys(value))
 
+    @field_validator("preload", mode="before")
+    @classmethod
+    def _parse_preload(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("preload")
+    @classmethod
+    def _known_preload(cls, value: list[str]) -> list[str]:
+        if value == ["all"]:
+            return value
+        unknown = sorted(set(value) - set(KNOWN_RUNNERS))
+        if unknown:
+            raise ValueError(
+                f"unknown runner(s) {unknown}; BOTMODELS_PRELOAD takes `all` or a comma-separated "
+                f"subset of {list(KNOWN_RUNNERS)}"
+            )
+        return list(dict.fromkeys(value))
+
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _parse_memory_budget(cls, value: object) -> object:
+        return parse_bytes(value, "BOTMODELS_MEMORY_BUDGET")
+
+    @field_validator("gpu_memory_budget", mode="before")
+    @classmethod
+    def _parse_gpu_memory_budget(cls, value: object) -> object:
+        return parse_bytes(value, "BOTMODELS_GPU_MEMORY_BUDGET")
+
     @field_validator("trusted_networks", mode="before")
     @classmethod
     def _parse_trusted_networks(cls, value: object) -> object:
@@ -560,6 +660,15 @@ class Settings(BaseSettings):
     @property
     def replay_cache_path(self) -> Path:
         return self.home / "replay-cache.sqlite3"
+
+    def preloaded(self, runner: str) -> bool:
+        """Whether `runner` loads at start-up (BOTMODELS_PRELOAD)."""
+        return self.preload == ["all"] or runner in self.preload
+
+    def idle_unload_for(self, runner: str) -> float:
+        """Seconds unused before `runner` is unloaded (0: never)."""
+        own = getattr(self, f"{runner}_idle_unload_s", None)
+        return float(self.idle_unload_s if own is None else own)
 
     def remote_url(self, runner: str) -> str | None:
         url = getattr(self, f"{runner}_url", None)

@@ -251,6 +251,13 @@ class RunnerUnavailable(BotModelsError):
     code = "runner_unavailable"
 
 
+class MemoryBudgetExceeded(RunnerUnavailable):
+    """A model does not fit in BOTMODELS_MEMORY_BUDGET (or the GPU's) beside the runners that
+    are serving requests; the message names the budget and the footprints."""
+
+    code = "memory_budget_exceeded"
+
+
 class ShuttingDown(BotModelsError):
     """This instance is draining after SIGTERM: the work was refused or stopped; retry it."""
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,8 @@ def _make_video(path: Path, quantization: Quantization, device: Device) -> Video
     return VideoRunner(path, quantization=quantization, device=device)
 
 
-_vision_runners: dict[Path, VisionRunner] = {}
+# Weak: once the pool unloads both kinds, the shared model is freed.
+_vision_runners: weakref.WeakValueDictionary[Path, VisionRunner] = weakref.WeakValueDictionary()
 
 
 def _make_vision(path: Path, quantization: Quantization, device: Device) -> VisionRunner:
@@ -72,14 +74,16 @@ def _make_vision(path: Path, quantization: Quantization, device: Device) -> Visi
     from botmodels.config import get_settings
     from runners.vision import VisionRunner
 
-    if path not in _vision_runners:
-        _vision_runners[path] = VisionRunner(
+    runner = _vision_runners.get(path)
+    if runner is None:
+        runner = VisionRunner(
             path,
             quantization=quantization,
             device=device,
             max_new_tokens=get_settings().vision_max_new_tokens,
         )
-    return _vision_runners[path]
+        _vision_runners[path] = runner
+    return runner
 
 
 def _make_ocr(path: Path, quantization: Quantization, device: Device) -> OcrRunner:

@@ -269,6 +269,12 @@ class EmbeddingsRunner:
             return
         self._pool, self.workers = pool, workers
 
+    def close(self) -> None:
+        """Stop the worker threads (the model is being unloaded)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+
     def _trace(self, model: Any) -> Any:
         """A TorchScript trace of the encoder, or None. Why: the traced forward runs in C++
         without the GIL, while eager PyTorch takes the GIL back between every op, so in a

@@ -30,6 +30,11 @@ os.environ["BOTMODELS_API_KEYS"] = f"{KEY},{OLD_KEY}"
 os.environ["BOTMODELS_PROFILE"] = "offline"
 os.environ.pop("BOTMODELS_EMBEDDINGS_URL", None)
 os.environ.pop("BOTMODELS_RUNNERS", None)
+# Every runner loaded before /readyz: the domain tests use them at once. Lazy loading and the
+# memory budget are tested on their own (tests/test_pool.py, tests/test_residency_serve.py).
+os.environ["BOTMODELS_PRELOAD"] = "all"
+for _name in ("BOTMODELS_MEMORY_BUDGET", "BOTMODELS_GPU_MEMORY_BUDGET", "BOTMODELS_IDLE_UNLOAD_S"):
+    os.environ.pop(_name, None)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 

@@ -115,10 +115,10 @@ class EmbeddingsFrontend:
 
     async def run_local(self, texts: list[str]) -> list[EmbeddedText]:
         """The runner's batch, on the model's thread (the batchable API's body)."""
-        runner = self.pool.local("embeddings")
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, lambda: encode_batch(runner.embed(texts))
-        )
+        async with self.pool.acquire("embeddings") as runner:  # a peer's call may be first
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, lambda: encode_batch(runner.embed(texts))
+            )
 
     def check_runner_call(self, payload: dict[str, Any]) -> AbstractContextManager[Any]:
         """`/runners/embeddings/embed` from a peer: the public route's limits."""

@@ -262,7 +262,9 @@ class JobManager:
 
     async def api_submit(self, kind: Kind, fields: dict[str, Any]) -> JSONResponse:
         """The public job routes: check the request's fields, submit, answer 202 with the job."""
-        job = await self.submit(kind, self.frontend.check_request(kind, fields))
+        async with self.frontend.pool.acquire(kind):  # the checks read the model's limits
+            task = self.frontend.check_request(kind, fields)
+        job = await self.submit(kind, task)
         return JSONResponse(job.public(), status_code=202)
 
     async def submit(self, kind: Kind, task: ImageTask | VideoTask) -> JobRecord:
