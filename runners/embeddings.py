@@ -270,7 +270,8 @@ class EmbeddingsRunner:
         self._pool, self.workers = pool, workers
 
     def close(self) -> None:
-        """Stop the worker threads (the model is being unloaded)."""
+        """Stop the worker threads and drop the ONNX session (the model is being unloaded)."""
+        self._onnx = None
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None
