@@ -18,6 +18,7 @@ from typing import Any, Literal
 from botmodels.config import Quantization, Settings
 from botmodels.device import Device, keep_threads, pick_device, set_threads
 from botmodels.errors import RunnerUnavailable
+from botmodels.registry import KINDS
 from botmodels.store import ManifestError, find_stored, load_manifest, spec_for
 
 log = logging.getLogger("botmodels.pool")
@@ -89,6 +90,9 @@ class RunnerPool:
             try:
                 spec = spec_for(manifest, kind, settings.profile)
             except ManifestError as exc:
+                if remote is None and kind in KINDS and KINDS[kind].optional:
+                    log.info("runner %s: no model in profile %s; off", kind, settings.profile)
+                    continue  # not a failure: the kind's routes do without it
                 self.slots[kind] = RunnerSlot(kind, "?", "none", state="failed", error=str(exc))
                 continue
             quant: Quantization = (
