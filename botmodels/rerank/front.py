@@ -162,7 +162,8 @@ class RerankFrontend:
         )
 
     def check_runner_call(self, payload: dict[str, Any]) -> AbstractContextManager[Any]:
-        """`/runners/rerank/score` from a peer: the public route's limits."""
+        """`/runners/rerank/score` from a peer: the public route's limits, and a 503 now if
+        the runner cannot score here (raised inside the batch it would be BentoML's 500)."""
         s = self.settings
         pairs = batch_items(
             payload, "pairs", s.rerank_max_documents, "BOTMODELS_RERANK_MAX_DOCUMENTS"
@@ -178,6 +179,7 @@ class RerankFrontend:
                         f"{s.rerank_max_chars} (BOTMODELS_RERANK_MAX_CHARS)",
                         param=field,
                     )
+        self.pool.local("rerank")
         return contextlib.nullcontext()
 
     async def _remote(self, pairs: list[RerankPair]) -> list[RerankScore]:
