@@ -48,6 +48,10 @@ from botmodels.outputs import OutputStore
 from botmodels.peers import RunnerCheck, RunnerRouteGuard
 from botmodels.pool import RunnerPool
 from botmodels.remote import RemoteRunner
+from botmodels.rerank import routes as rerank_routes
+from botmodels.rerank.front import BATCH_ROUTE as RERANK_ROUTE
+from botmodels.rerank.front import RerankFrontend
+from botmodels.rerank.schemas import RerankPair, RerankScore
 from botmodels.shutdown import Shutdown, ShutdownMiddleware
 from botmodels.speech import routes as speech_routes
 from botmodels.speech.front import STT_ROUTE, TTS_ROUTE, SpeechFrontend
@@ -101,6 +105,7 @@ status_app = Starlette(
         *barcode_scan.routes(get_settings, lambda: _service().fetcher),
         *editor_routes.routes(lambda: _service().editor),
         *data_routes.routes(lambda: _service().data),
+        *rerank_routes.routes(lambda: _service().rerank),
     ],
     exception_handlers={BotModelsError: handle_exception},
 )
@@ -154,6 +159,9 @@ class BotModels:
         )
         self.editor.jobs = self.jobs  # long videos as jobs, on generation's job manager
         self.data: DataFrontend = DataFrontend(self.settings)
+        self.rerank: RerankFrontend = RerankFrontend(
+            self.settings, self.pool, self.embeddings, self.remotes.get("rerank")
+        )
         _instance = self
 
     def bind_batch_infer(self, batch_infer: BatchInfer) -> None:
@@ -164,6 +172,8 @@ class BotModels:
         self.vision.batch_infer = batch_infer
         self.speech.batch_infer = batch_infer
         self.rembg.batch_infer = batch_infer
+        if self.settings.rerank_batching:
+            self.rerank.batch_infer = batch_infer
 
     def runner_checks(self) -> dict[str, RunnerCheck]:
         """What a `/runners/*` call from a peer must pass (botmodels/peers.py)."""
@@ -177,6 +187,7 @@ class BotModels:
             STT_ROUTE: functools.partial(self.speech.check_runner_call, "stt"),
             TTS_ROUTE: functools.partial(self.speech.check_runner_call, "tts"),
             SEGMENT_ROUTE: self.rembg.check_runner_call,
+            RERANK_ROUTE: self.rerank.check_runner_call,
         }
 
     def batch_concurrency(self) -> dict[str, int]:
@@ -378,6 +389,17 @@ class BotModels:
         In-process the items are PIL images (no PNG round trip)."""
         with self.pool.acquire("segment") as runner:  # a peer's call may be the first
             return mask_items(runner, items)
+
+    # --- rerank (public route /v1/rerank: botmodels/rerank/routes.py) -----------------------
+    @bentoml.api(
+        route=RERANK_ROUTE,
+        batchable=True,
+        max_batch_size=settings.rerank_max_batch_size,
+    )
+    @batch_errors
+    async def rerank_batch(self, pairs: list[RerankPair]) -> list[RerankScore]:
+        """The rerank runner: one batch of (query, document) pairs in, one score per pair out."""
+        return await self.rerank.run_local(pairs)
 
 
 # Outermost first. Shutdown first (while draining, new work is refused before anything else

@@ -285,6 +285,7 @@ class Settings(BaseSettings):
     image_idle_unload_s: float | None = Field(None, ge=0, description=_IDLE)
     video_idle_unload_s: float | None = Field(None, ge=0, description=_IDLE)
     segment_idle_unload_s: float | None = Field(None, ge=0, description=_IDLE)
+    rerank_idle_unload_s: float | None = Field(None, ge=0, description=_IDLE)
 
     # --- embeddings runner ------------------------------------------------------------------
     embeddings_url: AnyHttpUrl | None = Field(
@@ -330,6 +331,39 @@ class Settings(BaseSettings):
     embeddings_max_inputs: int = Field(2048, ge=1, description="Inputs per request (OpenAI's).")
     embeddings_max_chars: int = Field(
         100_000, ge=1, description="Characters per input; longer inputs are rejected."
+    )
+
+    # --- rerank runner (a cross-encoder; without one, /v1/rerank uses the embeddings) ---------
+    rerank_url: AnyHttpUrl | None = Field(
+        None, description="Serve the rerank runner from a remote botmodels at this URL instead."
+    )
+    rerank_quantization: Quantization | None = Field(
+        None, description="Override the manifest's quantization (the runner serves only none)."
+    )
+    rerank_batching: bool = Field(
+        True,
+        description="Adaptive batching of pairs; false scores each request alone (a baseline).",
+    )
+    rerank_torchscript: bool = Field(
+        True, description="Run the cross-encoder as a TorchScript trace (checked against eager)."
+    )
+    rerank_max_batch_size: int = Field(
+        32, ge=2, le=1024, description="Most (query, document) pairs per rerank batch."
+    )
+    rerank_max_documents: int = Field(
+        1000, ge=1, description="Documents per /v1/rerank request (Cohere's recommended most)."
+    )
+    rerank_max_chars: int = Field(
+        100_000,
+        ge=1,
+        description="Characters in the query and in each document; longer ones are rejected.",
+    )
+    rerank_max_tokens: int = Field(
+        512,
+        ge=8,
+        le=8192,
+        description="Most tokens of a (query, document) pair the cross-encoder reads (also capped "
+        "by the model's own limit); a longer pair loses tokens from the longer of the two.",
     )
 
     # --- speech-to-text runner (Whisper) ----------------------------------------------------

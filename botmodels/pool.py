@@ -49,6 +49,7 @@ from prometheus_client import Counter, Gauge
 from botmodels.config import Quantization, Settings
 from botmodels.device import Device, keep_threads, pick_device, set_threads
 from botmodels.errors import MemoryBudgetExceeded, RunnerUnavailable
+from botmodels.registry import KINDS
 from botmodels.store import ManifestError, find_stored, load_manifest, spec_for
 
 # Under BentoML's `bentoml` logger: a served worker configures that one (INFO, its handler and
@@ -244,6 +245,9 @@ class RunnerPool:
             try:
                 spec = spec_for(manifest, kind, settings.profile)
             except ManifestError as exc:
+                if remote is None and kind in KINDS and KINDS[kind].optional:
+                    log.info("runner %s: no model in profile %s; off", kind, settings.profile)
+                    continue  # not a failure: the kind's routes do without it
                 self.slots[kind] = RunnerSlot(kind, "?", "none", state="failed", error=str(exc))
                 continue
             quant: Quantization = (

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from runners.embeddings import EmbeddingsRunner
     from runners.image import ImageRunner
     from runners.ocr import OcrRunner
+    from runners.rerank import RerankRunner
     from runners.segment import SegmentRunner
     from runners.stt import SttRunner
     from runners.tts import TtsRunner
@@ -137,6 +138,20 @@ def _export(module: str, function: str) -> Exporter:
     return export
 
 
+def _make_rerank(path: Path, quantization: Quantization, device: Device) -> RerankRunner:
+    from botmodels.config import get_settings
+    from runners.rerank import RerankRunner
+
+    settings = get_settings()
+    return RerankRunner(
+        path,
+        quantization=quantization,
+        device=device,
+        torchscript=settings.rerank_torchscript,
+        max_length=settings.rerank_max_tokens,
+    )
+
+
 def _tiny(module: str, function: str = "build_tiny") -> TinyBuilder:
     """`runners.<module>.<function>`, imported when the tiny model is built."""
 
@@ -156,6 +171,9 @@ class RunnerKind:
     # The import step's derived files, written into the stored model's folder once (the
     # embeddings' ONNX graph); None: the stored files are the model's own.
     export: Exporter | None = None
+    # True: a profile may name no model for this kind; there the kind is off (not a failed
+    # runner) and its routes do without it (rerank falls back to the embeddings).
+    optional: bool = False
 
     def runner_class(self) -> type[Any]:
         """The runner class, imported now (tests build runners with their own options)."""
@@ -187,6 +205,7 @@ KINDS: dict[str, RunnerKind] = {
         RunnerKind("image", "image:ImageRunner", _make_image, _tiny("image")),
         RunnerKind("video", "video:VideoRunner", _make_video, _tiny("video")),
         RunnerKind("segment", "segment:SegmentRunner", _make_segment, _tiny("segment")),
+        RunnerKind("rerank", "rerank:RerankRunner", _make_rerank, _tiny("rerank"), optional=True),
     )
 }
 

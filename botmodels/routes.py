@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 Domain = Literal[
-    "bentoml", "status", "embeddings", "vision", "speech", "generation", "editor", "data"
+    "bentoml", "status", "embeddings", "vision", "speech", "generation", "editor", "data", "rerank"
 ]
 Probe = Literal["liveness", "readiness", "health"]
 
@@ -128,6 +128,9 @@ ROUTES: tuple[RouteFacts, ...] = (
     RouteFacts("/outputs/{kind}/{name}", "generation", open=True, prefix="/outputs/"),
     # --- data --------------------------------------------------------------------------------
     RouteFacts("/api/detect", "data", json=True),
+    # --- rerank ------------------------------------------------------------------------------
+    RouteFacts("/v1/rerank", "rerank", json=True, traced=False),
+    RouteFacts("/runners/rerank/score", "rerank", json=True, traced=False),
 )
 
 # What the middleware asks per request, derived once.

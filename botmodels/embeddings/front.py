@@ -150,6 +150,11 @@ class EmbeddingsFrontend:
             remote_batch=self.settings.embeddings_max_batch_size,
         )
 
+    async def embed_texts(self, texts: list[str]) -> list[EmbeddedText]:
+        """Vectors for `texts` by the path `/v1/embeddings` takes (no request checks): what
+        `/v1/rerank` scores with when no cross-encoder is configured."""
+        return await self._run(texts)
+
     async def create(
         self, raw_input: object, encoding_format: str, dimensions: int | None
     ) -> EmbeddingResponse:
