@@ -156,10 +156,10 @@ class RerankFrontend:
         return "cross-encoder" if configured else "embeddings"
 
     async def run_local(self, pairs: list[RerankPair]) -> list[RerankScore]:
-        runner = self.pool.local("rerank")
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, score_items, runner, pairs
-        )
+        async with self.pool.acquire("rerank") as runner:  # a peer's call may be the first
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, score_items, runner, pairs
+            )
 
     def check_runner_call(self, payload: dict[str, Any]) -> AbstractContextManager[Any]:
         """`/runners/rerank/score` from a peer: the public route's limits, and a 503 now if
@@ -179,7 +179,7 @@ class RerankFrontend:
                         f"{s.rerank_max_chars} (BOTMODELS_RERANK_MAX_CHARS)",
                         param=field,
                     )
-        self.pool.local("rerank")
+        self.pool.check("rerank")
         return contextlib.nullcontext()
 
     async def _remote(self, pairs: list[RerankPair]) -> list[RerankScore]:
