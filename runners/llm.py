@@ -140,6 +140,7 @@ class LlmRunner:
         context: int = 4096,
         max_running: int = 8,
         max_waiting: int = 32,
+        cpu_dtype: str = "float32",
     ) -> None:
         self.model_dir = model_dir
         self.quantization = quantization
@@ -147,6 +148,7 @@ class LlmRunner:
         self.context = context
         self.max_running = max_running
         self.max_waiting = max_waiting
+        self.cpu_dtype = cpu_dtype  # "float32" or "bfloat16" (scripts/bench_llm.py compares)
         self.dtype = "float32"
         self.compute = "float32"
         self.context_length = context
@@ -199,9 +201,12 @@ class LlmRunner:
             if self.quantization == "none":
                 self.dtype = self.compute = "float16"
         else:
-            # fp32 on CPU: bf16 matmuls were slower than fp32 for this model size on an
-            # AVX-512-BF16 CPU (scripts/bench_llm.py --dtype), and fp16 has no fast CPU kernels.
-            options["dtype"] = torch.float32
+            # fp32 on CPU by default: bf16 halves the weights' memory traffic but is fast only
+            # on CPUs with bf16 matmul kernels, and rounds the logits coarser; fp16 has no fast
+            # CPU kernels. `cpu_dtype` (scripts/bench_llm.py --dtype) is there to compare.
+            options["dtype"] = getattr(torch, self.cpu_dtype)
+            if self.quantization == "none":
+                self.dtype = self.compute = self.cpu_dtype
         if "quantization_config" in options:
             options["device_map"] = self.device
         model: Any = transformers.AutoModelForCausalLM.from_pretrained(
