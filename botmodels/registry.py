@@ -24,6 +24,7 @@ from runners.base import Device, Quantization
 if TYPE_CHECKING:
     from runners.embeddings import EmbeddingsRunner
     from runners.image import ImageRunner
+    from runners.llm import LlmRunner
     from runners.ocr import OcrRunner
     from runners.rerank import RerankRunner
     from runners.segment import SegmentRunner
@@ -152,6 +153,21 @@ def _make_rerank(path: Path, quantization: Quantization, device: Device) -> Rera
     )
 
 
+def _make_llm(path: Path, quantization: Quantization, device: Device) -> LlmRunner:
+    from botmodels.config import get_settings
+    from runners.llm import LlmRunner
+
+    settings = get_settings()
+    return LlmRunner(
+        path,
+        quantization=quantization,
+        device=device,
+        context=settings.llm_context,
+        max_running=settings.llm_max_running,
+        max_waiting=settings.llm_max_waiting,
+    )
+
+
 def _tiny(module: str, function: str = "build_tiny") -> TinyBuilder:
     """`runners.<module>.<function>`, imported when the tiny model is built."""
 
@@ -174,6 +190,10 @@ class RunnerKind:
     # True: a profile may name no model for this kind; there the kind is off (not a failed
     # runner) and its routes do without it (rerank falls back to the embeddings).
     optional: bool = False
+    # In the default BOTMODELS_RUNNERS. The language model is opt-in until models load on first
+    # use: it takes minutes and ~2 GB to load on a small CPU, which every default server (and
+    # every test that serves the defaults) would pay. `make serve` enables it.
+    default: bool = True
 
     def runner_class(self) -> type[Any]:
         """The runner class, imported now (tests build runners with their own options)."""
@@ -206,6 +226,7 @@ KINDS: dict[str, RunnerKind] = {
         RunnerKind("video", "video:VideoRunner", _make_video, _tiny("video")),
         RunnerKind("segment", "segment:SegmentRunner", _make_segment, _tiny("segment")),
         RunnerKind("rerank", "rerank:RerankRunner", _make_rerank, _tiny("rerank"), optional=True),
+        RunnerKind("llm", "llm:LlmRunner", _make_llm, _tiny("llm"), default=False),
     )
 }
 
