@@ -226,7 +226,14 @@ KINDS: dict[str, RunnerKind] = {
         RunnerKind("video", "video:VideoRunner", _make_video, _tiny("video")),
         RunnerKind("segment", "segment:SegmentRunner", _make_segment, _tiny("segment")),
         RunnerKind("rerank", "rerank:RerankRunner", _make_rerank, _tiny("rerank"), optional=True),
-        RunnerKind("llm", "llm:LlmRunner", _make_llm, _tiny("llm"), default=False),
+        RunnerKind(
+            "llm",
+            "llm:LlmRunner",
+            _make_llm,
+            _tiny("llm"),
+            _export("llm", "export_transformers"),
+            default=False,
+        ),
     )
 }
 
