@@ -103,16 +103,16 @@ class ReplayCache:
     PRUNE_INTERVAL_S = 60.0
 
     def __init__(self, path: Path | Database | None, *, busy_timeout_s: float = 5.0) -> None:
-        if isinstance(path, Database):
-            self._db = path  # the shared database: its schema is migrated when it opens
-        else:
-            try:
-                self._db = SqliteDatabase(path, busy_timeout_s=busy_timeout_s)
+        try:
+            self._db = (
+                path
+                if isinstance(path, Database)
+                else SqliteDatabase(path, busy_timeout_s=busy_timeout_s)
+            )
+            if isinstance(self._db, SqliteDatabase):  # PostgreSQL's is migrated as it opens
                 self._db.executescript(_REPLAY_SCHEMA)
-            except sqlite3.Error as exc:
-                raise ReplayCacheUnavailable(
-                    f"cannot open the replay cache at {path}: {exc}"
-                ) from exc
+        except sqlite3.Error as exc:
+            raise ReplayCacheUnavailable(f"cannot open the replay cache at {path}: {exc}") from exc
         self._next_prune = 0.0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="botmodels-replay")
 
