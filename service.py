@@ -30,7 +30,7 @@ from botmodels.embeddings.schemas import EmbeddedText, EmbeddingResponse
 from botmodels.errors import BotModelsError, RunnerUnavailable, handle_exception
 from botmodels.fetch import Fetcher
 from botmodels.generation.front import IMAGE_BATCH_ROUTE, VIDEO_BATCH_ROUTE, GenerationFrontend
-from botmodels.generation.jobs import JobManager, JobStore
+from botmodels.generation.jobs import JobManager, job_store
 from botmodels.generation.routes import generation_routes
 from botmodels.generation.schemas import (
     GeneratedFile,
@@ -144,7 +144,7 @@ class BotModels:
         )
         self.generation = GenerationFrontend(self.settings, self.pool, self.outputs)
         self.jobs: JobManager = JobManager(
-            JobStore(self.settings.jobs_path), self.generation, self.settings.outputs_max_age_s
+            job_store(self.settings), self.generation, self.settings.outputs_max_age_s
         )
         self.vision: VisionFrontend = VisionFrontend(self.settings, self.pool, self.remotes)
         self.speech: SpeechFrontend = SpeechFrontend(
@@ -217,6 +217,7 @@ class BotModels:
     async def interrupt_jobs(self) -> None:
         """The server is stopping (after a drain, or without one): no job is left `running`."""
         await self.jobs.interrupt_all()
+        self.jobs.close()
 
     async def __is_ready__(self) -> bool:
         if shutdown.draining or not self.pool.settled:

@@ -431,6 +431,21 @@ class Settings(BaseSettings):
     jobs_db: Path | None = Field(
         None, description="SQLite file holding job records; default <home>/jobs.sqlite3."
     )
+    database_url: SecretStr | None = Field(
+        None,
+        description="PostgreSQL URL (`postgresql://user:password@host:5432/database`) holding "
+        "the state replicas share: job records and the HMAC replay cache (schema migrated at "
+        "start). Unset: SQLite files under <home>, for one machine. Never logged; messages "
+        "show it with the password as `***`.",
+    )
+    jobs_lease_s: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="With BOTMODELS_DATABASE_URL: a replica renews the lease on its queued and "
+        "running jobs every third of this; a job whose lease has run out (its replica died) "
+        "is marked `interrupted` by any replica.",
+    )
     public_url: AnyHttpUrl | None = Field(
         None,
         description="Base URL clients reach botmodels at, for absolute `url`s in "

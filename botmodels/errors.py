@@ -270,3 +270,14 @@ class UpstreamError(BotModelsError):
 
     status = 502
     code = "upstream_error"
+
+
+class DatabaseUnavailable(BotModelsError):
+    """The shared database (BOTMODELS_DATABASE_URL) cannot be reached right now: retry shortly.
+    The message never holds the URL's password (botmodels/database.py)."""
+
+    status = 503
+    code = "database_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int = 2) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})

@@ -148,6 +148,23 @@ def fetching(client: Any, file_server: tuple[Path, str], monkeypatch: pytest.Mon
     return client
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A real PostgreSQL server (Debian's `postgresql`, which `make test` installs), started in
+    a temporary data directory for the session: `.url` (holds a password), `.stop()`,
+    `.start()` (same port and data). A test that stops it starts it again."""
+    from scripts.pgserver import PostgresServer, bin_dir
+
+    if bin_dir() is None:
+        pytest.skip("PostgreSQL is not installed (`make test` installs Debian's postgresql)")
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
 def auth(key: str = KEY) -> dict[str, str]:
     return {"X-API-Key": key}
 
