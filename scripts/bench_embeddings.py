@@ -84,7 +84,11 @@ def measure_in_process(quantization: str, seconds: float, only_batch32: bool) ->
     )
     runner.load()
     state_bytes = 0
-    for tensor in runner._model.state_dict().values():
+    model = runner._model  # None on the ONNX engine: the graph's weights are its file
+    if model is None:
+        graph = Path(stored.path) / "onnx"
+        state_bytes = sum(p.stat().st_size for p in graph.iterdir())
+    for tensor in [] if model is None else model.state_dict().values():
         if isinstance(tensor, torch.Tensor):
             state_bytes += tensor.numel() * tensor.element_size()
         elif isinstance(tensor, tuple):  # packed quantized params: (weight, bias)
