@@ -288,6 +288,7 @@ class Settings(BaseSettings):
     video_idle_unload_s: float | None = Field(None, ge=0, description=_IDLE)
     segment_idle_unload_s: float | None = Field(None, ge=0, description=_IDLE)
     rerank_idle_unload_s: float | None = Field(None, ge=0, description=_IDLE)
+    llm_idle_unload_s: float | None = Field(None, ge=0, description=_IDLE)
 
     # --- embeddings runner ------------------------------------------------------------------
     embeddings_url: AnyHttpUrl | None = Field(

@@ -811,9 +811,17 @@ def export_transformers(model_dir: Path) -> None:
     ggufs = sorted(model_dir.glob("*.gguf"))
     if len(ggufs) != 1 or (model_dir / "config.json").is_file():
         return
-    gguf = {"gguf_file": ggufs[0].name}
-    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, **gguf)
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, **gguf)
+    config = transformers.GgufConfig(gguf_file=ggufs[0].name, dequantize=True)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, gguf_file=ggufs[0].name)
+    model: Any = transformers.AutoModelForCausalLM.from_pretrained(
+        model_dir, gguf_file=ggufs[0].name, quantization_config=config
+    )
+    # Dequantized: plain float tensors, which transformers still refuses to save while the
+    # model carries its GGUF quantizer. The saved model is an ordinary float checkpoint.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     tokenizer.save_pretrained(model_dir)
     model.save_pretrained(model_dir)
 
