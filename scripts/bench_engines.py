@@ -7,9 +7,14 @@
    `/v1/embeddings` requests at concurrency 1, 16 and 64;
 3. the peers at the same concurrencies, the same model: the FastAPI micro-batch anchor
    (scripts/anchor_fastapi.py) and, with `--infinity-python`, Infinity (`infinity_emb v2`,
-   installed in its own virtualenv: it pins numpy < 2 and transformers <= 5.0).
+   installed in its own virtualenv: it pins numpy < 2 and transformers <= 5.0), per engine.
 
-    python -m scripts.bench_engines [--requests 2000] [--infinity-python /path/bin/python]
+    python -m scripts.bench_engines [--requests 2000] \
+        [--infinity-python /path/bin/python --infinity-engine torch --infinity-engine optimum]
+
+    # Infinity's virtualenv (CPU torch first, so pip does not take a CUDA build):
+    python3.11 -m venv /tmp/inf && /tmp/inf/bin/pip install torch==2.13.0 \
+        && /tmp/inf/bin/pip install 'infinity-emb[server,torch,optimum]==0.0.78'
 
 Targets (issue: ONNX Runtime for the encoders): ONNX batch 32 >= 1.5x the trace; served c=64 >=
 85 % of ONNX batch 32; served c=1 >= 60 % of ONNX batch 1.
@@ -153,6 +158,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--measure", nargs=2, metavar=("ENGINE", "QUANTIZATION"))
     parser.add_argument("--infinity-python", help="python of a virtualenv with infinity-emb")
+    parser.add_argument(
+        "--infinity-engine", action="append", default=[], help="torch, optimum (repeatable)"
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "bench-results" / "engines.json")
     args = parser.parse_args()
     if args.measure:
@@ -179,14 +187,13 @@ def main() -> int:
     peers = served_peer(
         "FastAPI micro-batch", anchor, port, "/readyz", "/v1/embeddings", args.requests
     )
-    if args.infinity_python:
+    for engine in args.infinity_engine if args.infinity_python else []:
         port = free_port()
         infinity = [args.infinity_python, "-m", "infinity_emb.cli", "v2", "--model-id"]
-        infinity += [str(model_dir()), "--port", str(port), "--device", "cpu", "--engine", "torch"]
-        infinity += ["--no-bettertransformer", "--batch-size", "32"]
-        peers += served_peer(
-            "Infinity (torch)", infinity, port, "/health", "/embeddings", args.requests
-        )
+        infinity += [str(model_dir()), "--port", str(port), "--device", "cpu"]
+        infinity += ["--engine", engine, "--batch-size", "32"]
+        name = f"Infinity ({engine})"
+        peers += served_peer(name, infinity, port, "/health", "/embeddings", args.requests)
 
     onnx, trace = engines["onnx none"], engines["torchscript none"]
     print(
