@@ -374,3 +374,30 @@ def test_gpu_overlay_gives_each_gpu_pod_a_gpu_and_the_cpu_overlay_none(rendered:
             "tolerations"
         ]
         assert deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0
+
+
+def test_every_port_is_the_service_port(rendered: Any) -> None:
+    """Containers, Services, probes, scrape annotations and policies use the port the server
+    listens on: `BOTMODELS_PORT`, set by the ConfigMap to the setting's default (the image's
+    `EXPOSE 3000` is BentoML's template text, unused: tests/test_image.py)."""
+    _, objs = rendered
+    served = Settings.model_fields["port"].default
+    for deployment in of_kind(objs, "Deployment"):
+        assert config_env(objs, deployment)["BOTMODELS_PORT"] == str(served)
+        assert "BOTMODELS_PORT" not in env_of(deployment)  # the ConfigMap's value is the one
+        (port,) = container(deployment)["ports"]
+        assert port["containerPort"] == served
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(served)
+    for service in of_kind(objs, "Service"):
+        for port in service["spec"]["ports"]:
+            (backend,) = [
+                d
+                for d in of_kind(objs, "Deployment")
+                if selects(service["spec"]["selector"], pod_labels(d))
+            ]
+            names = {p["name"]: p["containerPort"] for p in container(backend)["ports"]}
+            assert names[port["targetPort"]] == served
+    for policy in of_kind(objs, "NetworkPolicy"):
+        for rule in policy["spec"]["ingress"]:
+            assert {p["port"] for p in rule["ports"]} == {served}
