@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -169,6 +171,35 @@ def auth(key: str = KEY) -> dict[str, str]:
     return {"X-API-Key": key}
 
 
+def bentoml_cli(*args: str, home: Path | None = None) -> str:
+    """Run the `bentoml` CLI from the repository root (the session store unless `home`)."""
+    env = {**os.environ, **({"BENTOML_HOME": str(home)} if home else {})}
+    done = subprocess.run(
+        [sys.executable, "-m", "bentoml", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+BENTO_VERSION = "0.1.0"
+
+
+@pytest.fixture(scope="session")
+def built_bento(offline_store: None) -> str:
+    """`bentoml build` of bentofile.yaml (the offline profile) once per session: its tag.
+
+    Shared by the export/serve test and the image test, so a session builds it only once.
+    """
+    bentoml_cli("build", "--version", BENTO_VERSION)
+    return f"botmodels:{BENTO_VERSION}"
+
+
 from scripts.serverproc import Server, free_port  # noqa: E402 - after the environment is set
 
-__all__ = ["KEY", "OLD_KEY", "ROOT", "Server", "auth", "free_port"]
+__all__ = ["KEY", "OLD_KEY", "ROOT", "Server", "auth", "bentoml_cli", "free_port"]
