@@ -376,6 +376,330 @@ def _segformer_ade(folder: Path) -> None:
     ).save_pretrained(folder)
 
 
+# --- language models: Qwen3 ---------------------------------------------------------------------
+# A compact simplification of Qwen3's chat template, with the parts the llm runner and the API
+# rely on: ChatML turns, tools as JSON lines in <tools></tools> in the system turn, calls as
+# <tool_call>{"name", "arguments"}</tool_call>, tool results as <tool_response> in a user turn, and
+# `enable_thinking=false` as an empty <think></think> block after the generation prompt. (The
+# real template also groups consecutive tool results, and drops earlier turns' reasoning.)
+QWEN3_CHAT_TEMPLATE = """\
+{%- if tools -%}
+<|im_start|>system
+{% if messages[0].role == 'system' %}{{ messages[0].content }}
+
+{% endif %}# Tools
+
+You may call one or more functions to assist with the user query.
+
+You are provided with function signatures within <tools></tools> XML tags:
+<tools>
+{%- for tool in tools %}
+{{ tool | tojson }}
+{%- endfor %}
+</tools>
+
+For each function call, return a json object with function name and arguments within \
+<tool_call></tool_call> XML tags:
+<tool_call>
+{"name": <function-name>, "arguments": <args-json-object>}
+</tool_call><|im_end|>
+{% elif messages[0].role == 'system' -%}
+<|im_start|>system
+{{ messages[0].content }}<|im_end|>
+{% endif -%}
+{%- for message in messages -%}
+{%- if message.role == 'tool' -%}
+<|im_start|>user
+<tool_response>
+{{ message.content }}
+</tool_response><|im_end|>
+{% elif message.role != 'system' -%}
+<|im_start|>{{ message.role }}
+{{ message.content }}
+{%- for call in message.tool_calls or [] %}
+<tool_call>
+{"name": "{{ call.function.name }}", "arguments": {{ call.function.arguments | tojson }}}
+</tool_call>
+{%- endfor %}<|im_end|>
+{% endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+<|im_start|>assistant
+{% if enable_thinking is defined and enable_thinking is false %}<think>
+
+</think>
+
+{% endif -%}
+{%- endif -%}
+"""
+# Qwen's added tokens, in their order: the ChatML ones are special (dropped when decoding), the
+# tool and thinking markup is not (it reaches the text, where the API parses it).
+QWEN_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+QWEN_MARKUP = (
+    "<tool_call>",
+    "</tool_call>",
+    "<tool_response>",
+    "</tool_response>",
+    "<think>",
+    "</think>",
+)
+
+
+def _qwen2_tokenizer(folder: Path) -> dict[str, int]:
+    """Qwen2's byte-level BPE (its NFC normalizer and split regex), trained on a few sentences,
+    in the repo's four files: `tokenizer.json`, `vocab.json`, `merges.txt` and a
+    `tokenizer_config.json` with the chat template. The added tokens' ids."""
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        trainers,
+    )
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    bpe.decoder = decoders.ByteLevel()
+    corpus = [
+        "What is the weather in Lisbon today? It is sunny.",
+        "You may call one or more functions to assist with the user query.",
+        '{"name": "get_weather", "arguments": {"city": "Lisbon"}}',
+    ] * 4
+    bpe.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=400,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
+    bpe.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIAL])
+    bpe.add_tokens([AddedToken(t, special=False, normalized=False) for t in QWEN_MARKUP])
+    bpe.save(str(folder / "tokenizer.json"))
+    bpe.model.save(str(folder))  # vocab.json, merges.txt (the added tokens are not in them)
+    vocab = bpe.get_vocab(with_added_tokens=True)
+    ids = {t: vocab[t] for t in (*QWEN_SPECIAL, *QWEN_MARKUP)}
+    _json(
+        folder / "tokenizer_config.json",
+        {
+            "add_bos_token": False,
+            "add_prefix_space": False,
+            "added_tokens_decoder": {
+                str(i): {
+                    "content": t,
+                    "lstrip": False,
+                    "normalized": False,
+                    "rstrip": False,
+                    "single_word": False,
+                    "special": t in QWEN_SPECIAL,
+                }
+                for t, i in ids.items()
+            },
+            "additional_special_tokens": list(QWEN_SPECIAL[1:]),
+            "bos_token": None,
+            "chat_template": QWEN3_CHAT_TEMPLATE,
+            "clean_up_tokenization_spaces": False,
+            "eos_token": "<|im_end|>",
+            "errors": "replace",
+            "model_max_length": 131072,
+            "pad_token": "<|endoftext|>",
+            "split_special_tokens": False,
+            "tokenizer_class": "Qwen2Tokenizer",
+            "unk_token": None,
+        },
+    )
+    return ids
+
+
+def _qwen3(shards: int) -> Callable[[Path], None]:
+    """Qwen3ForCausalLM (as Qwen/Qwen3-1.7B and -4B: grouped-query attention with q/k norms, tied
+    embeddings, bf16 weights, 40960 positions) with small dimensions, in `shards` safetensors
+    shards and their index, and Qwen3's `generation_config.json` (two eos ids)."""
+
+    def build(folder: Path) -> None:
+        import torch
+        from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+        ids = _qwen2_tokenizer(folder)
+        vocab = (max(ids.values()) // 64 + 1) * 64  # padded past the tokenizer, as the real one
+        config = Qwen3Config(
+            vocab_size=vocab,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=40960,
+            tie_word_embeddings=True,
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+        )
+        config.architectures = ["Qwen3ForCausalLM"]
+        torch.manual_seed(0)
+        model: Any = Qwen3ForCausalLM(config)
+        model = model.to(torch.bfloat16)  # the repos' weights are bf16
+        model.generation_config = GenerationConfig(
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
+            pad_token_id=ids["<|endoftext|>"],
+            do_sample=True,
+            temperature=0.6,
+            top_k=20,
+            top_p=0.95,
+        )
+        # shards fill up to the limit tensor by tensor: a limit of total / (shards - 1/2) leaves
+        # the last one part-full, as the repos' last shards are
+        total = sum(p.numel() * p.element_size() for p in model.parameters())
+        model.save_pretrained(folder, max_shard_size=f"{int(total / (shards - 0.5)) // 1000}KB")
+        written = sorted(p.name for p in folder.glob("model-*.safetensors"))
+        if len(written) != shards:
+            raise RuntimeError(f"Qwen3 tiny model: {len(written)} shards, not {shards}")
+
+    return build
+
+
+# --- rerank: cross-encoders ---------------------------------------------------------------------
+def _ms_marco_minilm(folder: Path) -> None:
+    """BertForSequenceClassification with one logit (as cross-encoder/ms-marco-MiniLM-L-6-v2),
+    its config's `sentence_transformers.activation_fn` (the identity: raw logits), and the
+    repo's tokenizer files (`vocab.txt`, `tokenizer.json`, `tokenizer_config.json`,
+    `special_tokens_map.json`), 512 tokens."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = "the a cat dog sits on mat rug stocks market fell today what where is how are"
+    vocab = [*specials, *words.split(), "##s", "##ing", "##ed"]
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    tokenizer.model_max_length = 512
+    tokenizer.save_pretrained(folder)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    _json(
+        folder / "special_tokens_map.json",
+        {
+            "cls_token": "[CLS]",
+            "mask_token": "[MASK]",
+            "pad_token": "[PAD]",
+            "sep_token": "[SEP]",
+            "unk_token": "[UNK]",
+        },
+    )
+    config = BertConfig(  # type: ignore[call-arg]  # num_labels: a PretrainedConfig kwarg
+        vocab_size=len(vocab),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=512,
+        num_labels=1,
+        architectures=["BertForSequenceClassification"],
+    )
+    config.sentence_transformers = {
+        "activation_fn": "torch.nn.modules.linear.Identity",
+        "version": "4.0.1",
+    }
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(folder)
+
+
+def _sentencepiece_model(pieces: list[tuple[str, float]], path: Path) -> None:
+    """A SentencePiece unigram model file (the protobuf that `sentencepiece.bpe.model` is) with
+    these pieces after <unk>, <s>, </s>, as XLM-R's: written with the protobuf schema that
+    transformers ships, since the sentencepiece package is not a dependency here."""
+    from transformers.convert_slow_tokenizer import import_protobuf
+
+    pb = import_protobuf()
+    proto = pb.ModelProto()
+    kinds = pb.ModelProto.SentencePiece
+    for piece, score, kind in [
+        ("<unk>", 0.0, kinds.UNKNOWN),
+        ("<s>", 0.0, kinds.CONTROL),
+        ("</s>", 0.0, kinds.CONTROL),
+        *((p, s, kinds.NORMAL) for p, s in pieces),
+    ]:
+        proto.pieces.add(piece=piece, score=score, type=kind)
+    proto.trainer_spec.model_type = pb.TrainerSpec.UNIGRAM
+    proto.trainer_spec.vocab_size = len(proto.pieces)
+    proto.trainer_spec.unk_id, proto.trainer_spec.bos_id = 0, 1
+    proto.trainer_spec.eos_id, proto.trainer_spec.pad_id = 2, -1
+    proto.normalizer_spec.name = "nmt_nfkc"
+    proto.normalizer_spec.add_dummy_prefix = True
+    proto.normalizer_spec.remove_extra_whitespaces = True
+    proto.normalizer_spec.escape_whitespaces = True
+    path.write_bytes(proto.SerializeToString())
+
+
+def _bge_reranker(folder: Path) -> None:
+    """XLMRobertaForSequenceClassification with one logit and no activation named (as
+    BAAI/bge-reranker-v2-m3: scores through the sigmoid), 8194 positions, and an XLM-R unigram
+    tokenizer trained here on a few English and Portuguese sentences: `tokenizer.json` (what
+    transformers reads) and the same pieces as `sentencepiece.bpe.model`."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import (
+        XLMRobertaConfig,
+        XLMRobertaForSequenceClassification,
+        XLMRobertaTokenizer,
+    )
+
+    unigram = Tokenizer(models.Unigram())
+    unigram.pre_tokenizer = pre_tokenizers.Metaspace()
+    corpus = [
+        "what is the capital of Portugal? Lisbon is the capital of Portugal.",
+        "qual é a capital do Brasil? Brasília é a capital do Brasil.",
+        "the cat sits on the mat; o gato está no tapete.",
+    ] * 4
+    unigram.train_from_iterator(
+        corpus,
+        trainers.UnigramTrainer(vocab_size=200, unk_token="<unk>", special_tokens=["<unk>"]),
+    )
+    pieces = [(p, s) for p, s in json.loads(unigram.to_str())["model"]["vocab"] if p != "<unk>"]
+    _sentencepiece_model(pieces, folder / "sentencepiece.bpe.model")
+    specials = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    tokenizer = XLMRobertaTokenizer(vocab=[*specials, *pieces, ("<mask>", 0.0)])
+    tokenizer.model_max_length = 8192
+    tokenizer.save_pretrained(folder)
+    _json(
+        folder / "special_tokens_map.json",
+        {
+            "bos_token": "<s>",
+            "cls_token": "<s>",
+            "eos_token": "</s>",
+            "mask_token": "<mask>",
+            "pad_token": "<pad>",
+            "sep_token": "</s>",
+            "unk_token": "<unk>",
+        },
+    )
+    config = XLMRobertaConfig(  # type: ignore[call-arg]  # num_labels: a PretrainedConfig kwarg
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=8194,
+        type_vocab_size=1,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        num_labels=1,
+        architectures=["XLMRobertaForSequenceClassification"],
+    )
+    torch.manual_seed(0)
+    XLMRobertaForSequenceClassification(config).save_pretrained(folder)
+
+
 _DIFFUSERS_EXTRAS = ("README.md", ".gitattributes")
 
 
@@ -457,4 +781,19 @@ HUB_MODELS: dict[str, HubModel] = {
     "nvidia/segformer-b2-finetuned-ade-512-512": HubModel(
         _segformer_ade, unneeded=("tf_model.h5", "README.md")
     ),
+    "Qwen/Qwen3-1.7B": HubModel(_qwen3(2), unneeded=("LICENSE", "README.md")),
+    "Qwen/Qwen3-4B": HubModel(_qwen3(3), unneeded=("LICENSE", "README.md")),
+    "cross-encoder/ms-marco-MiniLM-L-6-v2": HubModel(
+        _ms_marco_minilm,
+        unneeded=(
+            "pytorch_model.bin",
+            "flax_model.msgpack",
+            "onnx/model.onnx",
+            "onnx/model_qint8_avx512.onnx",
+            "openvino/openvino_model.bin",
+            "openvino/openvino_model.xml",
+            "README.md",
+        ),
+    ),
+    "BAAI/bge-reranker-v2-m3": HubModel(_bge_reranker, unneeded=("README.md",)),
 }

@@ -8,7 +8,8 @@ records the commit; the server's factory loads it on the CPU; one real request r
 
 What the CPU cannot run stays unverified here (README, model table): diffusers pipelines in
 nf4 (`quantization = "4bit"` of image.gpu and video.gpu: bitsandbytes refuses without a GPU,
-so those load unquantized), and every fp16 / bitsandbytes CUDA path.
+so those load unquantized; llm.gpu's nf4 likewise), and every fp16 / bitsandbytes
+CUDA path.
 
 A new hub entry is covered without a change here, once tests/hub_models.py has its repo and
 `REQUESTS` its kind; without them its test fails and names what is missing.
@@ -45,8 +46,9 @@ def _hub_entries() -> list[ModelSpec]:
 ENTRIES = _hub_entries()
 
 # diffusers' bitsandbytes quantizer refuses to run without a GPU: nf4 pipelines load unquantized
-# on the CPU, and their nf4 load is what stays unverified here.
-CPU_REFUSES = {("image", "4bit"), ("video", "4bit")}
+# on the CPU, and their nf4 load is what stays unverified here. The language model's nf4 is
+# bitsandbytes on CUDA too: on the CPU the same checkpoint loads unquantized.
+CPU_REFUSES = {("image", "4bit"), ("video", "4bit"), ("llm", "4bit")}
 
 
 def cpu_quantization(spec: ModelSpec) -> Quantization:
@@ -159,6 +161,66 @@ def _segment(runner: Any, spec: ModelSpec) -> None:
     assert runner.foreground == [12]  # ADE20k's `person`, looked up by name
 
 
+def _rerank(runner: Any, spec: ModelSpec) -> None:
+    query = "what is the capital of Portugal?"
+    documents = ["Lisbon is the capital of Portugal.", "The cat sits on the mat.", "Olá mundo"]
+    batch = runner.predict([(query, d) for d in documents])
+    assert batch.scores.shape == (3,)
+    assert np.isfinite(batch.scores).all()
+    # the config's activation reached the store: ms-marco names the identity (raw logits),
+    # bge-reranker names none (sigmoid)
+    if runner.activation == "sigmoid":
+        assert ((batch.scores > 0) & (batch.scores < 1)).all()
+    assert runner.max_length == 512  # the runner's cap, within the tokenizer's and positions'
+
+
+LLM_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
+
+
+def _llm(runner: Any, spec: ModelSpec) -> None:
+    import threading
+
+    from runners.llm import LlmEvent, LlmRequest
+
+    # generation_config.json's eos ids (Qwen3: <|im_end|> and <|endoftext|>) were fetched
+    tokenizer = runner._tokenizer
+    assert runner.eos_ids == {
+        tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")
+    }
+    assert runner.chat_format == "chatml"
+    messages = [{"role": "user", "content": "What is the weather in Lisbon?"}]
+    ids = runner.render_chat(messages, tools=LLM_TOOLS, template_kwargs={"enable_thinking": False})
+    text = runner.decode(ids)  # ChatML's special tokens dropped; tool and think markup kept
+    assert '"name": "get_weather"' in text
+    assert "<tool_call>" in text
+    assert text.endswith("assistant\n<think>\n\n</think>\n\n")
+
+    events: list[LlmEvent] = []
+    done = threading.Event()
+
+    def on_event(event: LlmEvent) -> None:
+        events.append(event)
+        if event.finish_reason is not None:
+            done.set()
+
+    try:
+        runner.submit(LlmRequest(ids, 4, temperature=0.0, top_p=1.0, seed=None), on_event)
+        assert done.wait(120), "no final event"
+    finally:
+        runner.close()
+    assert events[-1].finish_reason in ("stop", "length")
+    assert 1 <= sum(e.tokens for e in events) <= 4
+
+
 REQUESTS: dict[str, Callable[[Any, ModelSpec], None]] = {
     "embeddings": _embeddings,
     "vision": _vision,
@@ -168,6 +230,8 @@ REQUESTS: dict[str, Callable[[Any, ModelSpec], None]] = {
     "image": _image,
     "video": _video,
     "segment": _segment,
+    "rerank": _rerank,
+    "llm": _llm,
 }
 
 
