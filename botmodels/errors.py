@@ -279,5 +279,5 @@ class DatabaseUnavailable(BotModelsError):
     status = 503
     code = "database_unavailable"
 
-    def __init__(self, message: str, *, retry_after_s: int = 2) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+    def __init__(self, message: str, *, retry_after_s: int = 2, param: str | None = None) -> None:
+        super().__init__(message, param=param, headers={"Retry-After": str(retry_after_s)})

@@ -52,7 +52,9 @@ def test_concurrent_requests_are_batched(served: Server) -> None:
     assert items / batches > 1.5, f"mean batch {items / batches:.2f}"
     models = httpx.get(served.url + "/api/models", headers=auth()).json()
     (embeddings,) = [m for m in models["models"] if m["runner"] == "embeddings"]
-    assert embeddings["compute"] == "torchscript"  # the default: one team of threads
+    # the default on the CPU: the ONNX graph the import exported, one session
+    assert embeddings["engine"] == "onnx"
+    assert embeddings["compute"].startswith("onnx, ")
 
 
 def test_cpu_workers_serve_the_same_vectors(served: Server, tmp_path: Path) -> None:
@@ -65,6 +67,7 @@ def test_cpu_workers_serve_the_same_vectors(served: Server, tmp_path: Path) -> N
     workers = Server(
         {
             "BOTMODELS_RUNNERS": "embeddings",
+            "BOTMODELS_EMBEDDINGS_ENGINE": "torchscript",  # workers split the trace's batches
             "BOTMODELS_EMBEDDINGS_WORKERS": "2",
             "BENTOML_HOME": str(tmp_path),
         }
