@@ -45,6 +45,9 @@ from botmodels.generation.schemas import (
 )
 from botmodels.http import ErrorShapeMiddleware, limits_from_settings
 from botmodels.keys import load_api_keys
+from botmodels.llm import routes as llm_routes
+from botmodels.llm.front import LlmFrontend
+from botmodels.llm.proxy import OpenAIRemote
 from botmodels.outputs import OutputStore
 from botmodels.peers import RunnerCheck, RunnerRouteGuard
 from botmodels.pool import RunnerPool
@@ -102,6 +105,7 @@ status_app = Starlette(
         *barcode_scan.routes(get_settings, lambda: _service().fetcher),
         *editor_routes.routes(lambda: _service().editor),
         *data_routes.routes(lambda: _service().data),
+        *llm_routes.routes(lambda: _service().llm),
     ],
     exception_handlers={BotModelsError: handle_exception},
 )
@@ -127,6 +131,14 @@ class BotModels:
         for kind, slot in self.pool.slots.items():
             if slot.remote_url is not None:
                 key = load_api_keys(self.settings)[0]
+                if kind == "llm":  # any OpenAI-compatible server (botmodels/llm/proxy.py)
+                    llm_key = self.settings.llm_key
+                    self.remotes[kind] = OpenAIRemote(
+                        slot.remote_url,
+                        llm_key.get_secret_value().encode() if llm_key else key,
+                        self.settings.request_timeout_s,
+                    )
+                    continue
                 self.remotes[kind] = RemoteRunner(
                     slot.remote_url, key, self.settings.request_timeout_s
                 )
@@ -155,6 +167,13 @@ class BotModels:
         )
         self.editor.jobs = self.jobs  # long videos as jobs, on generation's job manager
         self.data: DataFrontend = DataFrontend(self.settings)
+        remote_llm = self.remotes.get("llm")
+        self.llm: LlmFrontend = LlmFrontend(
+            self.settings,
+            lambda: self.pool.local("llm"),
+            pool=self.pool,
+            remote=remote_llm if isinstance(remote_llm, OpenAIRemote) else None,
+        )
         _instance = self
 
     def bind_batch_infer(self, batch_infer: BatchInfer) -> None:

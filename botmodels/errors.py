@@ -263,3 +263,16 @@ class UpstreamError(BotModelsError):
 
     status = 502
     code = "upstream_error"
+
+
+class ContextLengthExceeded(InvalidInput):
+    """A language-model prompt that leaves no room in the model's context (OpenAI's code)."""
+
+    code = "context_length_exceeded"
+
+
+class GenerationFailed(BotModelsError):
+    """The language model's engine failed while generating (its error is the message)."""
+
+    status = 500
+    code = "generation_failed"

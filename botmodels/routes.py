@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 Domain = Literal[
-    "bentoml", "status", "embeddings", "vision", "speech", "generation", "editor", "data"
+    "bentoml", "status", "embeddings", "vision", "speech", "generation", "editor", "data", "llm"
 ]
 Probe = Literal["liveness", "readiness", "health"]
 
@@ -128,6 +128,10 @@ ROUTES: tuple[RouteFacts, ...] = (
     RouteFacts("/outputs/{kind}/{name}", "generation", open=True, prefix="/outputs/"),
     # --- data --------------------------------------------------------------------------------
     RouteFacts("/api/detect", "data", json=True),
+    # --- language model (OpenAI) ---------------------------------------------------------------
+    RouteFacts("/v1/chat/completions", "llm", json=True),
+    RouteFacts("/v1/completions", "llm", json=True),
+    RouteFacts("/v1/models", "llm"),
 )
 
 # What the middleware asks per request, derived once.
