@@ -425,3 +425,146 @@ def test_client_leaving_mid_stream_cancels_the_generation(fake: FakeLlm) -> None
             time.sleep(0.02)
     assert fake.stats()["cancelled"] == 1
     assert fake.stats()["generated_tokens"] < 2000
+
+
+# --- BOTMODELS_LLM_URL: any OpenAI-compatible server, proxied ------------------------------------
+def fake_openai_server(seen: list[dict[str, Any]]) -> Starlette:
+    """vLLM's routes, scripted: its stream writes two events at once, then one event in three
+    pieces (what a proxy in between may do), so the proxy must re-frame them."""
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    def chunk(text: str, finish: str | None = None) -> str:
+        payload = {
+            "id": "chatcmpl-up",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "Qwen/Qwen3-8B",
+            "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}],
+        }
+        return f"data: {json.dumps(payload)}\n\n"
+
+    async def models(_: Request) -> Response:
+        return JSONResponse(
+            {"object": "list", "data": [{"id": "Qwen/Qwen3-8B", "object": "model"}]}
+        )
+
+    async def health(_: Request) -> Response:
+        return JSONResponse({})
+
+    async def chat(request: Request) -> Response:
+        body = await request.json()
+        seen.append({"body": body, "authorization": request.headers.get("authorization")})
+        if body["messages"][0]["content"] == "busy":
+            return JSONResponse({"error": {"message": "queue full"}}, 429, {"Retry-After": "7"})
+        if body["messages"][0]["content"] == "bad":
+            return JSONResponse({"object": "error", "message": "bad", "code": 400}, 400)
+        if not body.get("stream"):
+            return JSONResponse(
+                {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "Olá"},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                }
+            )
+
+        async def writes() -> Any:
+            import asyncio
+
+            yield chunk("Ol") + chunk("á")
+            await asyncio.sleep(0.05)
+            whole = chunk(", mundo")
+            for piece in (whole[:7], whole[7:20], whole[20:]):
+                yield piece
+                await asyncio.sleep(0.05)
+            yield chunk("", "stop") + "data: [DONE]\n\n"
+
+        return StreamingResponse(writes(), media_type="text/event-stream")
+
+    return Starlette(
+        routes=[
+            Route("/v1/models", models),
+            Route("/health", health),
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+        ]
+    )
+
+
+def test_remote_engine_is_proxied_event_by_event() -> None:
+    import asyncio
+
+    from botmodels.llm.proxy import OpenAIRemote
+
+    seen: list[dict[str, Any]] = []
+    with uvicorn_server(fake_openai_server(seen)) as upstream:
+        remote = OpenAIRemote(upstream, b"remote-key-0123456789", 30)
+        app, front = make_app(FakeLlm())
+        front.remote = remote
+        with uvicorn_server(app) as url:
+            body = {"model": "default", "messages": USER, "stream": True, "max_tokens": 16384}
+            status, reads = raw_stream(url, "/v1/chat/completions", body)
+            assert status == 200
+            content, _, lost = botserver_read(reads)
+            assert (content, lost) == ("Olá, mundo", 0)
+            assert reads[-1].endswith(b"data: [DONE]\n\n")
+            whole = httpx.post(f"{url}/v1/chat/completions", json={"messages": USER}, timeout=30)
+            assert whole.json()["choices"][0]["message"]["content"] == "Olá"
+            busy = httpx.post(
+                f"{url}/v1/chat/completions",
+                json={"messages": [{"role": "user", "content": "busy"}]},
+                timeout=30,
+            )
+            assert_error(busy, 429)
+            assert busy.headers["retry-after"] == "7"
+            bad = httpx.post(
+                f"{url}/v1/chat/completions",
+                json={"messages": [{"role": "user", "content": "bad"}]},
+                timeout=30,
+            )
+            assert_error(bad, 400)
+            # botmodels checks the body before the remote sees it
+            assert_error(httpx.post(f"{url}/v1/chat/completions", json={"messages": []}), 400)
+        # its readiness: botmodels' /readyz, or /health as vLLM and llama-server answer it
+        assert asyncio.run(OpenAIRemote(upstream, b"k" * 20, 5).ready())
+    assert [s["body"]["model"] for s in seen] == ["Qwen/Qwen3-8B"] * 4  # the remote's own name
+    assert {s["authorization"] for s in seen} == {"Bearer remote-key-0123456789"}
+    assert seen[0]["body"]["max_tokens"] == 16384  # the rest goes on unchanged
+
+
+def test_engine_metrics_follow_the_runner(client: TestClient, fake: FakeLlm) -> None:
+    from prometheus_client import REGISTRY
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = {
+        name: value(name)
+        for name in (
+            "botmodels_llm_generated_tokens_total",
+            "botmodels_llm_steps_total",
+            "botmodels_llm_step_sequences_total",
+        )
+    }
+    ttft_before = value("botmodels_llm_ttft_seconds_count", engine="local")
+    stop_before = value("botmodels_llm_requests_total", finish_reason="stop")
+    assert chat(client).status_code == 200
+    time.sleep(0.3)  # the engine's last step is recorded once it has freed the slot
+    assert chat(client).status_code == 200
+    assert (
+        value("botmodels_llm_generated_tokens_total")
+        - before["botmodels_llm_generated_tokens_total"]
+        == fake.stats()["generated_tokens"]
+    )
+    assert value("botmodels_llm_steps_total") > before["botmodels_llm_steps_total"]
+    assert (
+        value("botmodels_llm_step_sequences_total") > before["botmodels_llm_step_sequences_total"]
+    )
+    assert value("botmodels_llm_ttft_seconds_count", engine="local") == ttft_before + 2
+    assert value("botmodels_llm_requests_total", finish_reason="stop") == stop_before + 2
