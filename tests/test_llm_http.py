@@ -568,3 +568,27 @@ def test_engine_metrics_follow_the_runner(client: TestClient, fake: FakeLlm) -> 
     )
     assert value("botmodels_llm_ttft_seconds_count", engine="local") == ttft_before + 2
     assert value("botmodels_llm_requests_total", finish_reason="stop") == stop_before + 2
+
+
+def test_a_base_templates_turn_end_is_a_stop(client: TestClient, fake: FakeLlm) -> None:
+    """A base model's supplied template ends a turn with text (the runner's `stop_texts`)."""
+    fake.stop_texts = ("\nUser:",)  # type: ignore[attr-defined]
+    fake.script = ["Fine", ".", "\nUs", "er:", " and more"]
+    assert chat(client).json()["choices"][0]["message"]["content"] == "Fine."
+
+
+class DecodingLlm(FakeLlm):
+    """A runner with `decode` and no `opens_thinking`: the prompt's end is read back."""
+
+    opens_thinking = None  # type: ignore[assignment]
+
+    def decode(self, ids: list[int]) -> str:
+        return "<|im_start|>assistant\n<think>\n" if self.thinking else "<|im_start|>assistant\n"
+
+
+def test_thinking_opened_by_the_template_is_read_from_the_prompt() -> None:
+    fake = DecodingLlm(script=["pondering", "</think>", "Done."], thinking=True)
+    app, _ = make_app(fake)
+    with TestClient(app) as other:
+        message = chat(other).json()["choices"][0]["message"]
+    assert (message["reasoning_content"], message["content"]) == ("pondering", "Done.")

@@ -46,7 +46,7 @@ from botmodels.errors import (
     Overloaded,
     runner_errors,
 )
-from botmodels.llm.parse import OutputParser, Parsed, StopScanner, ToolCall
+from botmodels.llm.parse import THINK_TAGS, OutputParser, Parsed, StopScanner, ToolCall
 from botmodels.llm.schemas import (
     ChatCompletionRequest,
     ChatMessage,
@@ -232,8 +232,10 @@ class Generation:
         front.metrics.sync(runner)
 
     def _on_event(self, event: LlmEvent) -> None:
-        # The engine's thread: hand over, never block.
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        # The engine's thread: hand over, never block; never raise into the engine (a loop
+        # closed at shutdown has no one left to read the event).
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
 
     async def events(self) -> AsyncIterator[LlmEvent]:
         first = True
@@ -332,8 +334,7 @@ class LlmFrontend:
                 ids: list[int] = runner.render_chat(
                     messages, tools=tools, template_kwargs=body.chat_template_kwargs
                 )
-            opens = getattr(runner, "opens_thinking", None)  # optional: see parse.py
-            return ids, bool(opens(ids)) if callable(opens) else False
+            return ids, _opens_thinking(runner, ids)
 
         prompt_ids, thinking_open = await loop.run_in_executor(self._executor, render)
         generation = Generation(self, runner, prompt_ids, body, body.token_limit())
@@ -505,6 +506,26 @@ class LlmFrontend:
         yield DONE
 
 
+def _opens_thinking(runner: Any, prompt_ids: list[int]) -> bool:
+    """Whether the chat template ended the prompt inside `<think>` (Qwen3, DeepSeek-R1 write
+    it after the generation prompt): then the model's first text is reasoning. The runner says
+    so (`opens_thinking`), else the prompt's last tokens are read back (`decode`)."""
+    opens = getattr(runner, "opens_thinking", None)
+    if callable(opens):
+        return bool(opens(prompt_ids))
+    decode = getattr(runner, "decode", None)
+    if not callable(decode) or not prompt_ids:
+        return False
+    tail = str(decode(prompt_ids[-8:])).rstrip()
+    return any(tail.endswith(opening) for opening, _ in THINK_TAGS)
+
+
+def _stops(runner: Any, requested: list[str]) -> list[str]:
+    """The request's stop strings and the runner's end-of-turn texts (a base model's supplied
+    template marks a turn's end with text, not a token)."""
+    return [*requested, *(str(t) for t in getattr(runner, "stop_texts", ()) if t)]
+
+
 async def _read_json(request: Request) -> Any:
     try:
         return json.loads(await request.body())
@@ -525,7 +546,7 @@ async def _run(
 ) -> AsyncIterator[tuple[Parsed, str | None]]:
     """The engine's events, cut at a stop string and parsed: (what to say, error or None).
     Sets `outcome.finish_reason` and the token count once the generation ends."""
-    scanner = StopScanner(stops)
+    scanner = StopScanner(_stops(generation.runner, stops))
 
     def parse(text: str, final: bool) -> Parsed:
         if parser is None:
