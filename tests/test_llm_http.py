@@ -592,3 +592,52 @@ def test_thinking_opened_by_the_template_is_read_from_the_prompt() -> None:
     with TestClient(app) as other:
         message = chat(other).json()["choices"][0]["message"]
     assert (message["reasoning_content"], message["content"]) == ("pondering", "Done.")
+
+
+# --- the tiny random model (runners/llm.py): the same routes on the real engine -----------------
+@pytest.fixture(scope="module")
+def tiny(tiny_runner: Any) -> Iterator[Any]:
+    runner = tiny_runner("llm", context=512)
+    try:
+        yield runner
+    finally:
+        runner.close()
+
+
+@pytest.fixture
+def tiny_client(tiny: Any) -> Iterator[TestClient]:
+    app, _ = make_app(tiny)
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def test_tiny_model_chats_and_streams(tiny_client: TestClient, tiny: Any) -> None:
+    body = chat(tiny_client, max_tokens=16384, temperature=0).json()  # clamped to the context
+    usage = body["usage"]
+    assert usage["prompt_tokens"] + usage["completion_tokens"] <= tiny.context_length
+    assert body["choices"][0]["finish_reason"] in ("stop", "length", "tool_calls")
+    chunks = stream(tiny_client, max_tokens=6, stream_options={"include_usage": True})
+    assert chunks[-1]["usage"]["completion_tokens"] <= 6
+    tools = chat(tiny_client, tools=TOOLS, max_tokens=4)  # the tiny template renders tools
+    assert tools.status_code == 200, tools.text
+    text = tiny_client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 3}).json()
+    assert text["usage"]["completion_tokens"] <= 3
+
+
+def test_tiny_model_refuses_a_prompt_past_its_context(tiny_client: TestClient) -> None:
+    long = [{"role": "user", "content": "word " * 1000}]
+    error = assert_error(tiny_client.post("/v1/chat/completions", json={"messages": long}), 400)
+    assert error["code"] == "context_length_exceeded"
+    assert "512" in error["message"]
+
+
+def test_tiny_model_frees_the_slot_of_a_client_that_left(tiny: Any) -> None:
+    app, _ = make_app(tiny)
+    body = {"prompt": "Count:", "max_tokens": 100, "stream": True}
+    with uvicorn_server(app) as url:
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as response:
+            assert next(response.iter_lines()).startswith("data: ")
+        deadline = time.monotonic() + 10
+        while tiny.stats()["running"] + tiny.stats()["waiting"] > 0:
+            assert time.monotonic() < deadline, "the slot was not freed"
+            time.sleep(0.02)
