@@ -150,3 +150,47 @@ def test_a_client_leaving_mid_stream_frees_its_slot(served: Server) -> None:
     while metric(served, "botmodels_llm_running") + metric(served, "botmodels_llm_waiting") > 0:
         assert time.monotonic() < deadline, "the slot was not freed"
         time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def gemma(offline_store: None) -> Iterator[Server]:
+    """The offline profile's real model (Gemma 3 270M from packages, a base model)."""
+    # a short context bounds botserver's 16384 max_tokens below (clamped to it)
+    server = Server(
+        {"BOTMODELS_PROFILE": "offline", "BOTMODELS_RUNNERS": "llm", "BOTMODELS_LLM_CONTEXT": "512"}
+    )
+    try:
+        server.wait_ready(timeout=600)
+        yield server
+    finally:
+        server.stop()
+
+
+def test_offline_gemma_answers_the_openai_client_and_botserver(gemma: Server) -> None:
+    from openai import OpenAI
+    from openai.types.chat import ChatCompletionMessageParam
+
+    client = OpenAI(base_url=f"{gemma.url}/v1", api_key=KEY, max_retries=0)
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "What is the capital of France?"}
+    ]
+    whole = client.chat.completions.create(
+        model="default", messages=messages, max_tokens=16, temperature=0
+    )
+    assert whole.choices[0].message.content
+    assert whole.usage is not None
+    assert 1 <= whole.usage.completion_tokens <= 16
+    pieces = [
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(
+            model="default", messages=messages, max_tokens=16, stream=True
+        )
+        if c.choices
+    ]
+    assert "".join(pieces).strip()
+    body = {"model": "local", "messages": messages, "stream": True, "max_tokens": 16384}
+    status, reads = raw_stream(gemma.url, "/v1/chat/completions", body, {"X-API-Key": KEY})
+    content, _, lost = botserver_read(reads)
+    assert status == 200
+    assert lost == 0
+    assert content.strip()
