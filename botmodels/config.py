@@ -471,9 +471,10 @@ class Settings(BaseSettings):
     # --- the language model's OpenAI routes (botmodels/llm/) -------------------------------
     llm_url: AnyHttpUrl | None = Field(
         None,
-        description="Serve the language model from this OpenAI-compatible server instead (vLLM, "
-        "SGLang, llama-server, another botmodels): chat and text completions are proxied, "
-        "streams event by event, behind botmodels' auth, limits and metrics.",
+        description="Serve the language model (with `llm` in BOTMODELS_RUNNERS) from this "
+        "OpenAI-compatible server instead (vLLM, SGLang, llama-server, another botmodels): chat "
+        "and text completions are proxied, streams event by event, behind botmodels' auth, "
+        "limits and metrics.",
     )
     llm_key: SecretStr | None = Field(
         None,

@@ -529,6 +529,14 @@ def test_remote_engine_is_proxied_event_by_event() -> None:
                 timeout=30,
             )
             assert_error(bad, 400)
+            ids = [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]]
+            assert ids == [
+                "embeddings-all-minilm-l6-v2",
+                "Qwen/Qwen3-8B",
+                "default",
+                "gpt-4o",
+                "local",
+            ]
             # botmodels checks the body before the remote sees it
             assert_error(httpx.post(f"{url}/v1/chat/completions", json={"messages": []}), 400)
         # its readiness: botmodels' /readyz, or /health as vLLM and llama-server answer it

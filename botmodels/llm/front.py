@@ -290,12 +290,14 @@ class LlmFrontend:
         names = ["default", *self.settings.llm_aliases]
         return [n for n in dict.fromkeys(names) if n != self.served_name()]
 
-    def model_cards(self) -> list[dict[str, Any]]:
-        """`/v1/models`: every enabled runner's model, and the LLM's aliases."""
+    def model_cards(self, remote_name: str | None = None) -> list[dict[str, Any]]:
+        """`/v1/models`: every enabled runner's model, and the LLM's aliases. A remote LLM is
+        listed by the remote's own name (`remote_name`), when it says one."""
         cards: list[dict[str, Any]] = []
         slots = self.pool.slots if self.pool is not None else {}
         for kind, slot in slots.items():
-            cards.append(self._card(slot.tag.split(":")[0], kind))
+            name = remote_name if kind == "llm" and remote_name else slot.tag.split(":")[0]
+            cards.append(self._card(name, kind))
         if "llm" in slots:
             cards += [self._card(alias, "llm") for alias in self.aliases()]
         return cards
@@ -405,8 +407,9 @@ class LlmFrontend:
             }
         )
 
-    def models(self) -> dict[str, Any]:
-        return {"object": "list", "data": self.model_cards()}
+    async def models(self) -> dict[str, Any]:
+        remote_name = await self.remote.remote_model() if self.remote is not None else None
+        return {"object": "list", "data": self.model_cards(remote_name)}
 
     # -- streams --------------------------------------------------------------------------------
     async def _chat_events(

@@ -27,7 +27,7 @@ def routes(front: Callable[[], LlmFrontend]) -> list[Route]:
 
     @json_errors
     async def list_models(_: Request) -> Response:
-        return JSONResponse(front().models())
+        return JSONResponse(await front().models())
 
     return [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
