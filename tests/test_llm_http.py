@@ -649,3 +649,30 @@ def test_tiny_model_frees_the_slot_of_a_client_that_left(tiny: Any) -> None:
         while tiny.stats()["running"] + tiny.stats()["waiting"] > 0:
             assert time.monotonic() < deadline, "the slot was not freed"
             time.sleep(0.02)
+
+
+# --- in the service: behind its middleware (auth, error shape, limits) --------------------------
+def test_the_service_serves_the_routes(app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import service
+    from tests.conftest import auth
+
+    models = app.get("/v1/models", headers=auth())
+    assert models.status_code == 200
+    assert "embeddings-all-minilm-l6-v2" in [m["id"] for m in models.json()["data"]]
+    assert_error(app.get("/v1/models"), 401)
+    assert_error(app.post("/v1/chat/completions", json={"messages": USER}), 401)
+    disabled = app.post("/v1/chat/completions", json={"messages": USER}, headers=auth())
+    assert assert_error(disabled, 503)["code"] == "runner_disabled"
+    assert_error(app.post("/v1/chat/completions", json={"messages": []}, headers=auth()), 400)
+
+    fake = FakeLlm()
+    monkeypatch.setattr(service._service().llm, "_runner", lambda: fake)
+    response = app.post(
+        "/v1/chat/completions", json={"messages": USER, "stream": True}, headers=auth()
+    )
+    assert response.status_code == 200
+    chunks = events(response.text)
+    assert chunks[-1] == "[DONE]"
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks[:-1]) == (
+        "Hello, world!"
+    )
