@@ -38,8 +38,11 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 import-models: $(VENV)/.runtime
 	$(PY) scripts/import_models.py $(PROFILE)
 
+# Every runner kind, the language model (opt-in in the settings' default) included.
 serve: import-models
-	BOTMODELS_PROFILE=$(PROFILE) $(VENV)/bin/bentoml serve service:BotModels
+	BOTMODELS_PROFILE=$(PROFILE) \
+	BOTMODELS_RUNNERS=$${BOTMODELS_RUNNERS:-$$($(PY) -c 'from botmodels.config import KNOWN_RUNNERS; print(",".join(KNOWN_RUNNERS))')} \
+	$(VENV)/bin/bentoml serve service:BotModels
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .

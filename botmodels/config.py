@@ -22,6 +22,7 @@ Profile = Literal["offline", "cpu", "gpu", "tiny"]
 # Every runner kind the bundle knows (botmodels/registry.py). A kind that is not enabled loads
 # nothing.
 KNOWN_RUNNERS: tuple[str, ...] = tuple(KINDS)
+DEFAULT_RUNNERS: tuple[str, ...] = tuple(name for name, kind in KINDS.items() if kind.default)
 
 
 def _available_cpus() -> int:
@@ -88,8 +89,9 @@ class Settings(BaseSettings):
         "offline", description="Model set: offline, cpu, gpu, or tiny (random weights, for tests)."
     )
     runners: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: list(KNOWN_RUNNERS),
-        description="Enabled runner kinds, comma-separated. A disabled runner loads nothing.",
+        default_factory=lambda: list(DEFAULT_RUNNERS),
+        description="Enabled runner kinds, comma-separated. A disabled runner loads nothing. "
+        "`llm` is opt-in (`make serve` adds it).",
     )
 
     # --- auth -------------------------------------------------------------------------------
@@ -458,6 +460,32 @@ class Settings(BaseSettings):
     )
     editor_max_enhancing: int = Field(
         2, ge=1, description="Videos enhanced at once per worker; one more is a 429."
+    )
+
+    # --- llm runner: the language model engine (runners/llm.py) -----------------------------
+    llm_quantization: Quantization | None = Field(
+        None,
+        description="Override the manifest's: none (fp32 on CPU, fp16 on CUDA), int8 (torch "
+        "dynamic on CPU, bitsandbytes on CUDA) or 4bit (bitsandbytes nf4).",
+    )
+    llm_context: int = Field(
+        4096,
+        ge=16,
+        description="Most tokens (prompt + completion) one sequence may hold; the model's own "
+        "maximum caps it. A longer prompt is a 400; completions are cut at it (`length`). Each "
+        "running sequence's KV cache grows up to this.",
+    )
+    llm_max_running: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="Sequences decoded together in one batch (continuous batching); new "
+        "requests join at the next step.",
+    )
+    llm_max_waiting: int = Field(
+        32,
+        ge=0,
+        description="Requests queued while the batch is full; past running + waiting, a 429.",
     )
 
     # --- data ---------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from runners.base import Device, Quantization
 if TYPE_CHECKING:
     from runners.embeddings import EmbeddingsRunner
     from runners.image import ImageRunner
+    from runners.llm import LlmRunner
     from runners.ocr import OcrRunner
     from runners.segment import SegmentRunner
     from runners.stt import SttRunner
@@ -122,6 +123,21 @@ def _make_segment(path: Path, quantization: Quantization, device: Device) -> Seg
     return SegmentRunner(path, quantization=quantization, device=device)
 
 
+def _make_llm(path: Path, quantization: Quantization, device: Device) -> LlmRunner:
+    from botmodels.config import get_settings
+    from runners.llm import LlmRunner
+
+    settings = get_settings()
+    return LlmRunner(
+        path,
+        quantization=quantization,
+        device=device,
+        context=settings.llm_context,
+        max_running=settings.llm_max_running,
+        max_waiting=settings.llm_max_waiting,
+    )
+
+
 def _tiny(module: str, function: str = "build_tiny") -> TinyBuilder:
     """`runners.<module>.<function>`, imported when the tiny model is built."""
 
@@ -138,6 +154,10 @@ class RunnerKind:
     runner: str  # "module:Class" under runners/: the class the factory builds
     factory: Factory  # the runner for a stored model's folder (loads nothing until `load()`)
     build_tiny: TinyBuilder | None  # None: the kind has no tiny model (ocr's data is tesseract's)
+    # In the default BOTMODELS_RUNNERS. The language model is opt-in until models load on first
+    # use: it takes minutes and ~2 GB to load on a small CPU, which every default server (and
+    # every test that serves the defaults) would pay. `make serve` enables it.
+    default: bool = True
 
     def runner_class(self) -> type[Any]:
         """The runner class, imported now (tests build runners with their own options)."""
@@ -165,6 +185,7 @@ KINDS: dict[str, RunnerKind] = {
         RunnerKind("image", "image:ImageRunner", _make_image, _tiny("image")),
         RunnerKind("video", "video:VideoRunner", _make_video, _tiny("video")),
         RunnerKind("segment", "segment:SegmentRunner", _make_segment, _tiny("segment")),
+        RunnerKind("llm", "llm:LlmRunner", _make_llm, _tiny("llm"), default=False),
     )
 }
 

