@@ -583,6 +583,11 @@ def test_a_base_templates_turn_end_is_a_stop(client: TestClient, fake: FakeLlm) 
     fake.stop_texts = ("\nUser:",)  # type: ignore[attr-defined]
     fake.script = ["Fine", ".", "\nUs", "er:", " and more"]
     assert chat(client).json()["choices"][0]["message"]["content"] == "Fine."
+    stream_text = "".join(c["choices"][0]["delta"].get("content", "") for c in stream(client))
+    assert stream_text == "Fine."
+    # a plain completion has no turns: the text goes on
+    text = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 9}).json()
+    assert text["choices"][0]["text"] == "Fine.\nUser: and more"
 
 
 class DecodingLlm(FakeLlm):

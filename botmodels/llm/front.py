@@ -348,7 +348,7 @@ class LlmFrontend:
         ident = "chatcmpl-" + secrets.token_hex(12)
         if body.stream:
             return _stream(self._chat_events(generation, parser, body, ident), generation)
-        outcome = await _collect(generation, parser, body.stops())
+        outcome = await _collect(generation, parser, _stops(runner, body.stops()))
         message: dict[str, Any] = {
             "role": "assistant",
             "content": outcome.text if (outcome.text or not outcome.tool_calls) else None,
@@ -444,7 +444,8 @@ class LlmFrontend:
 
         yield chunk({"role": "assistant", "content": ""})
         outcome = Outcome()
-        async for parsed, error in _run(generation, parser, body.stops(), outcome):
+        stops = _stops(generation.runner, body.stops())
+        async for parsed, error in _run(generation, parser, stops, outcome):
             if error is not None:
                 yield sse(GenerationFailed(error).body())
                 yield DONE
@@ -524,8 +525,9 @@ def _opens_thinking(runner: Any, prompt_ids: list[int]) -> bool:
 
 
 def _stops(runner: Any, requested: list[str]) -> list[str]:
-    """The request's stop strings and the runner's end-of-turn texts (a base model's supplied
-    template marks a turn's end with text, not a token)."""
+    """A chat's stop strings: the request's and the runner's end-of-turn texts (a base model's
+    supplied chat template marks a turn's end with text, not a token). A plain completion has
+    no turns: only its own."""
     return [*requested, *(str(t) for t in getattr(runner, "stop_texts", ()) if t)]
 
 
@@ -549,7 +551,7 @@ async def _run(
 ) -> AsyncIterator[tuple[Parsed, str | None]]:
     """The engine's events, cut at a stop string and parsed: (what to say, error or None).
     Sets `outcome.finish_reason` and the token count once the generation ends."""
-    scanner = StopScanner(_stops(generation.runner, stops))
+    scanner = StopScanner(stops)
 
     def parse(text: str, final: bool) -> Parsed:
         if parser is None:
