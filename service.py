@@ -9,7 +9,6 @@ Importing this module loads no model: models load in a background thread once th
 from __future__ import annotations
 
 import functools
-import threading
 from typing import Annotated, Any, Literal
 
 import bentoml
@@ -31,7 +30,7 @@ from botmodels.embeddings.schemas import EmbeddedText, EmbeddingResponse
 from botmodels.errors import BotModelsError, RunnerUnavailable, handle_exception
 from botmodels.fetch import Fetcher
 from botmodels.generation.front import IMAGE_BATCH_ROUTE, VIDEO_BATCH_ROUTE, GenerationFrontend
-from botmodels.generation.jobs import JobManager, JobStore
+from botmodels.generation.jobs import JobManager, job_store
 from botmodels.generation.routes import generation_routes
 from botmodels.generation.schemas import (
     GeneratedFile,
@@ -52,6 +51,10 @@ from botmodels.outputs import OutputStore
 from botmodels.peers import RunnerCheck, RunnerRouteGuard
 from botmodels.pool import RunnerPool
 from botmodels.remote import RemoteRunner
+from botmodels.rerank import routes as rerank_routes
+from botmodels.rerank.front import BATCH_ROUTE as RERANK_ROUTE
+from botmodels.rerank.front import RerankFrontend
+from botmodels.rerank.schemas import RerankPair, RerankScore
 from botmodels.shutdown import Shutdown, ShutdownMiddleware
 from botmodels.speech import routes as speech_routes
 from botmodels.speech.front import STT_ROUTE, TTS_ROUTE, SpeechFrontend
@@ -106,6 +109,7 @@ status_app = Starlette(
         *editor_routes.routes(lambda: _service().editor),
         *data_routes.routes(lambda: _service().data),
         *llm_routes.routes(lambda: _service().llm),
+        *rerank_routes.routes(lambda: _service().rerank),
     ],
     exception_handlers={BotModelsError: handle_exception},
 )
@@ -152,7 +156,7 @@ class BotModels:
         )
         self.generation = GenerationFrontend(self.settings, self.pool, self.outputs)
         self.jobs: JobManager = JobManager(
-            JobStore(self.settings.jobs_path), self.generation, self.settings.outputs_max_age_s
+            job_store(self.settings), self.generation, self.settings.outputs_max_age_s
         )
         self.vision: VisionFrontend = VisionFrontend(self.settings, self.pool, self.remotes)
         self.speech: SpeechFrontend = SpeechFrontend(
@@ -170,9 +174,12 @@ class BotModels:
         remote_llm = self.remotes.get("llm")
         self.llm: LlmFrontend = LlmFrontend(
             self.settings,
-            lambda: self.pool.local("llm"),
+            lambda: self.pool.acquire("llm"),
             pool=self.pool,
             remote=remote_llm if isinstance(remote_llm, OpenAIRemote) else None,
+        )
+        self.rerank: RerankFrontend = RerankFrontend(
+            self.settings, self.pool, self.embeddings, self.remotes.get("rerank")
         )
         _instance = self
 
@@ -184,6 +191,8 @@ class BotModels:
         self.vision.batch_infer = batch_infer
         self.speech.batch_infer = batch_infer
         self.rembg.batch_infer = batch_infer
+        if self.settings.rerank_batching:
+            self.rerank.batch_infer = batch_infer
 
     def runner_checks(self) -> dict[str, RunnerCheck]:
         """What a `/runners/*` call from a peer must pass (botmodels/peers.py)."""
@@ -197,6 +206,7 @@ class BotModels:
             STT_ROUTE: functools.partial(self.speech.check_runner_call, "stt"),
             TTS_ROUTE: functools.partial(self.speech.check_runner_call, "tts"),
             SEGMENT_ROUTE: self.rembg.check_runner_call,
+            RERANK_ROUTE: self.rerank.check_runner_call,
         }
 
     def batch_concurrency(self) -> dict[str, int]:
@@ -205,11 +215,10 @@ class BotModels:
 
     @bentoml.on_startup
     def start_loading(self) -> None:
-        def load() -> None:
-            self.pool.load_all()
-            patches.freeze_heap()
-
-        threading.Thread(target=load, name="botmodels-load", daemon=True).start()
+        """Log the memory plan, load the BOTMODELS_PRELOAD runners in the background (the
+        others on first use), start the idle reaper (botmodels/pool.py)."""
+        self.pool.on_loaded = patches.freeze_heap
+        self.pool.start()
 
     @bentoml.on_startup
     def take_over_signals(self) -> None:
@@ -227,12 +236,13 @@ class BotModels:
     async def interrupt_jobs(self) -> None:
         """The server is stopping (after a drain, or without one): no job is left `running`."""
         await self.jobs.interrupt_all()
+        self.jobs.close()
 
     async def __is_ready__(self) -> bool:
         if shutdown.draining or not self.pool.settled:
             return False
         return not self.pool.slots or any(
-            s.state in ("ready", "remote") for s in self.pool.slots.values()
+            s.state == "remote" or self.pool.usable(s.kind) for s in self.pool.slots.values()
         )
 
     async def runner_usable(self, kind: str) -> bool:
@@ -279,7 +289,8 @@ class BotModels:
     def caption_batch(self, items: list[VisionJobIn]) -> list[VisionAnswerOut]:
         """The caption runner: one batch of images (and optional prompts) in, captions out.
         In-process the items are runners.vision.VisionJob objects (no PNG round trip)."""
-        return caption_items(self.pool.local("vision"), items)
+        with self.pool.acquire("vision") as runner:  # a peer's call may be the first
+            return caption_items(runner, items)
 
     @bentoml.api(
         route=VQA_ROUTE,
@@ -290,7 +301,8 @@ class BotModels:
     @batch_errors
     def vqa_batch(self, items: list[VisionJobIn]) -> list[VisionAnswerOut]:
         """The VQA runner: one batch of (image, question) in, answers out."""
-        return answer_items(self.pool.local("vqa"), items)
+        with self.pool.acquire("vqa") as runner:  # a peer's call may be the first
+            return answer_items(runner, items)
 
     @bentoml.api(
         route=OCR_ROUTE,
@@ -301,7 +313,8 @@ class BotModels:
     @batch_errors
     def ocr_batch(self, items: list[OcrJobIn]) -> list[OcrAnswerOut]:
         """The OCR runner: one batch of (PNG, language) in, text and confidences out."""
-        return ocr_items(self.pool.local("ocr"), items)
+        with self.pool.acquire("ocr") as runner:  # a peer's call may be the first
+            return ocr_items(runner, items)
 
     # --- image and video generation ------------------------------------------------------------
     @bentoml.api(
@@ -394,7 +407,19 @@ class BotModels:
     def segment_masks(self, items: list[MaskJobIn]) -> list[MaskOut]:
         """The segment runner: one batch of frames in, one foreground mask per frame out.
         In-process the items are PIL images (no PNG round trip)."""
-        return mask_items(self.pool.local("segment"), items)
+        with self.pool.acquire("segment") as runner:  # a peer's call may be the first
+            return mask_items(runner, items)
+
+    # --- rerank (public route /v1/rerank: botmodels/rerank/routes.py) -----------------------
+    @bentoml.api(
+        route=RERANK_ROUTE,
+        batchable=True,
+        max_batch_size=settings.rerank_max_batch_size,
+    )
+    @batch_errors
+    async def rerank_batch(self, pairs: list[RerankPair]) -> list[RerankScore]:
+        """The rerank runner: one batch of (query, document) pairs in, one score per pair out."""
+        return await self.rerank.run_local(pairs)
 
 
 # Outermost first. Shutdown first (while draining, new work is refused before anything else

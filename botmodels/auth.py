@@ -10,7 +10,8 @@ Accepted credentials, any one of them, for any configured key (several keys at o
     The timestamp must be within `signature_tolerance_s` (300 s) of the server's clock, and a
     signature is accepted once: a replay within `replay_cache_s` (600 s), and in any case while
     its timestamp is still within the tolerance, is rejected. Used signatures are kept in SQLite
-    (`ReplayCache`), so a worker restart forgets none and two workers cannot both accept one.
+    (`ReplayCache`), so a worker restart forgets none and two workers cannot both accept one;
+    with BOTMODELS_DATABASE_URL, in PostgreSQL, so two replicas cannot either.
 
 Trusted networks (`TrustedNetworks`): a request with no credentials at all is let through when
 its client address is inside `BOTMODELS_TRUSTED_NETWORKS` (botserver next door sends several
@@ -42,7 +43,8 @@ from pathlib import Path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from botmodels.asgi import replay_body
-from botmodels.errors import send_error
+from botmodels.database import Database, SqliteDatabase
+from botmodels.errors import DatabaseUnavailable, send_error
 from botmodels.routes import is_open_path
 
 log = logging.getLogger("botmodels.auth")
@@ -84,7 +86,9 @@ class ReplayCacheUnavailable(Exception):
 
 
 class ReplayCache:
-    """Signatures already accepted, each until its expiry, in SQLite (WAL).
+    """Signatures already accepted, each until its expiry, in SQLite (WAL), or in the PostgreSQL
+    database replicas share (`BOTMODELS_DATABASE_URL`: a signature used on one replica is
+    refused on every other; the same claim statement, atomic there too).
 
     A file shared by the workers and kept across restarts: the unique key on the signature makes
     two workers' claims on one signature exclusive, and a restarted worker still knows what was
@@ -98,19 +102,15 @@ class ReplayCache:
 
     PRUNE_INTERVAL_S = 60.0
 
-    def __init__(self, path: Path | None, *, busy_timeout_s: float = 5.0) -> None:
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path | Database | None, *, busy_timeout_s: float = 5.0) -> None:
         try:
-            self._db = sqlite3.connect(
-                ":memory:" if path is None else path,
-                isolation_level=None,
-                check_same_thread=False,  # used by one thread at a time: the executor's
-                timeout=busy_timeout_s,
+            self._db = (
+                path
+                if isinstance(path, Database)
+                else SqliteDatabase(path, busy_timeout_s=busy_timeout_s)
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_REPLAY_SCHEMA)
+            if isinstance(self._db, SqliteDatabase):  # PostgreSQL's is migrated as it opens
+                self._db.executescript(_REPLAY_SCHEMA)
         except sqlite3.Error as exc:
             raise ReplayCacheUnavailable(f"cannot open the replay cache at {path}: {exc}") from exc
         self._next_prune = 0.0
@@ -132,10 +132,13 @@ class ReplayCache:
             )
         except sqlite3.Error as exc:
             raise ReplayCacheUnavailable(str(exc)) from exc
+        except DatabaseUnavailable as exc:
+            raise ReplayCacheUnavailable(exc.message) from exc
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
-        self._db.close()
+        if not self._db.shared:
+            self._db.close()  # a shared database is the process's, closed with it
 
 
 class Authenticator:
@@ -145,7 +148,7 @@ class Authenticator:
         *,
         tolerance_s: float = 300,
         replay_ttl_s: float = 600,
-        replay_path: Path | None = None,
+        replay_path: Path | Database | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._keys = tuple(keys)
@@ -382,6 +385,7 @@ def auth_from_settings(app: ASGIApp) -> AuthMiddleware:
     the trusted networks. Called when the server builds its middleware stack (start-up), never
     at import."""
     from botmodels.config import get_settings
+    from botmodels.database import shared_database
     from botmodels.keys import load_api_keys
 
     settings = get_settings()
@@ -389,7 +393,7 @@ def auth_from_settings(app: ASGIApp) -> AuthMiddleware:
         load_api_keys(settings),
         tolerance_s=settings.signature_tolerance_s,
         replay_ttl_s=settings.replay_cache_s,
-        replay_path=settings.replay_cache_path,
+        replay_path=shared_database(settings) or settings.replay_cache_path,
     )
     trusted = TrustedNetworks(settings.trusted_networks, settings.trusted_proxies)
     log_trusted_networks(trusted)

@@ -78,6 +78,45 @@ _NO_EFFECT = (
 )
 
 
+_IDLE = "This runner's BOTMODELS_IDLE_UNLOAD_S (unset: the global one; 0: never)."
+
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+    "TB": 1000**4,
+    "KIB": 1024,
+    "MIB": 1024**2,
+    "GIB": 1024**3,
+    "TIB": 1024**4,
+}
+
+
+def parse_bytes(value: object, setting: str) -> object:
+    """`12GiB`, `500MB`, `1.5 GB` or a plain byte count -> bytes (KB/MB/GB are powers of 1000,
+    KiB/MiB/GiB powers of 1024); empty -> None."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not text:
+        return None
+    number = text.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ").strip()
+    unit = text[len(text.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")) :]
+    factor = _UNITS.get(unit.upper())
+    try:
+        amount = float(number)
+    except ValueError:
+        amount = -1.0
+    if factor is None or amount <= 0 or amount != amount:  # NaN is not a size
+        raise ValueError(
+            f"{setting}={value!r} is not a positive size: a number with an optional unit "
+            f"(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. 12GiB or 500MB"
+        )
+    return int(amount * factor)
+
+
 class Settings(BaseSettings):
     """botmodels configuration. Each field is read from `BOTMODELS_<FIELD>`."""
 
@@ -216,6 +255,41 @@ class Settings(BaseSettings):
         "auto", description="Where models run: auto (CUDA, then MPS, then CPU), cpu, cuda or mps."
     )
 
+    # --- residency: which models are in memory (botmodels/pool.py) ----------------------------
+    preload: Annotated[list[str], NoDecode] = Field(
+        ["embeddings"],
+        description="Runner kinds loaded at start-up, comma-separated, or `all` (every enabled "
+        "runner); /readyz waits for them. Every other enabled runner loads on its first request. "
+        "Default: embeddings, botserver's hot path (knowledge-base search).",
+    )
+    memory_budget: Annotated[int | None, NoDecode] = Field(
+        None,
+        description="Most bytes of CPU memory the loaded models may take (`12GiB`, `500MB`, or "
+        "bytes). Before a load over it, idle runners are unloaded, least recently used first; a "
+        "model that cannot fit answers 503. Unset: no limit.",
+    )
+    gpu_memory_budget: Annotated[int | None, NoDecode] = Field(
+        None,
+        description="As BOTMODELS_MEMORY_BUDGET, for the models on the CUDA device.",
+    )
+    idle_unload_s: float = Field(
+        0.0,
+        ge=0,
+        description="Unload a runner unused for this many seconds (it loads again on its next "
+        "request); 0: never. Per runner: BOTMODELS_<RUNNER>_IDLE_UNLOAD_S.",
+    )
+    embeddings_idle_unload_s: float | None = Field(None, ge=0, description=_IDLE)
+    vision_idle_unload_s: float | None = Field(None, ge=0, description=_IDLE)
+    vqa_idle_unload_s: float | None = Field(None, ge=0, description=_IDLE)
+    ocr_idle_unload_s: float | None = Field(None, ge=0, description=_IDLE)
+    stt_idle_unload_s: float | None = Field(None, ge=0, description=_IDLE)
+    tts_idle_unload_s: float | None = Field(None, ge=0, description=_IDLE)
+    image_idle_unload_s: float | None = Field(None, ge=0, description=_IDLE)
+    video_idle_unload_s: float | None = Field(None, ge=0, description=_IDLE)
+    segment_idle_unload_s: float | None = Field(None, ge=0, description=_IDLE)
+    rerank_idle_unload_s: float | None = Field(None, ge=0, description=_IDLE)
+    llm_idle_unload_s: float | None = Field(None, ge=0, description=_IDLE)
+
     # --- embeddings runner ------------------------------------------------------------------
     embeddings_url: AnyHttpUrl | None = Field(
         None, description="Serve embeddings from a remote botmodels at this URL instead."
@@ -226,8 +300,17 @@ class Settings(BaseSettings):
     embeddings_batching: bool = Field(
         True, description="Adaptive batching; false runs each request alone (a baseline)."
     )
+    embeddings_engine: Literal["onnx", "torchscript", "eager"] = Field(
+        "onnx",
+        description="How the encoder runs on the CPU: onnx (ONNX Runtime over the graph "
+        "exported at import), torchscript (a PyTorch trace) or eager (PyTorch). Each is checked "
+        "against PyTorch float32 at load and falls back, with a log line, to the next if it "
+        "differs; CUDA and MPS always run PyTorch.",
+    )
     embeddings_torchscript: bool = Field(
-        True, description="Run the encoder as a TorchScript trace (checked against eager at load)."
+        True,
+        description="Deprecated (use BOTMODELS_EMBEDDINGS_ENGINE=eager): false makes the "
+        "torchscript engine run eager.",
     )
     embeddings_workers: int = Field(
         1,
@@ -251,6 +334,39 @@ class Settings(BaseSettings):
     embeddings_max_inputs: int = Field(2048, ge=1, description="Inputs per request (OpenAI's).")
     embeddings_max_chars: int = Field(
         100_000, ge=1, description="Characters per input; longer inputs are rejected."
+    )
+
+    # --- rerank runner (a cross-encoder; without one, /v1/rerank uses the embeddings) ---------
+    rerank_url: AnyHttpUrl | None = Field(
+        None, description="Serve the rerank runner from a remote botmodels at this URL instead."
+    )
+    rerank_quantization: Quantization | None = Field(
+        None, description="Override the manifest's quantization (the runner serves only none)."
+    )
+    rerank_batching: bool = Field(
+        True,
+        description="Adaptive batching of pairs; false scores each request alone (a baseline).",
+    )
+    rerank_torchscript: bool = Field(
+        True, description="Run the cross-encoder as a TorchScript trace (checked against eager)."
+    )
+    rerank_max_batch_size: int = Field(
+        32, ge=2, le=1024, description="Most (query, document) pairs per rerank batch."
+    )
+    rerank_max_documents: int = Field(
+        1000, ge=1, description="Documents per /v1/rerank request (Cohere's recommended most)."
+    )
+    rerank_max_chars: int = Field(
+        100_000,
+        ge=1,
+        description="Characters in the query and in each document; longer ones are rejected.",
+    )
+    rerank_max_tokens: int = Field(
+        512,
+        ge=8,
+        le=8192,
+        description="Most tokens of a (query, document) pair the cross-encoder reads (also capped "
+        "by the model's own limit); a longer pair loses tokens from the longer of the two.",
     )
 
     # --- speech-to-text runner (Whisper) ----------------------------------------------------
@@ -315,6 +431,21 @@ class Settings(BaseSettings):
     )
     jobs_db: Path | None = Field(
         None, description="SQLite file holding job records; default <home>/jobs.sqlite3."
+    )
+    database_url: SecretStr | None = Field(
+        None,
+        description="PostgreSQL URL (`postgresql://user:password@host:5432/database`) holding "
+        "the state replicas share: job records and the HMAC replay cache (schema migrated at "
+        "start). Unset: SQLite files under <home>, for one machine. Never logged; messages "
+        "show it with the password as `***`.",
+    )
+    jobs_lease_s: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="With BOTMODELS_DATABASE_URL: a replica renews the lease on its queued and "
+        "running jobs every third of this; a job whose lease has run out (its replica died) "
+        "is marked `interrupted` by any replica.",
     )
     public_url: AnyHttpUrl | None = Field(
         None,
@@ -557,6 +688,34 @@ class Settings(BaseSettings):
             )
         return list(dict.fromkeys(value))
 
+    @field_validator("preload", mode="before")
+    @classmethod
+    def _parse_preload(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("preload")
+    @classmethod
+    def _known_preload(cls, value: list[str]) -> list[str]:
+        if value == ["all"]:
+            return value
+        unknown = sorted(set(value) - set(KNOWN_RUNNERS))
+        if unknown:
+            raise ValueError(
+                f"unknown runner(s) {unknown}; BOTMODELS_PRELOAD takes `all` or a comma-separated "
+                f"subset of {list(KNOWN_RUNNERS)}"
+            )
+        return list(dict.fromkeys(value))
+
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _parse_memory_budget(cls, value: object) -> object:
+        return parse_bytes(value, "BOTMODELS_MEMORY_BUDGET")
+
+    @field_validator("gpu_memory_budget", mode="before")
+    @classmethod
+    def _parse_gpu_memory_budget(cls, value: object) -> object:
+        return parse_bytes(value, "BOTMODELS_GPU_MEMORY_BUDGET")
+
     @field_validator("trusted_networks", mode="before")
     @classmethod
     def _parse_trusted_networks(cls, value: object) -> object:
@@ -586,6 +745,13 @@ class Settings(BaseSettings):
         return aliases
 
     @property
+    def embeddings_engine_choice(self) -> Literal["onnx", "torchscript", "eager"]:
+        """The engine asked for, with the deprecated torchscript switch applied."""
+        if self.embeddings_engine == "torchscript" and not self.embeddings_torchscript:
+            return "eager"
+        return self.embeddings_engine
+
+    @property
     def outputs_root(self) -> Path:
         return self.outputs_dir or self.home / "outputs"
 
@@ -596,6 +762,15 @@ class Settings(BaseSettings):
     @property
     def replay_cache_path(self) -> Path:
         return self.home / "replay-cache.sqlite3"
+
+    def preloaded(self, runner: str) -> bool:
+        """Whether `runner` loads at start-up (BOTMODELS_PRELOAD)."""
+        return self.preload == ["all"] or runner in self.preload
+
+    def idle_unload_for(self, runner: str) -> float:
+        """Seconds unused before `runner` is unloaded (0: never)."""
+        own = getattr(self, f"{runner}_idle_unload_s", None)
+        return float(self.idle_unload_s if own is None else own)
 
     def remote_url(self, runner: str) -> str | None:
         url = getattr(self, f"{runner}_url", None)

@@ -335,8 +335,9 @@ async def run_on_runner(
 
     * `remote` (the front's call to its `RemoteRunner`) given: the items go there, in calls of
       at most `remote_batch` (a peer's runner route takes one batch per call).
-    * else the local runner must be usable now (503 before queueing, `pool.local`), and the
-      items go to the batchable API `api` through `batch_infer`: one submission (the dispatcher
+    * else the local runner is acquired (loaded if needed, within the request's wait, else 503
+      before queueing; held, so never unloaded, until the answers are back: `pool.acquire`), and
+      the items go to the batchable API `api` through `batch_infer`: one submission (the dispatcher
       slices it into batches and shares each with the other waiting requests), or one per
       `submit_batch` items.
     * no dispatcher (a front built directly, without a server): `local(items)`, the batch
@@ -344,13 +345,13 @@ async def run_on_runner(
     """
     if remote is not None:
         return await _in_calls(remote, items, remote_batch)
-    pool.local(kind)
-    if batch_infer is None:
-        return list(await local(items))
-    infer = batch_infer
+    async with pool.acquire(kind):  # loaded (or a 503), and held until every item is answered
+        if batch_infer is None:
+            return list(await local(items))
+        infer = batch_infer
 
-    async def submit(chunk: list[T]) -> Sequence[Any]:
-        answers: Sequence[Any] = await infer(api, (chunk,), {})
-        return answers
+        async def submit(chunk: list[T]) -> Sequence[Any]:
+            answers: Sequence[Any] = await infer(api, (chunk,), {})
+            return answers
 
-    return await _in_calls(submit, items, submit_batch)
+        return await _in_calls(submit, items, submit_batch)

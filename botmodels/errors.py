@@ -251,6 +251,13 @@ class RunnerUnavailable(BotModelsError):
     code = "runner_unavailable"
 
 
+class MemoryBudgetExceeded(RunnerUnavailable):
+    """A model does not fit in BOTMODELS_MEMORY_BUDGET (or the GPU's) beside the runners that
+    are serving requests; the message names the budget and the footprints."""
+
+    code = "memory_budget_exceeded"
+
+
 class ShuttingDown(BotModelsError):
     """This instance is draining after SIGTERM: the work was refused or stopped; retry it."""
 
@@ -276,3 +283,14 @@ class GenerationFailed(BotModelsError):
 
     status = 500
     code = "generation_failed"
+
+
+class DatabaseUnavailable(BotModelsError):
+    """The shared database (BOTMODELS_DATABASE_URL) cannot be reached right now: retry shortly.
+    The message never holds the URL's password (botmodels/database.py)."""
+
+    status = 503
+    code = "database_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int = 2) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})

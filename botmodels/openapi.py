@@ -54,6 +54,7 @@ from botmodels.llm.schemas import (
     TextCompletion,
 )
 from botmodels.outputs import CONTENT_TYPES as OUTPUT_CONTENT_TYPES
+from botmodels.rerank.schemas import RerankResponse
 from botmodels.routes import DEPRECATED_PATHS, is_open_path
 from botmodels.speech.audio import CONTENT_TYPES as AUDIO_CONTENT_TYPES
 from botmodels.speech.front import SPEECH_FORMATS, TRANSCRIPTION_FORMATS
@@ -138,6 +139,11 @@ class ModelInfo(BaseModel):
     device: str | None = None
     dtype: str | None = None
     load_seconds: float | None = None
+    engine: str | None = Field(
+        None,
+        description="embeddings: the engine that runs (onnx, torchscript or eager), after the "
+        "load check against PyTorch float32",
+    )
     compute: str | None = None
     error: str | None = None
 
@@ -510,12 +516,23 @@ def _runner_texts_body(s: Settings) -> dict[str, Any]:
     return _list_body("texts", text, s.embeddings_max_inputs, "BOTMODELS_EMBEDDINGS_MAX_INPUTS")
 
 
+def _runner_pairs_body(s: Settings) -> dict[str, Any]:
+    text = {"type": "string", "maxLength": s.rerank_max_chars}
+    pair = {
+        "type": "object",
+        "required": ["query", "document"],
+        "properties": {"query": text, "document": text},
+    }
+    return _list_body("pairs", pair, s.rerank_max_documents, "BOTMODELS_RERANK_MAX_DOCUMENTS")
+
+
 # The /runners/* APIs: their items as botmodels.peers checks them.
 _RUNNER_BODIES: dict[str, Callable[[Settings], dict[str, Any]]] = {
     "generate_images": lambda s: _runner_tasks_body(s, "image"),
     "generate_videos": lambda s: _runner_tasks_body(s, "video"),
     "synthesize_batch": _runner_tts_body,
     "embed_batch": _runner_texts_body,
+    "rerank_batch": _runner_pairs_body,
 }
 
 _REQUEST_BODIES: dict[str, Callable[[Settings], dict[str, Any]]] = {
@@ -535,6 +552,7 @@ _JOB_APIS = frozenset({"image_job", "video_job"})
 _TAGS = [
     {"name": "OpenAI-compatible", "description": "OpenAI's request and response shapes"},
     {"name": "Embeddings"},
+    {"name": "Rerank", "description": "documents ranked by relevance to a query"},
     {"name": "Vision", "description": "captions, visual questions, OCR, QR codes, barcodes"},
     {"name": "Speech", "description": "speech-to-text and text-to-speech"},
     {"name": "Generation", "description": "image and video generation, and its jobs"},
@@ -985,6 +1003,7 @@ def _starlette_operations(s: Settings, c: _Components) -> dict[str, dict[str, An
             ),
         },
         "data_detect": _detect_operation(s, c),
+        "rerank": _rerank_operation(s, c),
         "audio_speech": {
             "tags": ["OpenAI-compatible", "Speech"],
             "summary": "OpenAI's text-to-speech: the audio bytes",
@@ -1289,6 +1308,75 @@ def _llm_operations(c: _Components) -> dict[str, dict[str, Any]]:
             "summary": "Every served model of every runner, and the language model's aliases",
             "responses": _responses(_ok("the models", _json(c.ref(ModelList))), {*_ANY, *_KEYED}),
         },
+    }
+
+
+def _rerank_operation(s: Settings, c: _Components) -> dict[str, Any]:
+    """Cohere's and Jina's rerank (botmodels/rerank/front.py has the rules)."""
+    text = {"type": "string", "maxLength": s.rerank_max_chars}
+    document = {
+        "anyOf": [
+            text,
+            {
+                "type": "object",
+                "required": ["text"],
+                "properties": {"text": text},
+                "description": "other keys are ignored",
+            },
+        ]
+    }
+    return {
+        "tags": ["OpenAI-compatible", "Rerank"],
+        "summary": "Rerank documents by relevance to a query (Cohere's and Jina's shape)",
+        "description": "Scores each (query, document) pair with the cross-encoder (`method: "
+        "cross-encoder`), or, where no rerank runner is configured (the offline profile), by "
+        "the cosine similarity of the embeddings runner's vectors (`method: embeddings`, in "
+        "[-1, 1]: a weaker ranking). A cross-encoder's score is what sentence-transformers' "
+        "CrossEncoder gives: the sigmoid of its logit unless the model's config names another "
+        "activation (ms-marco-MiniLM-L-6-v2: the raw logit). Pairs longer than "
+        f"{s.rerank_max_tokens} tokens (BOTMODELS_RERANK_MAX_TOKENS) or the model's limit lose "
+        "tokens from the longer of query and document. Results are sorted by score, highest "
+        "first; ties keep the request's order.",
+        "requestBody": {
+            "required": True,
+            "content": _json(
+                {
+                    "type": "object",
+                    "required": ["query", "documents"],
+                    "properties": {
+                        "query": _text(s.rerank_max_chars, "the search query"),
+                        "documents": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": s.rerank_max_documents,
+                            "items": document,
+                            "description": "strings or `{text}` objects, at most "
+                            f"{s.rerank_max_documents} (BOTMODELS_RERANK_MAX_DOCUMENTS)",
+                        },
+                        "top_n": {
+                            "type": ["integer", "null"],
+                            "minimum": 1,
+                            "description": "the best n results; omitted or more than the "
+                            "documents: all",
+                        },
+                        "return_documents": {
+                            "type": "boolean",
+                            "default": True,
+                            "description": "each result's `document: {text}` (Jina's default; "
+                            "Cohere's v1 defaults to false)",
+                        },
+                        "model": {
+                            "type": ["string", "null"],
+                            "description": "any name: the answer names the model used",
+                        },
+                    },
+                }
+            ),
+        },
+        "responses": _responses(
+            _ok("the documents' scores, best first", _json(c.ref(RerankResponse))),
+            {*_ANY, *_KEYED, *_WITH_BODY, *_RUNNER},
+        ),
     }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from runners.image import ImageRunner
     from runners.llm import LlmRunner
     from runners.ocr import OcrRunner
+    from runners.rerank import RerankRunner
     from runners.segment import SegmentRunner
     from runners.stt import SttRunner
     from runners.tts import TtsRunner
@@ -35,6 +37,7 @@ log = logging.getLogger("botmodels")
 
 Factory = Callable[[Path, Quantization, Device], Any]
 TinyBuilder = Callable[[Path], None]
+Exporter = Callable[[Path], None]
 
 
 def _make_embeddings(path: Path, quantization: Quantization, device: Device) -> EmbeddingsRunner:
@@ -46,7 +49,7 @@ def _make_embeddings(path: Path, quantization: Quantization, device: Device) -> 
         path,
         quantization=quantization,
         device=device,
-        torchscript=settings.embeddings_torchscript,
+        engine=settings.embeddings_engine_choice,
         workers=settings.embeddings_workers,
         threads=settings.threads,
     )
@@ -64,7 +67,8 @@ def _make_video(path: Path, quantization: Quantization, device: Device) -> Video
     return VideoRunner(path, quantization=quantization, device=device)
 
 
-_vision_runners: dict[Path, VisionRunner] = {}
+# Weak: once the pool unloads both kinds, the shared model is freed.
+_vision_runners: weakref.WeakValueDictionary[Path, VisionRunner] = weakref.WeakValueDictionary()
 
 
 def _make_vision(path: Path, quantization: Quantization, device: Device) -> VisionRunner:
@@ -72,14 +76,16 @@ def _make_vision(path: Path, quantization: Quantization, device: Device) -> Visi
     from botmodels.config import get_settings
     from runners.vision import VisionRunner
 
-    if path not in _vision_runners:
-        _vision_runners[path] = VisionRunner(
+    runner = _vision_runners.get(path)
+    if runner is None:
+        runner = VisionRunner(
             path,
             quantization=quantization,
             device=device,
             max_new_tokens=get_settings().vision_max_new_tokens,
         )
-    return _vision_runners[path]
+        _vision_runners[path] = runner
+    return runner
 
 
 def _make_ocr(path: Path, quantization: Quantization, device: Device) -> OcrRunner:
@@ -123,6 +129,30 @@ def _make_segment(path: Path, quantization: Quantization, device: Device) -> Seg
     return SegmentRunner(path, quantization=quantization, device=device)
 
 
+def _export(module: str, function: str) -> Exporter:
+    """`runners.<module>.<function>`, imported when a stored model is exported."""
+
+    def export(folder: Path) -> None:
+        getattr(importlib.import_module(f"runners.{module}"), function)(folder)
+
+    export.__qualname__ = f"runners.{module}.{function}"
+    return export
+
+
+def _make_rerank(path: Path, quantization: Quantization, device: Device) -> RerankRunner:
+    from botmodels.config import get_settings
+    from runners.rerank import RerankRunner
+
+    settings = get_settings()
+    return RerankRunner(
+        path,
+        quantization=quantization,
+        device=device,
+        torchscript=settings.rerank_torchscript,
+        max_length=settings.rerank_max_tokens,
+    )
+
+
 def _make_llm(path: Path, quantization: Quantization, device: Device) -> LlmRunner:
     from botmodels.config import get_settings
     from runners.llm import LlmRunner
@@ -154,6 +184,12 @@ class RunnerKind:
     runner: str  # "module:Class" under runners/: the class the factory builds
     factory: Factory  # the runner for a stored model's folder (loads nothing until `load()`)
     build_tiny: TinyBuilder | None  # None: the kind has no tiny model (ocr's data is tesseract's)
+    # The import step's derived files, written into the stored model's folder once (the
+    # embeddings' ONNX graph); None: the stored files are the model's own.
+    export: Exporter | None = None
+    # True: a profile may name no model for this kind; there the kind is off (not a failed
+    # runner) and its routes do without it (rerank falls back to the embeddings).
+    optional: bool = False
     # In the default BOTMODELS_RUNNERS. The language model is opt-in until models load on first
     # use: it takes minutes and ~2 GB to load on a small CPU, which every default server (and
     # every test that serves the defaults) would pay. `make serve` enables it.
@@ -175,7 +211,11 @@ KINDS: dict[str, RunnerKind] = {
     kind.name: kind
     for kind in (
         RunnerKind(
-            "embeddings", "embeddings:EmbeddingsRunner", _make_embeddings, _tiny("embeddings")
+            "embeddings",
+            "embeddings:EmbeddingsRunner",
+            _make_embeddings,
+            _tiny("embeddings"),
+            _export("embeddings", "export_onnx"),
         ),
         RunnerKind("vision", "vision:VisionRunner", _make_vision, _tiny("vision")),
         RunnerKind("vqa", "vision:VisionRunner", _make_vision, _tiny("vision", "build_tiny_vqa")),
@@ -185,7 +225,15 @@ KINDS: dict[str, RunnerKind] = {
         RunnerKind("image", "image:ImageRunner", _make_image, _tiny("image")),
         RunnerKind("video", "video:VideoRunner", _make_video, _tiny("video")),
         RunnerKind("segment", "segment:SegmentRunner", _make_segment, _tiny("segment")),
-        RunnerKind("llm", "llm:LlmRunner", _make_llm, _tiny("llm"), default=False),
+        RunnerKind("rerank", "rerank:RerankRunner", _make_rerank, _tiny("rerank"), optional=True),
+        RunnerKind(
+            "llm",
+            "llm:LlmRunner",
+            _make_llm,
+            _tiny("llm"),
+            _export("llm", "export_transformers"),
+            default=False,
+        ),
     )
 }
 
@@ -196,6 +244,10 @@ def factories() -> dict[str, Factory]:
 
 def tiny_builders() -> dict[str, TinyBuilder]:
     return {name: kind.build_tiny for name, kind in KINDS.items() if kind.build_tiny is not None}
+
+
+def exporters() -> dict[str, Exporter]:
+    return {name: kind.export for name, kind in KINDS.items() if kind.export is not None}
 
 
 def model_ref(kind: str) -> Any:

@@ -27,7 +27,16 @@ from dataclasses import dataclass
 from typing import Literal
 
 Domain = Literal[
-    "bentoml", "status", "embeddings", "vision", "speech", "generation", "editor", "data", "llm"
+    "bentoml",
+    "status",
+    "embeddings",
+    "vision",
+    "speech",
+    "generation",
+    "editor",
+    "data",
+    "rerank",
+    "llm",
 ]
 Probe = Literal["liveness", "readiness", "health"]
 
@@ -132,6 +141,9 @@ ROUTES: tuple[RouteFacts, ...] = (
     RouteFacts("/v1/chat/completions", "llm", json=True),
     RouteFacts("/v1/completions", "llm", json=True),
     RouteFacts("/v1/models", "llm"),
+    # --- rerank ------------------------------------------------------------------------------
+    RouteFacts("/v1/rerank", "rerank", json=True, traced=False),
+    RouteFacts("/runners/rerank/score", "rerank", json=True, traced=False),
 )
 
 # What the middleware asks per request, derived once.

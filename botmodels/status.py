@@ -1,5 +1,10 @@
 """The status routes: health (`/api/health`, botserver's `/health`), the runners' models
-(`/api/models`), and the model of the key check (`/api/ping`'s `Pong`).
+(`/api/models`: each one's residency too, botmodels/pool.py), and the model of the key check
+(`/api/ping`'s `Pong`).
+
+Health and residency: a runner that is merely unloaded (not preloaded, or unloaded after idling
+or for the memory budget) is healthy: its next request loads it. A preloaded runner is
+`loading` until its start-up load ends.
 
 The handlers reach the service through a getter: the routes exist before the service instance
 does (a worker answers its probes while it starts), and they answer "starting" until it is.
@@ -39,13 +44,14 @@ class Service(Protocol):
 
 
 async def runner_usable(pool: RunnerPool, remotes: dict[str, RemoteRunner], kind: str) -> bool:
-    """An enabled runner that can take work now: loaded here, or its remote is ready."""
+    """An enabled runner that can take work: loaded here or loadable on its first request
+    (botmodels/pool.py, `usable`), or its remote is ready."""
     slot = pool.slot(kind)
     if slot is None:
         return False
     if slot.state == "remote":
         return await remotes[kind].ready()
-    return slot.state == "ready"
+    return pool.usable(kind)
 
 
 async def health(service: Service, *, version: str, draining: bool) -> tuple[dict[str, Any], int]:
@@ -55,7 +61,7 @@ async def health(service: Service, *, version: str, draining: bool) -> tuple[dic
     if service.remotes:
         usable = list(await asyncio.gather(*(service.runner_usable(k) for k in kinds)))
     else:  # no task per runner: a probe is answered in the loop turn it started in
-        usable = [pool.slots[k].state == "ready" for k in kinds]
+        usable = [pool.usable(k) for k in kinds]
     runners: dict[str, Any] = {}
     for kind, ok in zip(kinds, usable, strict=True):
         slot = pool.slots[kind]
@@ -64,7 +70,7 @@ async def health(service: Service, *, version: str, draining: bool) -> tuple[dic
             entry["error"] = slot.error
         runners[kind] = entry
     failed = [k for k, ok in zip(kinds, usable, strict=True) if not ok]
-    loading = [k for k in failed if pool.slots[k].state in ("pending", "loading")]
+    loading = [k for k in failed if pool.starting(pool.slots[k])]
     if draining:
         status = "shutting_down"
     elif not failed:

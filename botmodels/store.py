@@ -14,7 +14,7 @@ import math
 import shutil
 import tempfile
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -114,10 +114,13 @@ def spec_for(manifest: dict[str, dict[str, ModelSpec]], runner: str, profile: st
         ) from None
 
 
-def tree_sha256(root: Path) -> str:
-    """Hash of every file's relative path and bytes, in sorted order."""
+def tree_sha256(root: Path, entries: list[Path] | None = None) -> str:
+    """Hash of every file's relative path and bytes, in sorted order: every file under `root`,
+    or only those under `entries` (files or folders inside it)."""
     digest = hashlib.sha256()
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+    tops = [root] if entries is None else entries
+    files = [p for top in tops for p in ([top] if top.is_file() else top.rglob("*")) if p.is_file()]
+    for file in sorted(files):
         digest.update(file.relative_to(root).as_posix().encode() + b"\0")
         with file.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
@@ -133,6 +136,7 @@ def find_stored(tag: str) -> bentoml.Model | None:
 
 
 TinyBuilder = Callable[[Path], None]
+Exporter = Callable[[Path], None]
 
 
 def _stage(
@@ -246,17 +250,26 @@ def import_spec(
     spec: ModelSpec,
     tiny_builders: dict[str, TinyBuilder],
     progress: Callable[[str], None] = print,
+    exporters: Mapping[str, Exporter] | None = None,
 ) -> bentoml.Model:
-    """Copy the spec's model into the store, unless identical files are already there."""
+    """Copy the spec's model into the store, unless identical files are already there.
+
+    A runner kind with an exporter (registry.py) gets its derived files (the embeddings' ONNX
+    graph) written into the stored folder once, their sha256 in the `export_sha256` label. A
+    version stored before its kind had an exporter is stored again, with them."""
+    export = (exporters or {}).get(spec.runner)
     with tempfile.TemporaryDirectory(prefix="botmodels-import-") as tmp:
         folder, source, revision = stage(spec, Path(tmp), tiny_builders)
         progress(f"  hashing {folder}")
         sha = tree_sha256(folder)
         version = sha[:20]
         existing = find_stored(f"{spec.name}:{version}")
-        if existing is not None:
+        if existing is not None and (export is None or "export_sha256" in existing.info.labels):
             progress(f"  already stored as {existing.tag} (sha256 {sha[:12]}…)")
             return existing
+        if existing is not None:
+            progress(f"  {existing.tag} was stored without its exported files: storing again")
+            bentoml.models.delete(existing.tag)
         labels = {
             "runner": spec.runner,
             "profile": spec.profile,
@@ -269,6 +282,13 @@ def import_spec(
         with bentoml.models.create(f"{spec.name}:{version}", labels=labels) as model:
             progress(f"  copying into {model.path}")
             shutil.copytree(folder, model.path, dirs_exist_ok=True, symlinks=False)
+            if export is not None:
+                progress(f"  exporting ({export.__qualname__})")
+                before = set(Path(model.path).iterdir())
+                export(Path(model.path))
+                added = sorted(set(Path(model.path).iterdir()) - before)
+                labels["export_sha256"] = tree_sha256(Path(model.path), added)
+                model.info.labels.update(labels)
         stored = bentoml.models.get(f"{spec.name}:{version}")
         progress(f"  stored as {stored.tag}")
         return stored

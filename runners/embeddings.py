@@ -16,17 +16,36 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from runners.base import Device, Quantization
+from runners.onnx_encoder import GRAPH_DIR, GraphError, OnnxEncoder, export_encoder
 
 log = logging.getLogger("botmodels.runners.embeddings")
 
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 SAMPLE_INPUT = ["The cat sits on the mat.", "A kitten rests on a rug."]
+
+# How the encoder runs: ONNX Runtime over the graph exported at import, PyTorch's TorchScript
+# trace, or PyTorch eager. All give the same vectors (checked at load); the order is speed.
+Engine = Literal["onnx", "torchscript", "eager"]
+# Cosine to PyTorch float32 an engine must reach on every probe at load, or the runner falls
+# back to the next engine: float32 graphs must be the same vectors; int8 is allowed the bar
+# the project set for quantized embeddings.
+EXACT_COSINE = 0.99999
+INT8_COSINE = 0.99
+# Inputs of several lengths and batch sizes (one long enough to be truncated) that the engines
+# are compared on at load.
+PROBES = [
+    ["one"],
+    ["hello world", "a longer probe sentence, with punctuation and more tokens in it"],
+    ["x " * 60] * 3,
+    ["y " * 600],
+    [f"probe {i}: " + "word " * (i * 7 % 23) for i in range(9)],
+]
 
 
 @dataclass(frozen=True)
@@ -58,12 +77,13 @@ class EmbeddingsRunner:
         *,
         quantization: Quantization,
         device: Device,
-        torchscript: bool = True,
+        engine: Engine = "onnx",
         workers: int = 1,
         threads: int | None = None,
     ) -> None:
         self.model_dir = model_dir
-        self.torchscript = torchscript
+        self.requested_engine = engine
+        self.engine: Engine = "eager"  # what runs, once loaded
         self.quantization = quantization
         self.device = device
         self.dtype = "float32"
@@ -74,14 +94,14 @@ class EmbeddingsRunner:
         self._model: Any = None
         self._tokenizer: Any = None
         self._graph: Any = None
+        self._onnx: OnnxEncoder | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._flight_lock = threading.Lock()
         self._in_flight = 0  # shares submitted or running, with workers
 
     # 1. Load --------------------------------------------------------------------------------
     def load(self) -> None:
-        import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
 
         started = time.perf_counter()
         pooling = _read_json(self.model_dir / "1_Pooling" / "config.json")
@@ -102,6 +122,70 @@ class EmbeddingsRunner:
         self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         model_max = int(getattr(self._tokenizer, "model_max_length", 512) or 512)
         self.max_seq_length = int(bert_config.get("max_seq_length", min(model_max, 512)))
+
+        engine = self.requested_engine
+        onnx_fits = self.device == "cpu" and self.quantization in ("none", "int8")
+        if engine == "onnx" and not onnx_fits:
+            # ONNX Runtime's CPU kernels; CUDA, MPS and bitsandbytes 4-bit stay on PyTorch.
+            log.info("embeddings: the ONNX engine is for the CPU: using PyTorch")
+            engine = "torchscript"
+        if engine == "onnx" and self._load_onnx():
+            self.engine = "onnx"
+        else:
+            self._load_torch(traced=engine != "eager")
+        log.info(
+            "embeddings model %s loaded on %s (%s, quantization %s, %s) in %.1f s",
+            self.model_dir.name,
+            self.device,
+            self.dtype,
+            self.quantization,
+            self.compute,
+            time.perf_counter() - started,
+        )
+
+    def _load_onnx(self) -> bool:
+        """Open the exported graph and keep it if it gives PyTorch's float32 vectors on the
+        probes; int8 (when asked for) must keep INT8_COSINE or the float32 graph is used.
+        Else log why and return False (the caller loads PyTorch)."""
+        reference = _float32_model(self.model_dir)
+        wanted = [self._reference_vectors(reference, texts) for texts in PROBES]
+        for int8 in [True, False] if self.quantization == "int8" else [False]:
+            try:
+                encoder = OnnxEncoder(self.model_dir, threads=self.threads, int8=int8)
+            except GraphError as exc:
+                log.warning("embeddings: ONNX graph unusable (%s): using PyTorch", exc)
+                return False
+            worst = 1.0
+            for texts, want in zip(PROBES, wanted, strict=True):
+                encoded = self._tokenize(texts, "np")
+                got = self._pool_numpy(encoder.run(encoded), encoded["attention_mask"])
+                worst = min(worst, float(_cosines(got, want).min()))
+            bar = INT8_COSINE if int8 else EXACT_COSINE
+            if worst >= bar:
+                self._onnx = encoder
+                self.dim = int(reference.config.hidden_size)
+                self.dtype = "int8" if int8 else "float32"
+                self.quantization = "int8" if int8 else "none"  # what runs, if int8 missed
+                self.onnx_cosine = worst  # the check's result, for logs and tests
+                return True
+            log.warning(
+                "embeddings: ONNX %s differs from PyTorch float32 (cosine %.6f < %s): %s",
+                "int8" if int8 else "float32",
+                worst,
+                bar,
+                "using float32" if int8 else "using PyTorch",
+            )
+        return False
+
+    def _reference_vectors(self, reference: Any, texts: list[str]) -> npt.NDArray[np.float32]:
+        batch = self._tokenize(texts, "pt")
+        with _torch_inference():
+            pooled = self._pool_hidden(reference(**batch).last_hidden_state, batch)
+        return np.asarray(pooled.numpy(), dtype=np.float32)
+
+    def _load_torch(self, *, traced: bool) -> None:
+        import torch
+        from transformers import AutoModel
 
         kwargs: dict[str, Any] = {}
         if self.quantization in ("int8", "4bit") and (
@@ -130,31 +214,20 @@ class EmbeddingsRunner:
         model.eval()
         self._model = model
         self.dim = int(model.config.hidden_size)
-        traceable = self.torchscript and "quantization_config" not in kwargs  # not bitsandbytes
+        traceable = traced and "quantization_config" not in kwargs  # not bitsandbytes
         self._graph = self._trace(model) if traceable else None
+        self.engine = "torchscript" if self._graph is not None else "eager"
         self._start_workers()
-        log.info(
-            "embeddings model %s loaded on %s (%s, quantization %s, %s) in %.1f s",
-            self.model_dir.name,
-            self.device,
-            self.dtype,
-            self.quantization,
-            self.compute,
-            time.perf_counter() - started,
-        )
-
-    @property
-    def graph(self) -> str:
-        """How the encoder runs: "torchscript" (the checked trace) or "eager"."""
-        return "torchscript" if self._graph is not None else "eager"
 
     @property
     def compute(self) -> str:
         """How a batch runs, for logs and /api/models."""
+        if self._onnx is not None:
+            return f"onnx, {self.threads or 'all'} thread(s)"
         if self.workers > 1:
             per_worker = (self.threads or 1) // self.workers
-            return f"{self.graph}, {self.workers} workers x {per_worker} torch thread(s)"
-        return self.graph
+            return f"{self.engine}, {self.workers} workers x {per_worker} torch thread(s)"
+        return self.engine
 
     def _start_workers(self) -> None:
         """On the CPU, split each batch over `workers` threads with threads/workers torch
@@ -196,6 +269,13 @@ class EmbeddingsRunner:
             return
         self._pool, self.workers = pool, workers
 
+    def close(self) -> None:
+        """Stop the worker threads and drop the ONNX session (the model is being unloaded)."""
+        self._onnx = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+
     def _trace(self, model: Any) -> Any:
         """A TorchScript trace of the encoder, or None. Why: the traced forward runs in C++
         without the GIL, while eager PyTorch takes the GIL back between every op, so in a
@@ -230,13 +310,32 @@ class EmbeddingsRunner:
         return graph
 
     def _encode(self, texts: list[str]) -> Any:
+        return self._tokenize(texts, "pt").to(self.device)
+
+    def _tokenize(self, texts: list[str], tensors: Literal["pt", "np"]) -> Any:
         return self._tokenizer(
             texts,
             padding=True,
             truncation=True,
             max_length=self.max_seq_length,
-            return_tensors="pt",
-        ).to(self.device)
+            return_tensors=tensors,
+        )
+
+    def _pool_numpy(
+        self, hidden: npt.NDArray[np.float32], attention_mask: npt.NDArray[Any]
+    ) -> npt.NDArray[np.float32]:
+        """`_pool_hidden` for the ONNX engine's output, in NumPy."""
+        mask = attention_mask[:, :, None].astype(np.float32)
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        elif self.pooling == "max":
+            pooled = np.where(mask > 0, hidden, -np.inf).max(axis=1)
+        else:
+            pooled = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+        if self.normalize:  # as torch.nn.functional.normalize: x / max(|x|, eps)
+            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+            pooled = pooled / np.maximum(norms, 1e-12)
+        return np.ascontiguousarray(pooled, dtype=np.float32)
 
     def _pool_hidden(self, hidden: Any, encoded: Any) -> Any:
         import torch
@@ -255,10 +354,16 @@ class EmbeddingsRunner:
 
     # 2. Predict a batch ---------------------------------------------------------------------
     def embed(self, texts: list[str]) -> EmbeddingBatch:
-        if self._model is None:
+        if self._model is None and self._onnx is None:
             raise RuntimeError("EmbeddingsRunner.embed() called before load()")
         if not texts:
             return EmbeddingBatch(np.zeros((0, self.dim), dtype=np.float32), [])
+        if self._onnx is not None:
+            with self._lock:  # one batch at a time on the session's team of threads
+                encoded = self._tokenize(texts, "np")
+                vectors = self._pool_numpy(self._onnx.run(encoded), encoded["attention_mask"])
+            tokens = encoded["attention_mask"].sum(axis=1).tolist()
+            return EmbeddingBatch(vectors, [int(t) for t in tokens])
         with self._lock if self._pool is None else contextlib.nullcontext():
             encoded = self._encode(texts)
             pooled = self._run(encoded)
@@ -317,6 +422,35 @@ class EmbeddingsRunner:
             width = int(mask[start:stop].sum(dim=1).max()) if trim else int(mask.shape[1])
             shares.append({key: value[start:stop, :width] for key, value in encoded.items()})
         return shares
+
+
+def _float32_model(model_dir: Path) -> Any:
+    """The model in PyTorch float32 eager on the CPU: the reference an engine is checked on."""
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(model_dir).eval()
+
+
+def _torch_inference() -> Any:
+    import torch
+
+    return torch.inference_mode()
+
+
+def _cosines(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Row-wise cosine similarity (the rows need not be unit length)."""
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.asarray((a * b).sum(axis=1) / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+def export_onnx(model_dir: Path) -> None:
+    """The import step's export: the encoder's graph into `model_dir/onnx/` (float32, dynamic
+    batch and sequence; the runner checks it against PyTorch at every load)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    sample = tokenizer(SAMPLE_INPUT, padding=True, return_tensors="pt")
+    export_encoder(_float32_model(model_dir), dict(sample), model_dir / GRAPH_DIR, head="hidden")
 
 
 def _hidden(output: Any) -> Any:

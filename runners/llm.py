@@ -183,7 +183,8 @@ class LlmRunner:
             raise ValueError(
                 f"{self.model_dir}: {len(ggufs)} .gguf files; the llm runner takes one"
             )
-        gguf: dict[str, Any] = {"gguf_file": ggufs[0].name} if ggufs else {}
+        converted = (self.model_dir / "config.json").is_file()  # export_transformers ran
+        gguf: dict[str, Any] = {"gguf_file": ggufs[0].name} if ggufs and not converted else {}
         tokenizer = transformers.AutoTokenizer.from_pretrained(self.model_dir, **gguf)
         options: dict[str, Any] = {}
         if self.quantization == "4bit":
@@ -798,6 +799,31 @@ Call one as <tool_call>{"name": <name>, "arguments": <json-object>}</tool_call><
 """
 LM_HEAD_SCALE = 8.0
 TINY_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+
+def export_transformers(model_dir: Path) -> None:
+    """The import step's export for a GGUF model: the dequantized weights (safetensors, float32)
+    and the tokenizer converted once, beside the .gguf. Why: transformers rebuilds both from the
+    GGUF at every load (minutes on a small CPU); from the converted files a load takes seconds.
+    The runner prefers them when present. A folder without a .gguf is left as it is."""
+    import transformers
+
+    ggufs = sorted(model_dir.glob("*.gguf"))
+    if len(ggufs) != 1 or (model_dir / "config.json").is_file():
+        return
+    config = transformers.GgufConfig(gguf_file=ggufs[0].name, dequantize=True)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, gguf_file=ggufs[0].name)
+    model: Any = transformers.AutoModelForCausalLM.from_pretrained(
+        model_dir, gguf_file=ggufs[0].name, quantization_config=config
+    )
+    # Dequantized: plain float tensors, which transformers still refuses to save while the
+    # model carries its GGUF quantizer. The saved model is an ordinary float checkpoint.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tokenizer.save_pretrained(model_dir)
+    model.save_pretrained(model_dir)
 
 
 def build_tiny(folder: Path) -> None:

@@ -257,6 +257,12 @@ class OcrRunner:
         self._pool = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1))
         log.info("OCR: %s, languages %s", version, sorted(self.languages))
 
+    def close(self) -> None:
+        """Stop the tesseract threads (the model is being unloaded)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+
     # 2. Check inputs ------------------------------------------------------------------------
     def resolve_language(self, code: str) -> str:
         """`eng`, `por`, `eng+por`, or `en`/`pt` -> the tesseract code(s); else UnknownLanguage."""

@@ -78,13 +78,17 @@ def measure_in_process(quantization: str, seconds: float, only_batch32: bool) ->
         Path(stored.path),
         quantization=quantization,  # type: ignore[arg-type]
         device="cpu",
-        torchscript=settings.embeddings_torchscript,
+        engine=settings.embeddings_engine_choice,
         workers=settings.embeddings_workers,
         threads=settings.threads,
     )
     runner.load()
     state_bytes = 0
-    for tensor in runner._model.state_dict().values():
+    model = runner._model  # None on the ONNX engine: the graph's weights are its file
+    if model is None:
+        graph = Path(stored.path) / "onnx"
+        state_bytes = sum(p.stat().st_size for p in graph.iterdir())
+    for tensor in [] if model is None else model.state_dict().values():
         if isinstance(tensor, torch.Tensor):
             state_bytes += tensor.numel() * tensor.element_size()
         elif isinstance(tensor, tuple):  # packed quantized params: (weight, bias)

@@ -63,6 +63,8 @@ SERVER_ENV = {
     "BOTMODELS_TTS_MAX_CHARS": "200",
     "BOTMODELS_STT_MAX_AUDIO_S": "30",
     "BOTMODELS_DETECT_MAX_ROWS": "50",
+    "BOTMODELS_RERANK_MAX_DOCUMENTS": "16",
+    "BOTMODELS_RERANK_MAX_CHARS": "2000",
 }
 # Runner routes whose items can ask for unbounded work (one call holds the one pipeline for as
 # long as the numbers say, or allocates as much as they say): fuzzed only once the document

@@ -45,7 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{i}/{len(kinds)}] {kind}: {spec.name} from {spec.source}", flush=True)
         started = time.perf_counter()
         try:
-            stored = import_spec(spec, registry.tiny_builders(), lambda msg: print(msg, flush=True))
+            stored = import_spec(
+                spec,
+                registry.tiny_builders(),
+                lambda msg: print(msg, flush=True),
+                registry.exporters(),
+            )
         except Exception as exc:  # noqa: BLE001 - report each model's failure, go on
             failures += 1
             print(f"  FAILED: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)

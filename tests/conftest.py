@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -30,6 +32,11 @@ os.environ["BOTMODELS_API_KEYS"] = f"{KEY},{OLD_KEY}"
 os.environ["BOTMODELS_PROFILE"] = "offline"
 os.environ.pop("BOTMODELS_EMBEDDINGS_URL", None)
 os.environ.pop("BOTMODELS_RUNNERS", None)
+# Every runner loaded before /readyz: the domain tests use them at once. Lazy loading and the
+# memory budget are tested on their own (tests/test_pool.py, tests/test_residency_serve.py).
+os.environ["BOTMODELS_PRELOAD"] = "all"
+for _name in ("BOTMODELS_MEMORY_BUDGET", "BOTMODELS_GPU_MEMORY_BUDGET", "BOTMODELS_IDLE_UNLOAD_S"):
+    os.environ.pop(_name, None)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -80,7 +87,8 @@ def client(app: Any) -> Any:
 def tiny_runner(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Any]:
     """`tiny_runner(kind, **options)`: a new, loaded CPU runner of `kind` (botmodels/registry.py)
     over the folder the store would hold for its `tiny` profile (random weights, plus the files
-    the manifest adds), staged once per session and shared read-only. Unquantized unless
+    the manifest adds and the import step's export), staged once per session and shared
+    read-only. Unquantized unless
     `quantization=` says otherwise; other options go to the runner's constructor."""
     from botmodels import registry
     from botmodels.config import get_settings
@@ -93,6 +101,9 @@ def tiny_runner(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Any]:
             spec = spec_for(load_manifest(get_settings().manifest), kind, "tiny")
             staging = tmp_path_factory.mktemp(f"tiny-{kind}")
             folders[kind], _, _ = stage(spec, staging, registry.tiny_builders())
+            export = registry.KINDS[kind].export
+            if export is not None:
+                export(folders[kind])
         runner = registry.KINDS[kind].runner_class()(
             folders[kind], quantization=quantization, device="cpu", **options
         )
@@ -139,10 +150,56 @@ def fetching(client: Any, file_server: tuple[Path, str], monkeypatch: pytest.Mon
     return client
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A real PostgreSQL server (Debian's `postgresql`, which `make test` installs), started in
+    a temporary data directory for the session: `.url` (holds a password), `.stop()`,
+    `.start()` (same port and data). A test that stops it starts it again."""
+    from scripts.pgserver import PostgresServer, bin_dir
+
+    if bin_dir() is None:
+        pytest.skip("PostgreSQL is not installed (`make test` installs Debian's postgresql)")
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
 def auth(key: str = KEY) -> dict[str, str]:
     return {"X-API-Key": key}
 
 
+def bentoml_cli(*args: str, home: Path | None = None) -> str:
+    """Run the `bentoml` CLI from the repository root (the session store unless `home`)."""
+    env = {**os.environ, **({"BENTOML_HOME": str(home)} if home else {})}
+    done = subprocess.run(
+        [sys.executable, "-m", "bentoml", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+BENTO_VERSION = "0.1.0"
+
+
+@pytest.fixture(scope="session")
+def built_bento(offline_store: None) -> str:
+    """`bentoml build` of bentofile.yaml (the offline profile) once per session: its tag.
+
+    Shared by the export/serve test and the image test, so a session builds it only once.
+    """
+    bentoml_cli("build", "--version", BENTO_VERSION)
+    return f"botmodels:{BENTO_VERSION}"
+
+
 from scripts.serverproc import Server, free_port  # noqa: E402 - after the environment is set
 
-__all__ = ["KEY", "OLD_KEY", "ROOT", "Server", "auth", "free_port"]
+__all__ = ["KEY", "OLD_KEY", "ROOT", "Server", "auth", "bentoml_cli", "free_port"]

@@ -20,6 +20,7 @@ Sources (generalbots/generalbots at f59afde5, 2026-05-19):
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 from collections.abc import Iterator
@@ -84,7 +85,7 @@ def stream_body(model: str, **extra: Any) -> dict[str, Any]:
 
 
 def served(fake: FakeLlm, trusted: list[str]) -> Any:
-    front = LlmFrontend(Settings(), lambda: fake)
+    front = LlmFrontend(Settings(), lambda: contextlib.nullcontext(fake))
     app = Starlette(
         routes=llm_routes.routes(lambda: front),
         exception_handlers={BotModelsError: handle_exception},

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -12,29 +10,13 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import ROOT, Server, auth
+from tests.conftest import Server, auth, bentoml_cli
 
 pytestmark = pytest.mark.slow
 
 
-def bentoml(*args: str, home: Path | None = None) -> str:
-    env = {**os.environ, **({"BENTOML_HOME": str(home)} if home else {})}
-    done = subprocess.run(
-        [sys.executable, "-m", "bentoml", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
-
-
-def test_build_export_import_serve(offline_store: None, tmp_path: Path) -> None:
-    version = "0.1.0"
-    bentoml("build", "--version", version)
+def test_build_export_import_serve(built_bento: str, tmp_path: Path) -> None:
+    version = built_bento.partition(":")[2]
     bento_yaml = yaml.safe_load(
         Path(os.environ["BENTOML_HOME"], "bentos", "botmodels", version, "bento.yaml").read_text()
     )
@@ -43,10 +25,10 @@ def test_build_export_import_serve(offline_store: None, tmp_path: Path) -> None:
     assert any(t.startswith("embeddings-all-minilm-l6-v2:") for t in model_tags), model_tags
 
     archive = tmp_path / "botmodels.bento"
-    bentoml("export", f"botmodels:{version}", str(archive))
+    bentoml_cli("export", f"botmodels:{version}", str(archive))
     fresh = tmp_path / "fresh-home"
-    bentoml("import", str(archive), home=fresh)
-    assert "embeddings-all-minilm-l6-v2" in bentoml("models", "list", home=fresh)
+    bentoml_cli("import", str(archive), home=fresh)
+    assert "embeddings-all-minilm-l6-v2" in bentoml_cli("models", "list", home=fresh)
 
     server = Server(
         {"BENTOML_HOME": str(fresh), "SERVE_CWD": str(tmp_path)}, f"botmodels:{version}"

@@ -7,7 +7,8 @@ policy is checked by what the model saw, never by timing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -243,17 +244,23 @@ def test_a_model_that_answers_the_wrong_number_of_parts_fails_its_callers() -> N
 
 # --- run_on_runner: the one path from a front to its runner ------------------------------------
 class Pool:
-    """`RunnerPool.local` as the path sees it: the runner's state, a 503 when not usable."""
+    """`RunnerPool.acquire` as the path sees it: the runner, held, or a 503 when not usable."""
 
     def __init__(self, usable: bool = True) -> None:
         self.usable = usable
         self.asked: list[str] = []
+        self.held = 0
 
-    def local(self, kind: str) -> object:
+    @contextlib.asynccontextmanager
+    async def acquire(self, kind: str) -> AsyncIterator[object]:
         self.asked.append(kind)
         if not self.usable:
             raise RunnerUnavailable(f"{kind} is loading")
-        return object()
+        self.held += 1
+        try:
+            yield object()
+        finally:
+            self.held -= 1
 
 
 class Calls:

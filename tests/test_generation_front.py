@@ -385,7 +385,32 @@ class _OnePool:
     def local(self, kind: str) -> Any:
         return self.runner
 
+    def check(self, kind: str) -> None:
+        return None
+
+    def acquire(self, kind: str) -> Any:
+        return _Held(self.runner)
+
     def slot(self, kind: str) -> None:
+        return None
+
+
+class _Held:
+    """`RunnerPool.acquire`'s lease over an always-loaded runner (sync and async)."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+
+    def __enter__(self) -> Any:
+        return self.runner
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    async def __aenter__(self) -> Any:
+        return self.runner
+
+    async def __aexit__(self, *exc: object) -> None:
         return None
 
 
@@ -400,7 +425,7 @@ def test_shutdown_interrupts_jobs_and_stops_blocking_generations(
     from botmodels.generation.jobs import JobManager
 
     async def run() -> None:
-        pool: Any = _OnePool(image_runner)  # the two methods the frontend calls
+        pool: Any = _OnePool(image_runner)  # the methods the frontend calls
         outputs = OutputStore(tmp_path / "out", 3600, 2**30)
         frontend = GenerationFrontend(get_settings(), pool, outputs)
         jobs = JobManager(JobStore(tmp_path / "jobs.sqlite3"), frontend, 3600)

@@ -5,6 +5,7 @@ one write per event and a client leaving mid-stream."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -56,7 +57,9 @@ def make_app(fake: Any, settings: Settings | None = None) -> tuple[Any, LlmFront
     }
     pool: Any = SimpleNamespace(slots=slots, slot=slots.get)
     front = LlmFrontend(
-        settings or Settings(llm_aliases=["gpt-4o", "local"]), lambda: fake, pool=pool
+        settings or Settings(llm_aliases=["gpt-4o", "local"]),
+        lambda: contextlib.nullcontext(fake),
+        pool=pool,
     )
     app = Starlette(
         routes=llm_routes.routes(lambda: front),
@@ -671,7 +674,7 @@ def test_the_service_serves_the_routes(app: Any, monkeypatch: pytest.MonkeyPatch
     assert_error(app.post("/v1/chat/completions", json={"messages": []}, headers=auth()), 400)
 
     fake = FakeLlm()
-    monkeypatch.setattr(service._service().llm, "_runner", lambda: fake)
+    monkeypatch.setattr(service._service().llm, "_lease", lambda: contextlib.nullcontext(fake))
     response = app.post(
         "/v1/chat/completions", json={"messages": USER, "stream": True}, headers=auth()
     )

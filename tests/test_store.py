@@ -32,10 +32,13 @@ def test_project_version_matches_service() -> None:
 
 def test_manifest_has_every_profile_for_every_runner() -> None:
     from botmodels.config import KNOWN_RUNNERS
+    from botmodels.registry import KINDS
 
     manifest = load_manifest(ROOT / "models.toml")
     for runner in KNOWN_RUNNERS:
-        assert set(manifest[runner]) >= {"offline", "cpu", "gpu", "tiny"}, runner
+        # An optional kind may have no offline model (rerank: no package ships a cross-encoder).
+        required = {"cpu", "gpu", "tiny"} | (set() if KINDS[runner].optional else {"offline"})
+        assert set(manifest[runner]) >= required, runner
         for profile in ("cpu", "gpu"):
             spec = manifest[runner][profile]
             assert spec.source != "tiny", (runner, profile)  # real models only
@@ -84,6 +87,44 @@ def test_local_import_is_idempotent_and_labelled(tmp_path: Path, offline_store: 
     assert labels["sha256"] == tree_sha256(folder)
     assert str(first.tag.version) == labels["sha256"][:20]
     assert labels["synthetic"] == "false"
+
+
+def test_import_exports_once_and_a_store_without_the_export_is_stored_again(
+    tmp_path: Path, offline_store: None
+) -> None:
+    """A kind with an exporter (the embeddings' ONNX graph) gets it in the stored folder with
+    its sha256 in the labels; a version stored before there was an exporter is replaced."""
+    from botmodels import registry
+    from runners.onnx_encoder import graph_path
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    build_tiny(folder)
+    spec = ModelSpec(
+        runner="embeddings",
+        profile="test",
+        name="embeddings-export-test",
+        source="local",
+        quantization="none",
+        path=str(folder),
+    )
+    without = import_spec(spec, {}, lambda _: None)
+    assert "export_sha256" not in without.info.labels
+    messages: list[str] = []
+    stored = import_spec(spec, {}, messages.append, registry.exporters())
+    assert any("stored without its exported files" in m for m in messages)
+    assert stored.tag == without.tag  # the same version: the model's own files are the same
+    assert graph_path(Path(stored.path)).is_file()
+    assert stored.info.labels["export_sha256"] == tree_sha256(
+        Path(stored.path), [Path(stored.path) / "onnx"]
+    )
+    assert stored.info.labels["sha256"] == tree_sha256(folder)
+    again = import_spec(spec, {}, messages.append, registry.exporters())
+    assert "already stored" in messages[-1]
+    assert again.info.labels["export_sha256"] == stored.info.labels["export_sha256"]
+    runner = EmbeddingsRunner(Path(again.path), quantization="none", device="cpu")
+    runner.load()
+    assert runner.engine == "onnx"
 
 
 def test_hub_import_records_the_resolved_commit(

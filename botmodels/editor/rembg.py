@@ -415,7 +415,7 @@ class RembgFrontend:
         before any frame is decoded: a job's submission answers these as the route does."""
         body = await read_json_model(request, RemoveBackgroundRequest)
         if self.remote is None:
-            self.pool.local("segment")  # a 503 now, before any fetch or decode
+            self.pool.check("segment")  # a 503 now, before any fetch or decode
         label, background = await self._background(body.replacement, fetcher)
         data = await fetcher.fetch(body.video_url, param="video_url")
         frames = await asyncio.to_thread(probe, data, self.settings)  # before decoding

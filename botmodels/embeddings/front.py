@@ -92,7 +92,7 @@ def batches_at_once(settings: Settings) -> int:
         pick_device(settings.device),
         settings.embeddings_workers,
         settings.threads,
-        traced=settings.embeddings_torchscript,
+        traced=settings.embeddings_engine_choice == "torchscript",
     )
 
 
@@ -115,10 +115,10 @@ class EmbeddingsFrontend:
 
     async def run_local(self, texts: list[str]) -> list[EmbeddedText]:
         """The runner's batch, on the model's thread (the batchable API's body)."""
-        runner = self.pool.local("embeddings")
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, lambda: encode_batch(runner.embed(texts))
-        )
+        async with self.pool.acquire("embeddings") as runner:  # a peer's call may be first
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, lambda: encode_batch(runner.embed(texts))
+            )
 
     def check_runner_call(self, payload: dict[str, Any]) -> AbstractContextManager[Any]:
         """`/runners/embeddings/embed` from a peer: the public route's limits."""
@@ -149,6 +149,11 @@ class EmbeddingsFrontend:
             # The remote's batchable route takes at most one batch per call.
             remote_batch=self.settings.embeddings_max_batch_size,
         )
+
+    async def embed_texts(self, texts: list[str]) -> list[EmbeddedText]:
+        """Vectors for `texts` by the path `/v1/embeddings` takes (no request checks): what
+        `/v1/rerank` scores with when no cross-encoder is configured."""
+        return await self._run(texts)
 
     async def create(
         self, raw_input: object, encoding_format: str, dimensions: int | None

@@ -279,7 +279,9 @@ class GenerationFrontend:
 
     async def api_generate(self, kind: Kind, fields: dict[str, Any]) -> GenerationResponse:
         """botserver's blocking IMAGE / VIDEO routes."""
-        return await self.generate(kind, self.check_request(kind, fields))
+        async with self.pool.acquire(kind):  # the checks read the loaded model's limits
+            task = self.check_request(kind, fields)
+        return await self.generate(kind, task)
 
     async def api_openai_images(self, fields: dict[str, Any], request_base: str) -> ImagesResponse:
         """OpenAI's route: its URLs start with BOTMODELS_PUBLIC_URL, or the request's own base.
@@ -489,7 +491,17 @@ class GenerationFrontend:
         """Run one batch on the local runner (each task under its control, so it can be
         cancelled at a step) and write each result through the output store; `seconds` runs
         until the task's file is written, and feeds the admission estimate."""
-        runner = self.pool.local(kind)
+        with self.pool.acquire(kind) as runner:  # a peer's call may be the first
+            return self._run_held(runner, kind, tasks, specs, writer)
+
+    def _run_held(
+        self,
+        runner: Any,
+        kind: Kind,
+        tasks: Sequence[ImageTask | VideoTask],
+        specs: Sequence[Any],
+        writer: Callable[[ImageTask | VideoTask, Any], Callable[[Path], Any]],
+    ) -> list[GeneratedFile]:
         controls = [self._control(t.task_id) for t in tasks]
         for task, control in zip(tasks, controls, strict=True):
             if control is not None:
@@ -540,7 +552,7 @@ class GenerationFrontend:
         self, kind: Kind, tasks: Sequence[ImageTask | VideoTask], controls: Sequence[Control]
     ) -> list[GeneratedFile]:
         """Run already-admitted tasks through the runner's batchable API."""
-        self.pool.local(kind)  # 503 now, before queueing, if not ready
+        self.pool.check(kind)  # 503 now, before queueing, if it will not serve here
         with self._controls_lock:
             if self._closing:
                 raise self.shutting_down()
@@ -643,17 +655,17 @@ class GenerationFrontend:
                 f"`response_format` must be 'url' or 'b64_json'; got {response_format!r}",
                 param="response_format",
             )
-        runner = self.pool.local("image")
-        width, height = parse_size(size, int(runner.native_size))
-        first = self.check_image(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            steps=steps,
-            width=width,
-            height=height,
-            guidance_scale=guidance_scale,
-            seed=seed,
-        )
+        async with self.pool.acquire("image") as runner:  # the checks read its limits
+            width, height = parse_size(size, int(runner.native_size))
+            first = self.check_image(
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                steps=steps,
+                width=width,
+                height=height,
+                guidance_scale=guidance_scale,
+                seed=seed,
+            )
         if first.seed + count - 1 > MAX_SEED:
             raise InvalidInput(f"`seed` + n - 1 must be at most {MAX_SEED}", param="seed")
         tasks = [

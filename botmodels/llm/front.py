@@ -30,7 +30,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -267,13 +267,15 @@ class LlmFrontend:
     def __init__(
         self,
         settings: Settings,
-        runner: Callable[[], Any],
+        lease: Callable[[], contextlib.AbstractAsyncContextManager[Any]],
         *,
         pool: RunnerPool | None = None,
         remote: OpenAIRemote | None = None,
     ) -> None:
         self.settings = settings
-        self._runner = runner
+        # `async with lease() as runner`: the runner, loaded and held (never unloaded) until the
+        # answer ends: a stream holds it until its last event (botmodels/pool.py, acquire).
+        self._lease = lease
         self.pool = pool
         self.remote = remote
         self.metrics = EngineMetrics()
@@ -326,7 +328,26 @@ class LlmFrontend:
         body = parse_request(ChatCompletionRequest, payload)
         if self.remote is not None:
             return await self.remote.forward("/v1/chat/completions", payload, body.stream)
-        runner = self._runner()
+        return await self._leased(lambda runner, lease: self._chat(runner, body, lease))
+
+    async def _leased(
+        self, answer: Callable[[Any, contextlib.AsyncExitStack], Awaitable[Response]]
+    ) -> Response:
+        """`answer(runner, lease)` with the runner held; a stream releases it when it ends."""
+        lease = contextlib.AsyncExitStack()
+        runner = await lease.enter_async_context(self._lease())
+        try:
+            response = await answer(runner, lease)
+        except BaseException:
+            await lease.aclose()
+            raise
+        if not isinstance(response, StreamingResponse):
+            await lease.aclose()
+        return response
+
+    async def _chat(
+        self, runner: Any, body: ChatCompletionRequest, lease: contextlib.AsyncExitStack
+    ) -> Response:
         messages = _template_messages(body.messages)
         tools = body.offered_tools()
         loop = asyncio.get_running_loop()
@@ -347,7 +368,7 @@ class LlmFrontend:
         )
         ident = "chatcmpl-" + secrets.token_hex(12)
         if body.stream:
-            return _stream(self._chat_events(generation, parser, body, ident), generation)
+            return _stream(self._chat_events(generation, parser, body, ident), generation, lease)
         outcome = await _collect(generation, parser, _stops(runner, body.stops()))
         message: dict[str, Any] = {
             "role": "assistant",
@@ -375,7 +396,11 @@ class LlmFrontend:
         body = parse_request(CompletionRequest, payload)
         if self.remote is not None:
             return await self.remote.forward("/v1/completions", payload, body.stream)
-        runner = self._runner()
+        return await self._leased(lambda runner, lease: self._complete(runner, body, lease))
+
+    async def _complete(
+        self, runner: Any, body: CompletionRequest, lease: contextlib.AsyncExitStack
+    ) -> Response:
         prompt = body.text()
 
         def encode() -> list[int]:
@@ -387,7 +412,7 @@ class LlmFrontend:
         generation = Generation(self, runner, prompt_ids, body, body.token_limit())
         ident = "cmpl-" + secrets.token_hex(12)
         if body.stream:
-            return _stream(self._text_events(generation, body, ident, prompt), generation)
+            return _stream(self._text_events(generation, body, ident, prompt), generation, lease)
         outcome = await _collect(generation, None, body.stops())
         return JSONResponse(
             {
@@ -606,9 +631,12 @@ async def _collect(
     return outcome
 
 
-def _stream(events: AsyncIterator[bytes], generation: Generation) -> Response:
+def _stream(
+    events: AsyncIterator[bytes], generation: Generation, lease: contextlib.AsyncExitStack
+) -> Response:
     """A stream whose every event is one body message; the client leaving cancels it (Starlette
-    stops the iterator, whose `finally` cancels the generation)."""
+    stops the iterator, whose `finally` cancels the generation). The runner is held until then.
+    """
 
     async def guarded() -> AsyncIterator[bytes]:
         try:
@@ -618,5 +646,6 @@ def _stream(events: AsyncIterator[bytes], generation: Generation) -> Response:
             with contextlib.suppress(Exception):
                 await events.aclose()  # type: ignore[attr-defined]
             generation.close()
+            await lease.aclose()
 
     return StreamingResponse(guarded(), media_type="text/event-stream", headers=SSE_HEADERS)

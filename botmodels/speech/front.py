@@ -166,12 +166,12 @@ class SpeechFrontend:
     # dispatch ------------------------------------------------------------------------------
     async def run_local(self, kind: str, jobs: list[Any]) -> list[Any]:
         """A batch on this process's runner (the batchable APIs' body)."""
-        runner = self.pool.local(kind)
-        method = runner.transcribe if kind == "stt" else runner.synthesize
-        BATCH_SIZES.labels(runner=kind).observe(len(jobs))
-        loop = asyncio.get_running_loop()
-        with runner_errors():
-            results: list[Any] = await loop.run_in_executor(self._executors[kind], method, jobs)
+        async with self.pool.acquire(kind) as runner:  # a peer's call may be the first
+            method = runner.transcribe if kind == "stt" else runner.synthesize
+            BATCH_SIZES.labels(runner=kind).observe(len(jobs))
+            loop = asyncio.get_running_loop()
+            with runner_errors():
+                results: list[Any] = await loop.run_in_executor(self._executors[kind], method, jobs)
         return results
 
     async def _run(self, kind: str, job: Any, result_type: Any) -> Any:

@@ -255,9 +255,9 @@ class VisionFrontend:
 
     async def _ocr(self, image: Any, language: str) -> OcrResult:
         if self.remotes.get("ocr") is None:
-            runner: OcrRunner = self.pool.local("ocr")
-            with runner_errors():
-                language = runner.resolve_language(language)
+            async with self.pool.acquire("ocr") as runner:
+                with runner_errors():
+                    language = runner.resolve_language(language)
         png = await asyncio.to_thread(encode_png, image)
         (out,) = await self._run(
             "ocr",
