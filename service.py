@@ -44,6 +44,9 @@ from botmodels.generation.schemas import (
 )
 from botmodels.http import ErrorShapeMiddleware, limits_from_settings
 from botmodels.keys import load_api_keys
+from botmodels.llm import routes as llm_routes
+from botmodels.llm.front import LlmFrontend
+from botmodels.llm.proxy import OpenAIRemote
 from botmodels.outputs import OutputStore
 from botmodels.peers import RunnerCheck, RunnerRouteGuard
 from botmodels.pool import RunnerPool
@@ -105,6 +108,7 @@ status_app = Starlette(
         *barcode_scan.routes(get_settings, lambda: _service().fetcher),
         *editor_routes.routes(lambda: _service().editor),
         *data_routes.routes(lambda: _service().data),
+        *llm_routes.routes(lambda: _service().llm),
         *rerank_routes.routes(lambda: _service().rerank),
     ],
     exception_handlers={BotModelsError: handle_exception},
@@ -131,6 +135,14 @@ class BotModels:
         for kind, slot in self.pool.slots.items():
             if slot.remote_url is not None:
                 key = load_api_keys(self.settings)[0]
+                if kind == "llm":  # any OpenAI-compatible server (botmodels/llm/proxy.py)
+                    llm_key = self.settings.llm_key
+                    self.remotes[kind] = OpenAIRemote(
+                        slot.remote_url,
+                        llm_key.get_secret_value().encode() if llm_key else key,
+                        self.settings.request_timeout_s,
+                    )
+                    continue
                 self.remotes[kind] = RemoteRunner(
                     slot.remote_url, key, self.settings.request_timeout_s
                 )
@@ -159,6 +171,13 @@ class BotModels:
         )
         self.editor.jobs = self.jobs  # long videos as jobs, on generation's job manager
         self.data: DataFrontend = DataFrontend(self.settings)
+        remote_llm = self.remotes.get("llm")
+        self.llm: LlmFrontend = LlmFrontend(
+            self.settings,
+            lambda: self.pool.acquire("llm"),
+            pool=self.pool,
+            remote=remote_llm if isinstance(remote_llm, OpenAIRemote) else None,
+        )
         self.rerank: RerankFrontend = RerankFrontend(
             self.settings, self.pool, self.embeddings, self.remotes.get("rerank")
         )

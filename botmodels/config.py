@@ -627,9 +627,33 @@ class Settings(BaseSettings):
         "bounded first by BOTMODELS_MAX_JSON_BYTES.",
     )
 
+    # --- the language model's OpenAI routes (botmodels/llm/) -------------------------------
+    llm_url: AnyHttpUrl | None = Field(
+        None,
+        description="Serve the language model (with `llm` in BOTMODELS_RUNNERS) from this "
+        "OpenAI-compatible server instead (vLLM, SGLang, llama-server, another botmodels): chat "
+        "and text completions are proxied, streams event by event, behind botmodels' auth, "
+        "limits and metrics.",
+    )
+    llm_key: SecretStr | None = Field(
+        None,
+        description="The key sent to BOTMODELS_LLM_URL as `Authorization: Bearer`; unset, this "
+        "server's own first key (as every remote runner). Never logged.",
+    )
+    llm_aliases: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="Model names /v1/models lists for the language model besides its own and "
+        "`default`, comma-separated. Every name a request sends is the served model.",
+    )
+
     @field_validator("runners", mode="before")
     @classmethod
     def _parse_runners(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("llm_aliases", mode="before")
+    @classmethod
+    def _parse_llm_aliases(cls, value: object) -> object:
         return _split_csv(value)
 
     @field_validator("fetch_allow", "fetch_roots", "fetch_path_map", mode="before")

@@ -272,6 +272,19 @@ class UpstreamError(BotModelsError):
     code = "upstream_error"
 
 
+class ContextLengthExceeded(InvalidInput):
+    """A language-model prompt that leaves no room in the model's context (OpenAI's code)."""
+
+    code = "context_length_exceeded"
+
+
+class GenerationFailed(BotModelsError):
+    """The language model's engine failed while generating (its error is the message)."""
+
+    status = 500
+    code = "generation_failed"
+
+
 class DatabaseUnavailable(BotModelsError):
     """The shared database (BOTMODELS_DATABASE_URL) cannot be reached right now: retry shortly.
     The message never holds the URL's password (botmodels/database.py)."""

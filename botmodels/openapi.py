@@ -45,6 +45,14 @@ from botmodels.editor.schemas import (
 )
 from botmodels.generation.front import MAX_SEED
 from botmodels.generation.schemas import GenerationResponse as MediaGenerationResponse
+from botmodels.llm.schemas import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    CompletionRequest,
+    ModelList,
+    TextCompletion,
+)
 from botmodels.outputs import CONTENT_TYPES as OUTPUT_CONTENT_TYPES
 from botmodels.rerank.schemas import RerankResponse
 from botmodels.routes import DEPRECATED_PATHS, is_open_path
@@ -550,6 +558,7 @@ _TAGS = [
     {"name": "Generation", "description": "image and video generation, and its jobs"},
     {"name": "Video editor", "description": "botserver's video editor: audio and video by URL"},
     {"name": "Data", "description": "statistics on rows of a table (botserver's DETECT)"},
+    {"name": "Language models", "description": "chat and text completions (botserver's LLM)"},
     {"name": "Runners", "description": "batchable runner APIs (what a split-out runner serves)"},
     {"name": "Status", "description": "health, models and the key check"},
     {"name": "Infrastructure", "description": "BentoML's probes, metrics and these docs"},
@@ -747,7 +756,8 @@ def _starlette_operations(s: Settings, c: _Components) -> dict[str, dict[str, An
         },
         "embeddings_health": {
             "tags": ["Status"],
-            "summary": "botserver's embedding probe: 200 when embeddings can be served",
+            "summary": "botserver's embedding and LLM probe: 200 when embeddings and the "
+            "language model (each where enabled) can be served",
             "responses": {
                 "200": {"description": "ready", "content": _json(c.ref(EmbeddingsHealth))},
                 "503": {"description": "not ready", "content": _json(c.ref(EmbeddingsHealth))},
@@ -1242,6 +1252,65 @@ def _detect_operation(s: Settings, c: _Components) -> dict[str, Any]:
     }
 
 
+def _llm_operations(c: _Components) -> dict[str, dict[str, Any]]:
+    """The language model's OpenAI routes (botmodels/llm/front.py has the rules)."""
+    errors = {*_ANY, *_KEYED, *_WITH_BODY, 503}
+    tags = ["OpenAI-compatible", "Language models"]
+    stream_text = (
+        "`stream: true`: Server-Sent Events, one `data: <chunk JSON>` event per write, ending "
+        'with `data: [DONE]`; an engine failure mid-stream is a `data: {"error": {...}}` '
+        "event before it"
+    )
+
+    def body(model: type[BaseModel]) -> dict[str, Any]:
+        return {"required": True, "content": _json(c.ref(model))}
+
+    def answers(whole: type[BaseModel], chunk: type[BaseModel]) -> dict[str, Any]:
+        content = {
+            JSON: {"schema": c.ref(whole)},
+            "text/event-stream": {"schema": {"type": "string"}, "x-event-schema": c.ref(chunk)},
+        }
+        responses = _responses(_ok(f"the answer; {stream_text}", content), errors)
+        responses["400"] = dict(
+            responses["400"],
+            description="bad field (the message names it), or a prompt that leaves no room "
+            "in the context (code `context_length_exceeded`, names the limit)",
+        )
+        responses["429"] = dict(
+            responses["429"],
+            description="the engine's running and waiting sequences are full "
+            "(BOTMODELS_LLM_MAX_RUNNING + BOTMODELS_LLM_MAX_WAITING), or too many requests",
+        )
+        return responses
+
+    rules = (
+        "Any `model` name is the served model. `max_tokens` is clamped to the context left "
+        "after the prompt (`finish_reason: length`). Unknown fields are accepted and ignored."
+    )
+    return {
+        "chat_completions": {
+            "tags": tags,
+            "summary": "OpenAI chat completions: stream or not, tools, reasoning",
+            "description": rules + " Tools go to the chat template; the model's tool-call "
+            "markup comes back as `tool_calls`, its `<think>` as `reasoning_content`.",
+            "requestBody": body(ChatCompletionRequest),
+            "responses": answers(ChatCompletion, ChatCompletionChunk),
+        },
+        "text_completions": {
+            "tags": tags,
+            "summary": "OpenAI text completions: a plain prompt continued",
+            "description": rules,
+            "requestBody": body(CompletionRequest),
+            "responses": answers(TextCompletion, TextCompletion),
+        },
+        "list_models": {
+            "tags": tags,
+            "summary": "Every served model of every runner, and the language model's aliases",
+            "responses": _responses(_ok("the models", _json(c.ref(ModelList))), {*_ANY, *_KEYED}),
+        },
+    }
+
+
 def _rerank_operation(s: Settings, c: _Components) -> dict[str, Any]:
     """Cohere's and Jina's rerank (botmodels/rerank/front.py has the rules)."""
     text = {"type": "string", "maxLength": s.rerank_max_chars}
@@ -1378,7 +1447,11 @@ def build_document(service: Any, app: Any, settings: Settings, *, version: str) 
         path, operation = _bentoml_operation(api, service.name, settings, c)
         paths.setdefault(path, {})["post"] = _with_auth(path, operation)
 
-    operations = {**_starlette_operations(settings, c), **_url_operations(c)}
+    operations = {
+        **_starlette_operations(settings, c),
+        **_url_operations(c),
+        **_llm_operations(c),
+    }
     for route in app.routes:
         if not isinstance(route, Route) or route.name not in operations:
             continue  # undocumented: tests/test_openapi.py names it
@@ -1439,7 +1512,7 @@ def build_document(service: Any, app: Any, settings: Settings, *, version: str) 
 
 _DESCRIPTION = """\
 botmodels, the AI inference sidecar of General Bots: embeddings, vision, speech, image and video
-generation, and anomaly detection over HTTP.
+generation, language models, and anomaly detection over HTTP.
 
 Every route but health, metrics, these docs and `/outputs/` needs a key: `X-API-Key`,
 `Authorization: Bearer`, or an HMAC signature (`X-BotModels-Signature` with

@@ -27,7 +27,16 @@ from dataclasses import dataclass
 from typing import Literal
 
 Domain = Literal[
-    "bentoml", "status", "embeddings", "vision", "speech", "generation", "editor", "data", "rerank"
+    "bentoml",
+    "status",
+    "embeddings",
+    "vision",
+    "speech",
+    "generation",
+    "editor",
+    "data",
+    "rerank",
+    "llm",
 ]
 Probe = Literal["liveness", "readiness", "health"]
 
@@ -128,6 +137,10 @@ ROUTES: tuple[RouteFacts, ...] = (
     RouteFacts("/outputs/{kind}/{name}", "generation", open=True, prefix="/outputs/"),
     # --- data --------------------------------------------------------------------------------
     RouteFacts("/api/detect", "data", json=True),
+    # --- language model (OpenAI) ---------------------------------------------------------------
+    RouteFacts("/v1/chat/completions", "llm", json=True),
+    RouteFacts("/v1/completions", "llm", json=True),
+    RouteFacts("/v1/models", "llm"),
     # --- rerank ------------------------------------------------------------------------------
     RouteFacts("/v1/rerank", "rerank", json=True, traced=False),
     RouteFacts("/runners/rerank/score", "rerank", json=True, traced=False),

@@ -92,6 +92,12 @@ async def health(service: Service, *, version: str, draining: bool) -> tuple[dic
     return body, 200 if not failed and not draining else 503
 
 
+def _probed(pool: RunnerPool) -> list[str]:
+    """What botserver's `/health` probes: its embeddings, and its LLM when this serves one
+    (botserver's llm-url readiness check is `GET {llm-url}/health`)."""
+    return [kind for kind in ("embeddings", "llm") if pool.slot(kind) is not None] or ["embeddings"]
+
+
 def models(pool: RunnerPool) -> list[dict[str, Any]]:
     return [slot.describe() for slot in pool.slots.values()]
 
@@ -110,7 +116,9 @@ def routes(service: Callable[[], Service | None], shutdown: Shutdown, version: s
         if shutdown.draining:
             return JSONResponse({"status": "shutting_down"}, status_code=503)
         current = service()
-        ok = current is not None and await current.runner_usable("embeddings")
+        ok = current is not None and all(
+            [await current.runner_usable(kind) for kind in _probed(current.pool)]
+        )
         return JSONResponse(
             {"status": "ok" if ok else "unavailable"}, status_code=200 if ok else 503
         )

@@ -267,6 +267,10 @@ JSON_ROUTES = [
     "/api/video/enhance/jobs",
     "/api/video/remove-background",
     "/api/video/remove-background/jobs",
+    "/v1/rerank",
+    "/runners/rerank/score",
+    "/v1/chat/completions",
+    "/v1/completions",
 ]
 
 
