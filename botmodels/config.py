@@ -599,6 +599,12 @@ class Settings(BaseSettings):
         description="Override the manifest's: none (fp32 on CPU, fp16 on CUDA), int8 (torch "
         "dynamic on CPU, bitsandbytes on CUDA) or 4bit (bitsandbytes nf4).",
     )
+    llm_cpu_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="The language model's weights on the CPU: auto = bfloat16 where the CPU "
+        "has bfloat16 instructions (AVX512-BF16 or AMX), else float32. bfloat16 halves the "
+        "weights' memory traffic, which bounds decoding; without those instructions it is slow.",
+    )
     llm_context: int = Field(
         4096,
         ge=16,

@@ -153,6 +153,17 @@ def _make_rerank(path: Path, quantization: Quantization, device: Device) -> Rera
     )
 
 
+def cpu_dtype(setting: str) -> str:
+    """`auto`: bfloat16 where the CPU computes it natively (Linux's flags), else float32."""
+    if setting != "auto":
+        return setting
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8").split()
+    except OSError:
+        return "float32"
+    return "bfloat16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "float32"
+
+
 def _make_llm(path: Path, quantization: Quantization, device: Device) -> LlmRunner:
     from botmodels.config import get_settings
     from runners.llm import LlmRunner
@@ -163,6 +174,7 @@ def _make_llm(path: Path, quantization: Quantization, device: Device) -> LlmRunn
         quantization=quantization,
         device=device,
         context=settings.llm_context,
+        cpu_dtype=cpu_dtype(settings.llm_cpu_dtype),
         max_running=settings.llm_max_running,
         max_waiting=settings.llm_max_waiting,
     )

@@ -204,7 +204,10 @@ class LlmRunner:
         else:
             # fp32 on CPU by default: bf16 halves the weights' memory traffic but is fast only
             # on CPUs with bf16 matmul kernels, and rounds the logits coarser; fp16 has no fast
-            # CPU kernels. `cpu_dtype` (scripts/bench_llm.py --dtype) is there to compare.
+            # CPU kernels. The server picks bfloat16 where the CPU has bf16 instructions
+            # (BOTMODELS_LLM_CPU_DTYPE); scripts/bench_llm.py --dtype compares.
+            if self.quantization == "int8":
+                self.cpu_dtype = "float32"  # torch's dynamic int8 quantizes float32 Linears
             options["dtype"] = getattr(torch, self.cpu_dtype)
             if self.quantization == "none":
                 self.dtype = self.compute = self.cpu_dtype
