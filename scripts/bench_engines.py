@@ -1,7 +1,7 @@
 """The embeddings engines and the served path against the peers, in one run (ratios compare):
 
-1. in-process, each engine in a fresh subprocess, in alternating rounds (median reported) (PyTorch eager, the TorchScript trace, ONNX
-   Runtime float32 and int8), the offline all-MiniLM-L6-v2 as the server builds it: sentences/s
+1. in-process, each engine in a fresh subprocess (PyTorch eager, the TorchScript trace, ONNX
+   Runtime float32 and int8), in alternating rounds (the median reported), the offline all-MiniLM-L6-v2 as the server builds it: sentences/s
    at batch 32 and batch 1, and cosine to PyTorch float32 on a fixed sentence set;
 2. served: botmodels (`bentoml serve`, default settings: the ONNX engine), single-sentence
    `/v1/embeddings` requests at concurrency 1, 16 and 64;
@@ -223,12 +223,12 @@ def main() -> int:
     print("\n| served | c=1 /s (p50 ms) | c=16 /s (p99 ms) | c=64 /s (p99 ms) | errors |")
     print("|---|---|---|---|---|")
     for name in dict.fromkeys(r["name"] for r in served + peers):
-        rows = {r["concurrency"]: r for r in served + peers if r["name"] == name}
+        level = {r["concurrency"]: r for r in served + peers if r["name"] == name}
         print(
-            f"| {name} | {rows[1]['per_s']:.0f} ({rows[1]['p50_ms']:.1f}) | "
-            f"{rows[16]['per_s']:.0f} ({rows[16]['p99_ms']:.1f}) | "
-            f"{rows[64]['per_s']:.0f} ({rows[64]['p99_ms']:.1f}) | "
-            f"{sum(r['errors'] for r in rows.values())} |"
+            f"| {name} | {level[1]['per_s']:.0f} ({level[1]['p50_ms']:.1f}) | "
+            f"{level[16]['per_s']:.0f} ({level[16]['p99_ms']:.1f}) | "
+            f"{level[64]['per_s']:.0f} ({level[64]['p99_ms']:.1f}) | "
+            f"{sum(r['errors'] for r in level.values())} |"
         )
     ours = {r["concurrency"]: r for r in served}
     print(
