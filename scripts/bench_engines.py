@@ -1,8 +1,9 @@
 """The embeddings engines and the served path against the peers, in one run (ratios compare):
 
 1. in-process, each engine in a fresh subprocess (PyTorch eager, the TorchScript trace, ONNX
-   Runtime float32 and int8), in alternating rounds (the median reported), the offline all-MiniLM-L6-v2 as the server builds it: sentences/s
-   at batch 32 and batch 1, and cosine to PyTorch float32 on a fixed sentence set;
+   Runtime float32 and int8), in alternating rounds (the median reported), the offline
+   all-MiniLM-L6-v2 as the server builds it: sentences/s at batch 32 and batch 1, and cosine to
+   PyTorch float32 on a fixed sentence set;
 2. served: botmodels (`bentoml serve`, default settings: the ONNX engine), single-sentence
    `/v1/embeddings` requests at concurrency 1, 16 and 64;
 3. the peers at the same concurrencies, the same model: the FastAPI micro-batch anchor
