@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from botmodels.config import KNOWN_RUNNERS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 GATE = "tests/test_schemathesis.py"
@@ -64,6 +66,10 @@ SERVER_ENV = {
     "BOTMODELS_STT_MAX_AUDIO_S": "30",
     "BOTMODELS_DETECT_MAX_ROWS": "50",
     "BOTMODELS_RERANK_MAX_DOCUMENTS": "16",
+    # Every runner, the opt-in language model too: a disabled runner's 503 is not what this
+    # fuzzes. A short context keeps each generated answer short.
+    "BOTMODELS_RUNNERS": ",".join(KNOWN_RUNNERS),
+    "BOTMODELS_LLM_CONTEXT": "96",
     "BOTMODELS_RERANK_MAX_CHARS": "2000",
 }
 # Runner routes whose items can ask for unbounded work (one call holds the one pipeline for as
