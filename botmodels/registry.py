@@ -129,16 +129,6 @@ def _make_segment(path: Path, quantization: Quantization, device: Device) -> Seg
     return SegmentRunner(path, quantization=quantization, device=device)
 
 
-def _export(module: str, function: str) -> Exporter:
-    """`runners.<module>.<function>`, imported when a stored model is exported."""
-
-    def export(folder: Path) -> None:
-        getattr(importlib.import_module(f"runners.{module}"), function)(folder)
-
-    export.__qualname__ = f"runners.{module}.{function}"
-    return export
-
-
 def _make_rerank(path: Path, quantization: Quantization, device: Device) -> RerankRunner:
     from botmodels.config import get_settings
     from runners.rerank import RerankRunner
@@ -180,14 +170,15 @@ def _make_llm(path: Path, quantization: Quantization, device: Device) -> LlmRunn
     )
 
 
-def _tiny(module: str, function: str = "build_tiny") -> TinyBuilder:
-    """`runners.<module>.<function>`, imported when the tiny model is built."""
+def _lazy(module: str, function: str = "build_tiny") -> Callable[[Path], None]:
+    """`runners.<module>.<function>(folder)`, imported only when called: a tiny model's builder
+    or an import step's export."""
 
-    def build(folder: Path) -> None:
+    def call(folder: Path) -> None:
         getattr(importlib.import_module(f"runners.{module}"), function)(folder)
 
-    build.__qualname__ = f"runners.{module}.{function}"
-    return build
+    call.__qualname__ = f"runners.{module}.{function}"
+    return call
 
 
 @dataclass(frozen=True)
@@ -226,24 +217,24 @@ KINDS: dict[str, RunnerKind] = {
             "embeddings",
             "embeddings:EmbeddingsRunner",
             _make_embeddings,
-            _tiny("embeddings"),
-            _export("embeddings", "export_onnx"),
+            _lazy("embeddings"),
+            _lazy("embeddings", "export_onnx"),
         ),
-        RunnerKind("vision", "vision:VisionRunner", _make_vision, _tiny("vision")),
-        RunnerKind("vqa", "vision:VisionRunner", _make_vision, _tiny("vision", "build_tiny_vqa")),
+        RunnerKind("vision", "vision:VisionRunner", _make_vision, _lazy("vision")),
+        RunnerKind("vqa", "vision:VisionRunner", _make_vision, _lazy("vision", "build_tiny_vqa")),
         RunnerKind("ocr", "ocr:OcrRunner", _make_ocr, None),
-        RunnerKind("stt", "stt:SttRunner", _make_stt, _tiny("stt")),
-        RunnerKind("tts", "tts:TtsRunner", _make_tts, _tiny("tts")),
-        RunnerKind("image", "image:ImageRunner", _make_image, _tiny("image")),
-        RunnerKind("video", "video:VideoRunner", _make_video, _tiny("video")),
-        RunnerKind("segment", "segment:SegmentRunner", _make_segment, _tiny("segment")),
-        RunnerKind("rerank", "rerank:RerankRunner", _make_rerank, _tiny("rerank"), optional=True),
+        RunnerKind("stt", "stt:SttRunner", _make_stt, _lazy("stt")),
+        RunnerKind("tts", "tts:TtsRunner", _make_tts, _lazy("tts")),
+        RunnerKind("image", "image:ImageRunner", _make_image, _lazy("image")),
+        RunnerKind("video", "video:VideoRunner", _make_video, _lazy("video")),
+        RunnerKind("segment", "segment:SegmentRunner", _make_segment, _lazy("segment")),
+        RunnerKind("rerank", "rerank:RerankRunner", _make_rerank, _lazy("rerank"), optional=True),
         RunnerKind(
             "llm",
             "llm:LlmRunner",
             _make_llm,
-            _tiny("llm"),
-            _export("llm", "export_transformers"),
+            _lazy("llm"),
+            _lazy("llm", "export_transformers"),
             default=False,
         ),
     )

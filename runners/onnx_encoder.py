@@ -14,7 +14,6 @@ made with the `torch.export` (dynamo) exporter and every load compares.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import tempfile
 import warnings
@@ -34,17 +33,6 @@ Head = Literal["hidden", "logits"]
 
 def graph_path(model_dir: Path) -> Path:
     return model_dir / GRAPH_DIR / GRAPH_FILE
-
-
-def graph_sha256(model_dir: Path) -> str:
-    """sha256 over the graph folder's files (the graph and its external weights), by name."""
-    digest = hashlib.sha256()
-    for path in sorted((model_dir / GRAPH_DIR).iterdir()):
-        digest.update(path.name.encode())
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def export_encoder(

@@ -4,6 +4,7 @@ runners (grouping by shape, per-item seeds, cancellation at the next step, memor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -389,28 +390,9 @@ class _OnePool:
         return None
 
     def acquire(self, kind: str) -> Any:
-        return _Held(self.runner)
+        return contextlib.nullcontext(self.runner)  # a lease, sync and async, on a loaded runner
 
     def slot(self, kind: str) -> None:
-        return None
-
-
-class _Held:
-    """`RunnerPool.acquire`'s lease over an always-loaded runner (sync and async)."""
-
-    def __init__(self, runner: Any) -> None:
-        self.runner = runner
-
-    def __enter__(self) -> Any:
-        return self.runner
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    async def __aenter__(self) -> Any:
-        return self.runner
-
-    async def __aexit__(self, *exc: object) -> None:
         return None
 
 

@@ -521,18 +521,9 @@ class JobManager:
             await self._finish(job.id, "interrupted", error=SHUT_DOWN)
         except BotModelsError as exc:
             await self._finish(job.id, "failed", error=exc.body()["error"])
-        except Exception as exc:
+        except Exception as exc:  # the job's record says failed; the log has the traceback
             log.exception("job %s failed", job.id)
-            await self._finish(
-                job.id,
-                "failed",
-                error={
-                    "message": f"{job.kind} failed: {type(exc).__name__}",
-                    "type": "server_error",
-                    "code": "job_failed",
-                    "param": None,
-                },
-            )
+            await self._failed(job.id, exc, f"{job.kind} failed", "job_failed")
         finally:
             if release is not None:
                 release()
@@ -590,21 +581,22 @@ class JobManager:
             await self._finish(job.id, "interrupted", error=SHUT_DOWN)
         except BotModelsError as exc:
             await self._finish(job.id, "failed", error=exc.body()["error"])
-        except Exception as exc:
+        except Exception as exc:  # the job's record says failed; the log has the traceback
             log.exception("job %s failed", job.id)
-            await self._finish(
-                job.id,
-                "failed",
-                error={
-                    "message": f"generation failed: {type(exc).__name__}",
-                    "type": "server_error",
-                    "code": "generation_failed",
-                    "param": None,
-                },
-            )
+            await self._failed(job.id, exc, "generation failed", "generation_failed")
         finally:
             self.frontend.admission[kind].leave()
             self._controls.pop(job.id, None)
+
+    async def _failed(self, job_id: str, exc: Exception, what: str, code: str) -> None:
+        """Record a job that an unexpected error ended: by the error's type only."""
+        error = {
+            "message": f"{what}: {type(exc).__name__}",
+            "type": "server_error",
+            "code": code,
+            "param": None,
+        }
+        await self._finish(job_id, "failed", error=error)
 
     async def _finish(self, job_id: str, status: JobStatus, **fields: Any) -> bool:
         """Record how a job of this replica ended, unless its record ended first (False). A
