@@ -174,6 +174,12 @@ class RunnerSlot:
         )
 
     @property
+    def charge(self) -> int:
+        """What the slot counts against its budget: the estimate, or the footprint its last load
+        measured where that was larger (an estimate from file sizes misses what loading adds)."""
+        return max(self.estimated_bytes or 0, self.resident_bytes or 0)
+
+    @property
     def on_gpu(self) -> bool:
         return self.device == "cuda"
 
@@ -464,29 +470,31 @@ class RunnerPool:
 
     def _footprints(self, slot: RunnerSlot) -> str:
         others = ", ".join(
-            f"{s.kind} {_mib(s.estimated_bytes)}{' (in use)' if s.users else ''}"
+            f"{s.kind} {_mib(s.charge)}{' (in use)' if s.users else ''}"
             for s in self._charged(slot)
         )
-        return f"{slot.kind} needs {_mib(slot.estimated_bytes)}; loaded: {others or 'none'}"
+        return f"{slot.kind} needs {_mib(slot.charge)}; loaded: {others or 'none'}"
 
     def _make_room(self, slot: RunnerSlot, wait_s: float) -> None:
-        """Unload idle runners, least recently used first, until `slot`'s estimate fits its
+        """Unload idle runners, least recently used first, until `slot`'s footprint fits its
         budget; wait for runners in use to be released; `MemoryBudgetExceeded` if it cannot."""
         budget = self._budget(slot)
-        need = slot.estimated_bytes or 0
         if budget is None:
             return
         name = "BOTMODELS_GPU_MEMORY_BUDGET" if slot.on_gpu else "BOTMODELS_MEMORY_BUDGET"
-        if need > budget:
+        # "Cannot fit at all" goes by the estimate: a measured footprint may include one-off
+        # costs of a first load (a library's import), which a reload does not pay again.
+        if (slot.estimated_bytes or 0) > budget:
             raise MemoryBudgetExceeded(
                 f"runner {slot.kind!r} does not fit in {name} ({_mib(budget)}) even alone: "
                 f"{self._footprints(slot)}",
             )
+        need = min(slot.charge, budget)
         deadline = time.monotonic() + wait_s
         while True:
             with self._cond:
                 loaded = self._charged(slot)
-                if sum(s.estimated_bytes or 0 for s in loaded) + need <= budget:
+                if sum(s.charge for s in loaded) + need <= budget:
                     return
                 idle = sorted((s for s in loaded if s.users == 0), key=lambda s: s.last_used or 0)
                 if not idle:

@@ -59,11 +59,14 @@ class Server:
     def worker_pids(self) -> list[int]:
         import psutil
 
-        return [
-            child.pid
-            for child in psutil.Process(self.proc.pid).children(recursive=True)
-            if "_bentoml_impl.worker" in " ".join(child.cmdline())
-        ]
+        pids = []
+        for child in psutil.Process(self.proc.pid).children(recursive=True):
+            try:
+                if "_bentoml_impl.worker" in " ".join(child.cmdline()):
+                    pids.append(child.pid)
+            except psutil.Error:  # a short-lived helper process (tesseract) ended meanwhile
+                continue
+        return pids
 
     def stop(self) -> None:
         # SIGTERM the arbiter's whole group: SIGKILL would orphan workers holding the port.

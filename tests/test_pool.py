@@ -297,6 +297,27 @@ def test_the_budget_unloads_the_least_recently_used_idle_runner(
     assert slots["a"].state == "unloaded"
 
 
+def test_a_measured_footprint_larger_than_the_estimate_is_what_the_budget_counts(
+    tmp_path: Path,
+    offline_store: None,
+    fakes: type[CountingRunner],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pool = _residency_pool(tmp_path, fakes, monkeypatch, memory_budget=250)
+    with pool.acquire("a"):
+        pass
+    # as if its load had measured 200 bytes where the files said 100
+    pool.slots["a"].resident_bytes = 200
+    assert pool.slots["a"].charge == 200
+    with pool.acquire("b"):  # 100 + 100 fits by the estimates; 200 + 100 does not
+        pass
+    assert pool.slots["a"].state == "unloaded"
+    assert pool.slots["a"].evictions == 1
+    # a footprint measured smaller than the estimate still counts the estimate
+    pool.slots["b"].resident_bytes = 10
+    assert pool.slots["b"].charge == 100
+
+
 def test_a_runner_in_use_is_never_unloaded(
     tmp_path: Path,
     offline_store: None,
