@@ -251,7 +251,8 @@ def _with_prefix(spec: ModelSpec, folder: Path, staging: Path) -> Path:
     shutil.copytree(folder, target, symlinks=False, ignore=shutil.ignore_patterns("__pycache__"))
     path = target / "config_sentence_transformers.json"
     config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    prompts = config.get("prompts") if isinstance(config.get("prompts"), dict) else {}
+    prompts = config.get("prompts")
+    prompts = prompts if isinstance(prompts, dict) else {}
     config["prompts"] = {**prompts, PROMPT_NAME: spec.prefix}
     config["default_prompt_name"] = PROMPT_NAME
     path.write_text(json.dumps(config, indent=2), encoding="utf-8")

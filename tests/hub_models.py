@@ -96,7 +96,7 @@ def _e5_small(folder: Path) -> None:
     from transformers import BertConfig, BertModel
 
     tokenizer = _xlmr_tokenizer(folder, max_length=512)
-    config = BertConfig(
+    config = BertConfig(  # type: ignore[call-arg]  # tokenizer_class: a PretrainedConfig kwarg
         vocab_size=len(tokenizer),
         hidden_size=64,
         num_hidden_layers=2,
