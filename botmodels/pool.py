@@ -220,6 +220,9 @@ class RunnerSlot:
         engine = getattr(self.instance, "engine", None)  # where a runner chooses (embeddings)
         if isinstance(engine, str):
             info["engine"] = engine
+        prefix = getattr(self.instance, "prefix", self.labels.get("prefix"))  # embeddings' input
+        if isinstance(prefix, str) and prefix:
+            info["prefix"] = prefix
         compute = getattr(self.instance, "compute", None)  # how a batch runs, where it varies
         if isinstance(compute, str):
             info["compute"] = compute

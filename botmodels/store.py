@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import math
 import shutil
 import tempfile
@@ -49,6 +50,9 @@ class ModelSpec:
     # requests are fitted into it (botmodels/generation/front.py). None: only the settings bound.
     guidance: tuple[float, float] | None = None
     steps: tuple[int, int] | None = None
+    # Embeddings only: text put before every input (e5's "query: "); stored with the model
+    # (`_with_prefix`), so a runner served from the store alone applies it.
+    prefix: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -73,6 +77,8 @@ def load_manifest(path: Path) -> dict[str, dict[str, ModelSpec]]:
             kwargs = {k: v for k, v in entry.items() if k in known}
             if "allow_patterns" in kwargs:
                 kwargs["allow_patterns"] = tuple(kwargs["allow_patterns"])
+            if not isinstance(kwargs.get("prefix", ""), str):
+                raise ManifestError(f"{runner}.{profile}: prefix must be a string")
             for key in ("guidance", "steps"):
                 if key in kwargs:
                     kwargs[key] = _range(f"{runner}.{profile}", key, kwargs[key])
@@ -227,7 +233,30 @@ def stage(
     folder, source, revision = _stage(spec, staging, tiny_builders)
     folder = _assemble(spec, folder, staging)
     _verify(spec, folder)
+    folder = _with_prefix(spec, folder, staging)
     return folder, source, revision
+
+
+PROMPT_NAME = "botmodels"
+
+
+def _with_prefix(spec: ModelSpec, folder: Path, staging: Path) -> Path:
+    """Manifest key `prefix`: written as sentence-transformers' default prompt
+    (`config_sentence_transformers.json`: `prompts` and `default_prompt_name`), the file the
+    embeddings runner reads, and so does sentence-transformers itself. Part of the stored files:
+    another prefix is another stored version. A no-op without the key."""
+    if spec.prefix is None:
+        return folder
+    target = staging / "prefixed"
+    shutil.copytree(folder, target, symlinks=False, ignore=shutil.ignore_patterns("__pycache__"))
+    path = target / "config_sentence_transformers.json"
+    config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    prompts = config.get("prompts")
+    prompts = prompts if isinstance(prompts, dict) else {}
+    config["prompts"] = {**prompts, PROMPT_NAME: spec.prefix}
+    config["default_prompt_name"] = PROMPT_NAME
+    path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return target
 
 
 def _verify(spec: ModelSpec, folder: Path) -> None:
@@ -279,6 +308,8 @@ def import_spec(
             "quantization": spec.quantization,
             "synthetic": "true" if spec.source == "tiny" else "false",
         }
+        if spec.prefix is not None:
+            labels["prefix"] = spec.prefix
         with bentoml.models.create(f"{spec.name}:{version}", labels=labels) as model:
             progress(f"  copying into {model.path}")
             shutil.copytree(folder, model.path, dirs_exist_ok=True, symlinks=False)

@@ -3,7 +3,10 @@
 Reads top to bottom: load from a store folder -> check inputs -> embed a batch -> (the service
 encodes the OpenAI response). The folder holds a Hugging Face model plus, optionally,
 sentence-transformers' `1_Pooling/config.json`, `modules.json` and `sentence_bert_config.json`,
-which choose pooling (mean / cls / max), L2 normalisation and the maximum sequence length.
+which choose pooling (mean / cls / max), L2 normalisation and the maximum sequence length,
+and `config_sentence_transformers.json`, whose default prompt (`prompts[default_prompt_name]`,
+e5's "query: ") is put before every input. BERT and XLM-RoBERTa encoders, with WordPiece or
+SentencePiece tokenizers, all go through `AutoModel` / `AutoTokenizer`.
 """
 
 from __future__ import annotations
@@ -61,6 +64,15 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def default_prompt(config: dict[str, Any]) -> str:
+    """sentence-transformers' default prompt: `prompts[default_prompt_name]`, else none."""
+    prompts, name = config.get("prompts"), config.get("default_prompt_name")
+    if not isinstance(prompts, dict) or not isinstance(name, str):
+        return ""
+    prompt = prompts.get(name)
+    return prompt if isinstance(prompt, str) else ""
+
+
 def cpu_workers(device: str, requested: int, threads: int | None, *, traced: bool) -> int:
     """Workers a runner splits its batches over: only on the CPU, with the trace (eager
     PyTorch holds the GIL between ops), and never more than its threads; else 1."""
@@ -98,6 +110,7 @@ class EmbeddingsRunner:
         self._pool: ThreadPoolExecutor | None = None
         self._flight_lock = threading.Lock()
         self._in_flight = 0  # shares submitted or running, with workers
+        self.prefix = ""  # put before every input (the model's default prompt), once loaded
 
     # 1. Load --------------------------------------------------------------------------------
     def load(self) -> None:
@@ -118,6 +131,9 @@ class EmbeddingsRunner:
         else:
             self.normalize = True  # OpenAI-style embeddings are unit length
         bert_config = _read_json(self.model_dir / "sentence_bert_config.json")
+        self.prefix = default_prompt(
+            _read_json(self.model_dir / "config_sentence_transformers.json")
+        )
 
         self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         model_max = int(getattr(self._tokenizer, "model_max_length", 512) or 512)
@@ -357,6 +373,10 @@ class EmbeddingsRunner:
             raise RuntimeError("EmbeddingsRunner.embed() called before load()")
         if not texts:
             return EmbeddingBatch(np.zeros((0, self.dim), dtype=np.float32), [])
+        if self.prefix:
+            # the model's prompt is part of what it reads: its tokens count in `tokens` (and
+            # in the answer's usage), as sentence-transformers counts them
+            texts = [self.prefix + text for text in texts]
         if self._onnx is not None:
             with self._lock:  # one batch at a time on the session's team of threads
                 encoded = self._tokenize(texts, "np")

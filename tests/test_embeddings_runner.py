@@ -275,3 +275,108 @@ def test_batches_at_once_follows_the_runners_workers() -> None:
     )
     assert count(embeddings_workers=2, embeddings_url="http://other:8089") == 1
     assert batches_at_once(Settings(device="cpu", threads=1, embeddings_workers=2)) == 1
+
+
+# --- the multilingual models' paths: a stored prefix, SentencePiece, XLM-RoBERTa ---------------
+def _staged(tmp_path: Path, build: Callable[[Path], None], **manifest: Any) -> Path:
+    """The folder the import stores for a `source = "local"` entry over `build`'s files (the
+    manifest's keys applied, the ONNX graph exported, as the import does)."""
+    from botmodels.store import ModelSpec, stage
+
+    source = tmp_path / "source"
+    source.mkdir()
+    build(source)
+    spec = ModelSpec(
+        runner="embeddings",
+        profile="test",
+        name="embeddings-test",
+        source="local",
+        quantization="none",
+        path=str(source),
+        **manifest,
+    )
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    folder, _, _ = stage(spec, staging, {})
+    export_onnx(folder)
+    return folder
+
+
+def test_the_manifest_prefix_is_stored_and_put_before_every_input(tmp_path: Path) -> None:
+    """e5's `prefix = "query: "`: written as sentence-transformers' default prompt, so the stored
+    folder alone carries it; each input is embedded as prefix + text, and its tokens (what the
+    model read) are counted in `tokens`."""
+    from tests.hub_models import _e5_small
+
+    folder = _staged(tmp_path, _e5_small, prefix="query: ")
+    stored = json.loads((folder / "config_sentence_transformers.json").read_text("utf-8"))
+    assert stored["prompts"][stored["default_prompt_name"]] == "query: "
+    assert not (tmp_path / "source" / "config_sentence_transformers.json").exists()
+
+    runner = EmbeddingsRunner(folder, quantization="none", device="cpu", engine="eager")
+    runner.load()
+    assert runner.prefix == "query: "
+    texts = ["qual é a capital do Brasil?", "the cat sits on the mat"]
+    batch = runner.embed(texts)
+    tokenizer = runner._tokenizer
+    assert batch.tokens == [len(tokenizer("query: " + t)["input_ids"]) for t in texts]
+    assert all(n > len(tokenizer(t)["input_ids"]) for n, t in zip(batch.tokens, texts, strict=True))
+
+    # the same vectors as a model without a prefix given the prefixed texts
+    (folder / "config_sentence_transformers.json").unlink()
+    plain = EmbeddingsRunner(folder, quantization="none", device="cpu", engine="eager")
+    plain.load()
+    assert plain.prefix == ""
+    np.testing.assert_allclose(
+        batch.vectors, plain.embed(["query: " + t for t in texts]).vectors, atol=1e-5
+    )
+    assert not np.allclose(batch.vectors, plain.embed(texts).vectors, atol=1e-3)
+
+
+def test_a_prefix_that_is_not_a_string_is_refused(tmp_path: Path) -> None:
+    from botmodels.store import ManifestError, load_manifest
+
+    manifest = tmp_path / "models.toml"
+    manifest.write_text(
+        '[embeddings.x]\nname = "e"\nsource = "tiny"\nquantization = "none"\nprefix = 1\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ManifestError, match="prefix must be a string"):
+        load_manifest(manifest)
+
+
+@pytest.mark.parametrize("repo", ["e5-bert-sentencepiece", "bge-m3-xlm-roberta"])
+def test_onnx_engine_matches_eager_on_the_multilingual_architectures(
+    tmp_path: Path, repo: str
+) -> None:
+    """BERT with XLM-R's SentencePiece tokenizer (e5, mean pooling) and XLM-RoBERTa, whose
+    position ids start after the padding id and skip padded tokens (bge-m3, CLS pooling):
+    the exported graph passes the load-time check, and gives eager's vectors on a padded
+    batch of Portuguese and English."""
+    from tests.hub_models import _bge_m3, _e5_small
+
+    build, pooling = (_e5_small, "mean") if repo.startswith("e5") else (_bge_m3, "cls")
+    folder = _staged(tmp_path, build)
+    onnx = EmbeddingsRunner(folder, quantization="none", device="cpu", engine="onnx")
+    onnx.load()
+    assert onnx.engine == "onnx"  # not the PyTorch fallback: the check passed
+    assert onnx.pooling == pooling
+    eager = EmbeddingsRunner(folder, quantization="none", device="cpu", engine="eager")
+    eager.load()
+    texts = ["o gato está no tapete", "Lisbon", "qual é a capital do Brasil? " * 5]
+    got, want = onnx.embed(texts), eager.embed(texts)
+    # the pooling the repo's 1_Pooling names: the first token's state, or the masked mean
+    import torch
+
+    encoded = eager._tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = _float32_model(folder)(**encoded).last_hidden_state
+    mask = encoded["attention_mask"].unsqueeze(-1).float()
+    pooled = hidden[:, 0] if pooling == "cls" else (hidden * mask).sum(1) / mask.sum(1)
+    expected = torch.nn.functional.normalize(pooled, dim=1).numpy()
+    np.testing.assert_allclose(want.vectors, expected, atol=1e-5)
+    assert got.tokens == want.tokens
+    assert len(set(got.tokens)) == 3  # padded: three lengths in one batch
+    np.testing.assert_allclose(got.vectors, want.vectors, atol=1e-4)
+    # and a text's vector does not depend on the batch's padding
+    np.testing.assert_allclose(got.vectors[1], onnx.embed([texts[1]]).vectors[0], atol=1e-4)

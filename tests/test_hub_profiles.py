@@ -81,6 +81,10 @@ def _embeddings(runner: Any, spec: ModelSpec) -> None:
     assert batch.vectors.shape[0] == 2
     assert len(batch.tokens) == 2
     assert np.allclose(np.linalg.norm(batch.vectors, axis=1), 1.0, atol=1e-3)  # modules.json
+    # the exported graph passed its load-time check against PyTorch (BERT and XLM-RoBERTa)
+    assert runner.engine == "onnx"
+    # the manifest's prefix reached the stored folder (e5's "query: "; none for bge-m3)
+    assert runner.prefix == (spec.prefix or "")
 
 
 def _captions(runner: Any) -> None:
@@ -134,6 +138,14 @@ def _tts(runner: Any, spec: ModelSpec) -> None:
     (result,) = runner.synthesize([TtsJob(text="hello world")])
     assert result.sample_rate > 0
     assert result.samples().size > 0
+    if spec.repo == "rhasspy/piper-voices":  # the allow_patterns' two voices, by language
+        assert {v.name: v.language for v in runner.voices.values()} == {
+            "joe": "en_US",
+            "faber": "pt_BR",
+        }
+        (spoken,) = runner.synthesize([TtsJob(text="Olá, bom dia!", language="pt-BR")])
+        assert spoken.voice == "faber"
+        assert spoken.samples().size > 0
 
 
 def _image(runner: Any, spec: ModelSpec) -> None:

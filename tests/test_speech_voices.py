@@ -1,8 +1,10 @@
 """OpenAI's voice names and BOTMODELS_TTS_VOICE_MAP: `SpeechFrontend.resolve_voice`, and
-`/v1/audio/speech` with `voice="alloy"` through the real app (offline profile: Piper `joe`)."""
+`/v1/audio/speech` with `voice="alloy"` through the real app (offline profile: Piper `joe`), and
+the cpu/gpu profiles' English and Portuguese voices picked by `language` through the routes."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -102,3 +104,70 @@ def test_other_unknown_voices_are_still_a_400_listing_the_installed(client: Any)
     error = assert_error(response, 400)
     assert error["param"] == "voice"
     assert "joe" in error["message"]
+
+
+# --- the cpu/gpu profiles' two voices: English `joe` and Brazilian Portuguese `faber` -----------
+@pytest.fixture
+def two_voices(client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The served tts runner swapped for one over rhasspy/piper-voices' two-voice layout (as
+    the cpu/gpu profiles import it; tests/hub_models.py), loaded on the CPU. The voices its
+    results came back with, in order."""
+    import service
+    from runners.tts import TtsJob, TtsResult, TtsRunner
+    from tests.hub_models import _piper_voices
+
+    _piper_voices(tmp_path)
+    runner = TtsRunner(tmp_path, quantization="none", device="cpu")
+    runner.load()
+    # the offline runner loaded first (it loads on its first request), so the swap stays
+    assert client.post("/api/speech/generate", headers=auth(), json={"prompt": "Hi."}).is_success
+    slot = service._service().pool.slot("tts")
+    assert slot is not None
+    assert slot.state == "ready"
+    monkeypatch.setattr(slot, "instance", runner)
+    spoken: list[str] = []
+    synthesize = runner.synthesize
+
+    def recording(jobs: list[TtsJob]) -> list[TtsResult]:
+        results = synthesize(jobs)
+        spoken.extend(r.voice for r in results)
+        return results
+
+    monkeypatch.setattr(runner, "synthesize", recording)
+    return spoken
+
+
+def test_portuguese_picks_the_pt_br_voice_through_the_routes(
+    client: Any, two_voices: list[str]
+) -> None:
+    listed = client.get("/api/speech/voices", headers=auth()).json()["voices"]
+    assert listed == [
+        {"voice": "joe", "language": "en_US", "engine": "piper"},
+        {"voice": "faber", "language": "pt_BR", "engine": "piper"},
+    ]
+    for language, voice in [("pt", "faber"), ("pt-BR", "faber"), ("en", "joe"), (None, "joe")]:
+        body = {"prompt": "Olá, bom dia! Como você está?", "language": language}
+        response = client.post("/api/speech/generate", headers=auth(), json=body)
+        assert response.status_code == 200, response.text
+        assert response.json()["voice"] == voice
+    # OpenAI's route: its voice names speak as the language's first voice
+    openai_bodies: list[dict[str, str]] = [
+        {"input": "Olá, bom dia!", "voice": "alloy", "language": "pt-BR"},
+        {"input": "Olá, bom dia!", "voice": "nova", "language": "pt"},
+        {"input": "Olá, bom dia!", "voice": "faber"},
+    ]
+    for openai_body in openai_bodies:
+        response = client.post(
+            "/v1/audio/speech", headers=auth(), json={**openai_body, "response_format": "wav"}
+        )
+        assert response.status_code == 200, response.text
+        assert response.content[:4] == b"RIFF"
+    assert two_voices[-3:] == ["faber", "faber", "faber"]
+    # a language no voice speaks: a 400 that names what is installed
+    error = assert_error(
+        client.post(
+            "/api/speech/generate", headers=auth(), json={"prompt": "Hola", "language": "pt-PT"}
+        ),
+        400,
+    )
+    assert "faber" in error["message"]
