@@ -312,8 +312,10 @@ class GenerationFrontend:
         negative = _text(
             "negative_prompt", negative_prompt, s.image_max_prompt_chars, required=False
         )
-        with runner_errors():  # a model without guidance (FLUX) refuses one: 400, before queueing
-            runner.check_negative_prompt(negative)
+        check_negative = getattr(runner, "check_negative_prompt", None)  # runners that have one
+        if check_negative is not None:
+            with runner_errors():  # a model without guidance (FLUX) refuses one: 400, not queued
+                check_negative(negative)
         return ImageTask(
             task_id=secrets.token_hex(8),
             prompt=text,
