@@ -337,7 +337,14 @@ def _generation_fields(s: Settings, kind: Literal["image", "video"]) -> dict[str
     fields: dict[str, Any] = {
         "prompt": _text(prompt_chars, "what to generate"),
         "negative_prompt": _nullable(
-            {"type": "string", "maxLength": prompt_chars, "description": "what to avoid"}
+            {
+                "type": "string",
+                "maxLength": prompt_chars,
+                "description": "what to avoid"
+                + (
+                    " (400 where the served model has no guidance: FLUX)" if kind == "image" else ""
+                ),
+            }
         ),
         "steps": _nullable(
             {

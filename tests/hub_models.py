@@ -335,6 +335,44 @@ def _modelscope_t2v(folder: Path) -> None:
     _save_both_variants(pipe, folder)
 
 
+def _resave_sharded(module: Any, folder: Path, shards: int) -> None:
+    """The component again in `shards` safetensors files with their index, as the repo holds
+    it (the single file save_pretrained wrote first is removed)."""
+    total = sum(p.numel() * p.element_size() for p in module.state_dict().values())
+    for tenths in range(10, 20):  # whole tensors per shard: the smallest size giving `shards`
+        for old in folder.glob("*.safetensors*"):
+            old.unlink()
+        module.save_pretrained(folder, max_shard_size=total * tenths // (10 * shards) + 1)
+        written = sorted(p.name for p in folder.glob("*.safetensors"))
+        if len(written) == shards:
+            assert all(f"-of-{shards:05d}" in n for n in written), written
+            return
+    raise AssertionError(f"no shard size splits {folder.name} into {shards} files")
+
+
+def _flux_schnell(folder: Path) -> None:
+    """runners.image.build_tiny_flux's FluxPipeline as black-forest-labs/FLUX.1-schnell holds it:
+    bfloat16 weights, the transformer in 3 shards and T5 (`text_encoder_2`) in 2, each with its
+    index; CLIP's tokenizer as `vocab.json` + `merges.txt`; T5's as `tokenizer.json` (what
+    transformers reads; the repo's `spiece.model` is never read, so it is junk here)."""
+    import torch
+    from diffusers import FluxPipeline
+
+    from runners.image import build_tiny_flux
+
+    with tempfile.TemporaryDirectory() as tmp:
+        build_tiny_flux(Path(tmp))
+        pipe: Any = FluxPipeline.from_pretrained(tmp, dtype=torch.bfloat16)
+    pipe.save_pretrained(folder)
+    _resave_sharded(pipe.transformer, folder / "transformer", 3)
+    _resave_sharded(pipe.text_encoder_2, folder / "text_encoder_2", 2)
+    clip = folder / "tokenizer"
+    vocab = pipe.tokenizer.get_vocab()
+    _json(clip / "vocab.json", dict(sorted(vocab.items(), key=lambda item: item[1])))
+    (clip / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    (clip / "tokenizer.json").unlink()
+
+
 # --- speech to text: Whisper (transformers) and faster-whisper (CTranslate2) --------------------
 def _whisper(mel_bins: int) -> Callable[[Path], None]:
     """runners.stt.build_tiny's Whisper with the repo's number of mel bins (128 from v3 on)."""
@@ -872,6 +910,16 @@ HUB_MODELS: dict[str, HubModel] = {
             ),
             "sd_xl_turbo_1.0.safetensors",
             "output_tile.jpg",
+        ),
+    ),
+    "black-forest-labs/FLUX.1-schnell": HubModel(
+        _flux_schnell,
+        unneeded=(
+            "flux1-schnell.safetensors",  # the single-file checkpoint (ComfyUI's)
+            "ae.safetensors",  # the VAE again, single-file
+            "tokenizer_2/spiece.model",
+            "schnell_grid.jpeg",
+            *_DIFFUSERS_EXTRAS,
         ),
     ),
     "ali-vilab/text-to-video-ms-1.7b": HubModel(

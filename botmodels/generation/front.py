@@ -39,6 +39,7 @@ from botmodels.errors import (
     Overloaded,
     RunnerUnavailable,
     ShuttingDown,
+    runner_errors,
 )
 from botmodels.generation.schemas import (
     GeneratedFile,
@@ -307,12 +308,18 @@ class GenerationFrontend:
         multiple = int(runner.size_multiple)
         native = int(runner.native_size)
         guidance_range, steps_range = self.ranges("image")
+        text = _text("prompt", prompt, s.image_max_prompt_chars, required=True) or ""
+        negative = _text(
+            "negative_prompt", negative_prompt, s.image_max_prompt_chars, required=False
+        )
+        check_negative = getattr(runner, "check_negative_prompt", None)  # runners that have one
+        if check_negative is not None:
+            with runner_errors():  # a model without guidance (FLUX) refuses one: 400, not queued
+                check_negative(negative)
         return ImageTask(
             task_id=secrets.token_hex(8),
-            prompt=_text("prompt", prompt, s.image_max_prompt_chars, required=True) or "",
-            negative_prompt=_text(
-                "negative_prompt", negative_prompt, s.image_max_prompt_chars, required=False
-            ),
+            prompt=text,
+            negative_prompt=negative,
             steps=fit(
                 _int(
                     "steps",

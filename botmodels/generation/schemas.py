@@ -45,7 +45,9 @@ class ImageRequest(BaseModel):
         "number", "classifier-free guidance; omitted or null: the default"
     )
     seed: Checked = _nullable("integer", "omitted or null: drawn at random and returned")
-    negative_prompt: Checked = _nullable("string", "what to avoid")
+    negative_prompt: Checked = _nullable(
+        "string", "what to avoid (400 where the served model has no guidance: FLUX)"
+    )
     model: Checked = _nullable(
         "string", "the stored model's name, with or without its version; omitted: the served one"
     )
@@ -98,7 +100,9 @@ class OpenAIImagesRequest(BaseModel):
     guidance_scale: Checked = _nullable(
         "number", "classifier-free guidance; omitted or null: the default"
     )
-    negative_prompt: Checked = _nullable("string", "what to avoid")
+    negative_prompt: Checked = _nullable(
+        "string", "what to avoid (400 where the served model has no guidance: FLUX)"
+    )
     quality: Checked = Field(None, description="accepted for OpenAI compatibility and ignored")
     style: Checked = Field(None, description="accepted for OpenAI compatibility and ignored")
     user: Checked = Field(None, description="accepted for OpenAI compatibility and ignored")
