@@ -4,7 +4,8 @@ the profile's dtype and quantization, per-step progress and cancellation, the ge
 pipelines.
 
 Quantization (`quantization` of the runner):
-  * CUDA: "none" = fp16; "int8" / "4bit" = bitsandbytes LLM.int8() / nf4 (fp16 compute) on the
+  * CUDA: "none" = fp16 (bf16 where a runner asks: `half_dtype`, Wan); "int8" / "4bit" =
+    bitsandbytes LLM.int8() / nf4 (fp16 or that bf16 compute) on the
     large sub-models (UNet or transformer, text encoders) through diffusers'
     `PipelineQuantizationConfig`; the VAE stays fp16 (small, and quantizing it shows in pixels).
     SDXL-turbo's UNet (2.6 B params) is 5.1 GB in fp16 and ~1.5 GB in nf4, so a 12 GB card fits.
