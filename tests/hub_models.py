@@ -292,8 +292,8 @@ def _wan21_t2v(folder: Path) -> None:
     Wan-AI/Wan2.1-T2V-1.3B-Diffusers: `model_index.json` as diffusers 0.33 wrote it (no
     `transformer_2`, the tokenizer as `T5TokenizerFast`), the UMT5 encoder in safetensors
     shards with their index, the tokenizer as `tokenizer.json` plus `spiece.model` (the same
-    pieces as a SentencePiece protobuf) and `special_tokens_map.json`; fp32 weights only (the
-    repo has no fp16 variant)."""
+    pieces as a SentencePiece protobuf), `special_tokens_map.json` and a transformers-4
+    `tokenizer_config.json`; fp32 weights only (the repo has no fp16 variant)."""
     from transformers import UMT5EncoderModel
 
     from runners.video import build_tiny_wan
@@ -320,6 +320,21 @@ def _wan21_t2v(folder: Path) -> None:
             "additional_special_tokens": extra,
             "eos_token": "</s>",
             "pad_token": "<pad>",
+            "unk_token": "<unk>",
+        },
+    )
+    # as transformers 4 wrote it (the repo's era), not this version's `extra_special_tokens`
+    _json(
+        tokenizer_dir / "tokenizer_config.json",
+        {
+            "additional_special_tokens": extra,
+            "clean_up_tokenization_spaces": True,
+            "eos_token": "</s>",
+            "extra_ids": 8,
+            "model_max_length": 1000000000000000019884624838656,
+            "pad_token": "<pad>",
+            "sp_model_kwargs": {},
+            "tokenizer_class": "T5Tokenizer",
             "unk_token": "<unk>",
         },
     )
