@@ -220,3 +220,28 @@ def test_the_check_defaults_to_832x480_and_refuses_an_8_pixel_grid(wan: Any) -> 
         front.check_video(prompt="x", width=840)
     assert raised.value.param == "width"
     assert "divisible by 16" in raised.value.message
+
+
+def test_botservers_video_body_runs_in_the_gpu_entrys_ranges(wan: Any) -> None:
+    """botserver's VIDEO (24 frames, 50 steps, no guidance, no size) on the gpu profile's Wan:
+    25 frames at 832x480, the card's 50 steps, the default guidance 9.0 fitted to 6."""
+    from types import SimpleNamespace
+
+    from botmodels.config import get_settings
+    from botmodels.generation.front import GenerationFrontend
+    from botmodels.store import load_manifest, spec_for
+
+    entry = spec_for(load_manifest(get_settings().manifest), "video", "gpu")
+    assert entry.repo == "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+
+    class Ranged(_Pool):
+        def slot(self, kind: str) -> Any:
+            return SimpleNamespace(guidance_range=entry.guidance, steps_range=entry.steps)
+
+    pool: Any = Ranged(wan)
+    front = GenerationFrontend(get_settings(), pool, OutputStore(Path("/nonexistent"), 1, 1))
+    task = front.check_video(prompt="a paper boat", num_frames=24, fps=8, steps=50)
+    assert (task.num_frames, task.width, task.height) == (25, 832, 480)
+    assert (task.steps, task.guidance_scale) == (50, 6.0)
+    low = front.check_video(prompt="x", steps=4, guidance_scale=1.0)
+    assert (low.steps, low.guidance_scale) == (20, 5.0)
