@@ -94,8 +94,8 @@ class VideoRunner:
         self.scale, self.native_size = loaded.scale, loaded.native_size
         self.pipeline_class, self.weight_bytes = loaded.pipeline_class, loaded.weight_bytes
         pipe = self._pipe
-        # Pipelines with a video VAE (Wan, CogVideoX): frames = temporal * k + 1, and the
-        # spatial scale times the transformer's patch is the latent grid.
+        # A pipeline with a causal video VAE (Wan) names its temporal factor: frames =
+        # temporal * k + 1; its spatial factor times the transformer's patch is the grid.
         self.frame_stride = int(getattr(pipe, "vae_scale_factor_temporal", 1))
         self.scale = int(getattr(pipe, "vae_scale_factor_spatial", self.scale))
         self.patch = _spatial_patch(getattr(pipe, "transformer", None))
@@ -107,7 +107,7 @@ class VideoRunner:
     def _prepare_wan(self) -> None:
         """The card's settings for Wan 2.1 at 480p: flow shift 3.0 (the repo's scheduler file
         may say otherwise), and on a GPU the VAE in float32 (reloaded from its folder: casting
-        the fp16 copy back would keep fp16's rounding), which the card asks for its decoding."""
+        the half-precision copy back would keep its rounding), as the card decodes."""
         import torch
 
         pipe = self._pipe
