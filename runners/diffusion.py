@@ -4,7 +4,8 @@ the profile's dtype and quantization, per-step progress and cancellation, the ge
 pipelines.
 
 Quantization (`quantization` of the runner):
-  * CUDA: "none" = fp16; "int8" / "4bit" = bitsandbytes LLM.int8() / nf4 (fp16 compute) on the
+  * CUDA: "none" = fp16 (bf16 where a runner asks: `half_dtype`, Wan); "int8" / "4bit" =
+    bitsandbytes LLM.int8() / nf4 (fp16 or that bf16 compute) on the
     large sub-models (UNet or transformer, text encoders) through diffusers'
     `PipelineQuantizationConfig`; the VAE stays fp16 (small, and quantizing it shows in pixels).
     SDXL-turbo's UNet (2.6 B params) is 5.1 GB in fp16 and ~1.5 GB in nf4, so a 12 GB card fits.
@@ -43,18 +44,27 @@ class GenerationCancelled(Exception):
     """Raised from the step callback: every request in the running group was cancelled."""
 
 
+def pipeline_class(model_dir: Path) -> str:
+    """The pipeline class `model_index.json` names, before anything loads."""
+    index = json.loads((model_dir / "model_index.json").read_text(encoding="utf-8"))
+    return str(index.get("_class_name", ""))
+
+
 def quantizable_components(model_dir: Path) -> list[str]:
     index = json.loads((model_dir / "model_index.json").read_text(encoding="utf-8"))
     return [name for name in QUANTIZABLE if isinstance(index.get(name), list) and index[name][0]]
 
 
-def load_pipeline(model_dir: Path, quantization: Quantization, device: Device) -> tuple[Any, str]:
-    """The pipeline on `device`, and the dtype name its weights compute in."""
+def load_pipeline(
+    model_dir: Path, quantization: Quantization, device: Device, half_dtype: str = "float16"
+) -> tuple[Any, str]:
+    """The pipeline on `device`, and the dtype name its weights compute in. `half_dtype` is
+    what a GPU computes in: float16, or bfloat16 for a model trained and published in it."""
     import torch
     from diffusers import DiffusionPipeline
 
     half = device in ("cuda", "mps")
-    dtype = torch.float16 if half else torch.float32
+    dtype = getattr(torch, half_dtype) if half else torch.float32
     kwargs: dict[str, Any] = {"dtype": dtype}
     bnb = quantization == "4bit" or (quantization == "int8" and device == "cuda")
     if quantization == "4bit" and device != "cuda":
@@ -96,7 +106,7 @@ def load_pipeline(model_dir: Path, quantization: Quantization, device: Device) -
         # bitsandbytes places its quantized modules itself; moving them again is an error.
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    return pipe, "float16" if half else "float32"
+    return pipe, half_dtype if half else "float32"
 
 
 @dataclass(frozen=True)
@@ -110,11 +120,16 @@ class LoadedPipeline:
 
 
 def load_runner_pipeline(
-    kind: str, model_dir: Path, quantization: Quantization, device: Device, default_sample: int
+    kind: str,
+    model_dir: Path,
+    quantization: Quantization,
+    device: Device,
+    default_sample: int,
+    half_dtype: str = "float16",
 ) -> LoadedPipeline:
     """`load_pipeline` plus what the image and video runners read from it, logged."""
     started = time.perf_counter()
-    pipe, dtype = load_pipeline(model_dir, quantization, device)
+    pipe, dtype = load_pipeline(model_dir, quantization, device, half_dtype)
     scale = int(getattr(pipe, "vae_scale_factor", 8))
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
     sample = getattr(denoiser.config, "sample_size", default_sample) if denoiser else default_sample

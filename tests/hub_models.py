@@ -373,6 +373,71 @@ def _flux_schnell(folder: Path) -> None:
     (clip / "tokenizer.json").unlink()
 
 
+def _wan21_t2v(folder: Path) -> None:
+    """runners.video.build_tiny_wan's WanPipeline in the layout of
+    Wan-AI/Wan2.1-T2V-1.3B-Diffusers: `model_index.json` as diffusers 0.33 wrote it (no
+    `transformer_2`, the tokenizer as `T5TokenizerFast`), the UMT5 encoder in safetensors
+    shards with their index, the tokenizer as `tokenizer.json` plus `spiece.model` (the same
+    pieces as a SentencePiece protobuf), `special_tokens_map.json` and a transformers-4
+    `tokenizer_config.json`; fp32 weights only (the repo has no fp16 variant)."""
+    from transformers import UMT5EncoderModel
+
+    from runners.video import build_tiny_wan
+
+    build_tiny_wan(folder)
+    encoder_dir = folder / "text_encoder"
+    encoder = UMT5EncoderModel.from_pretrained(encoder_dir)
+    for old in encoder_dir.glob("*.safetensors"):
+        old.unlink()
+    encoder.save_pretrained(encoder_dir, max_shard_size="60KB")
+    assert len(list(encoder_dir.glob("model-*-of-*.safetensors"))) > 1
+    tokenizer_dir = folder / "tokenizer"
+    vocab = json.loads((tokenizer_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    pieces = [
+        (piece, score)
+        for piece, score in vocab["model"]["vocab"][3:]
+        if not piece.startswith("<extra_id_")
+    ]
+    _sentencepiece_model(pieces, tokenizer_dir / "spiece.model", t5=True)
+    extra = [f"<extra_id_{i}>" for i in range(8)]
+    _json(
+        tokenizer_dir / "special_tokens_map.json",
+        {
+            "additional_special_tokens": extra,
+            "eos_token": "</s>",
+            "pad_token": "<pad>",
+            "unk_token": "<unk>",
+        },
+    )
+    # as transformers 4 wrote it (the repo's era), not this version's `extra_special_tokens`
+    _json(
+        tokenizer_dir / "tokenizer_config.json",
+        {
+            "additional_special_tokens": extra,
+            "clean_up_tokenization_spaces": True,
+            "eos_token": "</s>",
+            "extra_ids": 8,
+            "model_max_length": 1000000000000000019884624838656,
+            "pad_token": "<pad>",
+            "sp_model_kwargs": {},
+            "tokenizer_class": "T5Tokenizer",
+            "unk_token": "<unk>",
+        },
+    )
+    _json(
+        folder / "model_index.json",
+        {
+            "_class_name": "WanPipeline",
+            "_diffusers_version": "0.33.0.dev0",
+            "scheduler": ["diffusers", "UniPCMultistepScheduler"],
+            "text_encoder": ["transformers", "UMT5EncoderModel"],
+            "tokenizer": ["transformers", "T5TokenizerFast"],
+            "transformer": ["diffusers", "WanTransformer3DModel"],
+            "vae": ["diffusers", "AutoencoderKLWan"],
+        },
+    )
+
+
 # --- speech to text: Whisper (transformers) and faster-whisper (CTranslate2) --------------------
 def _whisper(mel_bins: int) -> Callable[[Path], None]:
     """runners.stt.build_tiny's Whisper with the repo's number of mel bins (128 from v3 on)."""
@@ -737,26 +802,31 @@ def _ms_marco_minilm(folder: Path) -> None:
     BertForSequenceClassification(config).save_pretrained(folder)
 
 
-def _sentencepiece_model(pieces: list[tuple[str, float]], path: Path) -> None:
+def _sentencepiece_model(pieces: list[tuple[str, float]], path: Path, t5: bool = False) -> None:
     """A SentencePiece unigram model file (the protobuf that `sentencepiece.bpe.model` is) with
-    these pieces after <unk>, <s>, </s>, as XLM-R's: written with the protobuf schema that
-    transformers ships, since the sentencepiece package is not a dependency here."""
+    these pieces after <unk>, <s>, </s>, as XLM-R's (or, `t5`, after <pad>, </s>, <unk>, as
+    T5's `spiece.model`): written with the protobuf schema that transformers ships, since the
+    sentencepiece package is not a dependency here."""
     from transformers.convert_slow_tokenizer import import_protobuf
 
     pb = import_protobuf()
     proto = pb.ModelProto()
     kinds = pb.ModelProto.SentencePiece
+    specials = (
+        [("<pad>", kinds.CONTROL), ("</s>", kinds.CONTROL), ("<unk>", kinds.UNKNOWN)]
+        if t5
+        else [("<unk>", kinds.UNKNOWN), ("<s>", kinds.CONTROL), ("</s>", kinds.CONTROL)]
+    )
     for piece, score, kind in [
-        ("<unk>", 0.0, kinds.UNKNOWN),
-        ("<s>", 0.0, kinds.CONTROL),
-        ("</s>", 0.0, kinds.CONTROL),
+        *((p, 0.0, k) for p, k in specials),
         *((p, s, kinds.NORMAL) for p, s in pieces),
     ]:
         proto.pieces.add(piece=piece, score=score, type=kind)
     proto.trainer_spec.model_type = pb.TrainerSpec.UNIGRAM
     proto.trainer_spec.vocab_size = len(proto.pieces)
-    proto.trainer_spec.unk_id, proto.trainer_spec.bos_id = 0, 1
-    proto.trainer_spec.eos_id, proto.trainer_spec.pad_id = 2, -1
+    ids = {"pad": 0, "eos": 1, "unk": 2, "bos": -1} if t5 else {"unk": 0, "bos": 1, "eos": 2}
+    proto.trainer_spec.unk_id, proto.trainer_spec.bos_id = ids["unk"], ids["bos"]
+    proto.trainer_spec.eos_id, proto.trainer_spec.pad_id = ids["eos"], ids.get("pad", -1)
     proto.normalizer_spec.name = "nmt_nfkc"
     proto.normalizer_spec.add_dummy_prefix = True
     proto.normalizer_spec.remove_extra_whitespaces = True
@@ -926,6 +996,17 @@ HUB_MODELS: dict[str, HubModel] = {
         _modelscope_t2v,
         unneeded=_diffusers_unneeded(
             "text2video_pytorch_model.pth", ("text_encoder", "unet", "vae")
+        ),
+    ),
+    "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": HubModel(
+        _wan21_t2v,
+        unneeded=(
+            *_DIFFUSERS_EXTRAS,
+            "LICENSE.txt",
+            "assets/comp_effic.png",
+            "assets/t2v_res.jpg",
+            "assets/video_dit_arch.jpg",
+            "examples/i2v_input.JPG",
         ),
     ),
     "Systran/faster-whisper-small": HubModel(_faster_whisper, unneeded=()),

@@ -376,6 +376,11 @@ class GenerationFrontend:
         runner = self.pool.local("video")
         multiple = int(runner.size_multiple)
         native = int(runner.native_size)
+        # A model may have its own aspect (Wan: 832x480) and frame counts (Wan: 4k+1): the
+        # answer reports the count that runs.
+        native_width = int(getattr(runner, "native_width", native))
+        native_height = int(getattr(runner, "native_height", native))
+        fit_frames = getattr(runner, "fit_frames", lambda count, most: count)
         guidance_range, steps_range = self.ranges("video")
         return VideoTask(
             task_id=secrets.token_hex(8),
@@ -383,11 +388,16 @@ class GenerationFrontend:
             negative_prompt=_text(
                 "negative_prompt", negative_prompt, s.video_max_prompt_chars, required=False
             ),
-            num_frames=_int(
-                "num_frames",
-                s.video_default_frames if num_frames is None else num_frames,
-                1,
-                s.video_max_frames,
+            num_frames=int(
+                fit_frames(
+                    _int(
+                        "num_frames",
+                        s.video_default_frames if num_frames is None else num_frames,
+                        1,
+                        s.video_max_frames,
+                    ),
+                    s.video_max_frames,
+                )
             ),
             fps=_int("fps", s.video_default_fps if fps is None else fps, 1, s.video_max_fps),
             steps=fit(
@@ -403,14 +413,14 @@ class GenerationFrontend:
             ),
             width=_size(
                 "width",
-                native if width is None else width,
+                native_width if width is None else width,
                 s.video_min_size,
                 s.video_max_size,
                 multiple,
             ),
             height=_size(
                 "height",
-                native if height is None else height,
+                native_height if height is None else height,
                 s.video_min_size,
                 s.video_max_size,
                 multiple,
