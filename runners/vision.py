@@ -330,10 +330,12 @@ class _Chat:
     chat template and `image_seq_len`. transformers' SmolVLMProcessor needs `num2words` and a
     torchvision video processor even for still images; this is its image path only.
 
-    `split_images`: SmolVLM tiles a large image (up to `size` / `max_image_size` squared tiles
-    plus the whole, each `image_seq_len` tokens through the vision encoder). On the CPU each
-    image is read once, at `max_image_size`: a one-sentence caption or a short answer rarely
-    needs the detail, and tiling multiplies the encoder's and the prompt's cost up to 17 times."""
+    `split_images`: SmolVLM tiles an image (`max_image_size` squares plus the whole, each
+    `image_seq_len` tokens through the vision encoder). On the CPU each image is read once, at
+    `max_image_size`: a one-sentence caption or a short answer rarely needs the detail, and
+    tiling multiplies the encoder's and the prompt's cost. On CUDA at most 2 x 2 tiles: the
+    front caps images at about two tiles a side, and the repos' `size` (4 x 4 tiles of an
+    upscaled copy) would keep 17 views' tokens per image of a batch in the KV cache."""
 
     tokenizer: Any
     image_processor: Any
@@ -409,9 +411,11 @@ class _Chat:
     def encode(self, images: list[Any], instructions: list[str], prefixes: list[str]) -> Any:
         from transformers.models.smolvlm.processing_smolvlm import get_image_prompt_string
 
+        tile = int(self.image_processor.max_image_size["longest_edge"])
         vision = self.image_processor(
             [[image] for image in images],
             do_image_splitting=self.split_images,
+            size={"longest_edge": 2 * tile},
             return_row_col_info=True,
             return_tensors="pt",
         )

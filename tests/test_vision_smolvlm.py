@@ -82,7 +82,7 @@ def test_images_become_image_tokens_as_the_processor_counts_them(runner: VisionR
     image_id = chat.tokenizer.convert_tokens_to_ids("<image>")
     per_row = (inputs["input_ids"] == image_id).sum(dim=1).tolist()
     assert per_row == [chat.image_seq_len] * 2
-    assert inputs["pixel_values"].shape[:2] == (2, 1)
+    assert inputs["pixel_values"].shape == (2, 1, 3, 32, 32)  # one tile-sized view
     # left padding: every prompt ends where generation starts
     assert bool(inputs["attention_mask"][:, -1].all())
 
@@ -167,11 +167,14 @@ def test_tiles_add_image_tokens_for_large_images(folder: Path) -> None:
     runner = _runner(folder, split_images=True)
     chat = runner._chat
     assert chat is not None
-    inputs = chat.encode([_images()[0], _images()[3]], [CAPTION_INSTRUCTION] * 2, ["", ""])
+    large = Image.new("RGB", (300, 200), (9, 9, 9))
+    images = [_images()[0], _images()[3], large]
+    inputs = chat.encode(images, [CAPTION_INSTRUCTION] * 3, [""] * 3)
     image_id = chat.tokenizer.convert_tokens_to_ids("<image>")
     per_row = (inputs["input_ids"] == image_id).sum(dim=1).tolist()
-    # resized up to `size` (two tiles a side) in whole tiles: 2 x 2 tiles plus the whole view
-    assert per_row == [5 * chat.image_seq_len] * 2
+    # resized to two tiles a side, whatever the size: 2 x 2 tiles plus the whole view
+    assert per_row == [5 * chat.image_seq_len] * 3
+    assert inputs["pixel_values"].shape[1:] == (5, 3, 32, 32)
 
 
 @pytest.mark.parametrize(
