@@ -516,6 +516,11 @@ class Settings(BaseSettings):
         description=_NO_EFFECT,
     )
     vision_max_new_tokens: int = Field(30, ge=1, le=200, description="Caption/answer length.")
+    vision_cpu_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="SmolVLM's weights on the CPU (BLIP stays float32): auto = bfloat16 where "
+        "the CPU has bfloat16 instructions (AVX512-BF16 or AMX), else float32, as for the llm.",
+    )
     vision_max_image_pixels: int = Field(
         40_000_000,
         ge=1024,

@@ -72,17 +72,20 @@ _vision_runners: weakref.WeakValueDictionary[Path, VisionRunner] = weakref.WeakV
 
 
 def _make_vision(path: Path, quantization: Quantization, device: Device) -> VisionRunner:
-    # vision.gpu and vqa.gpu name one stored BLIP-2: both kinds share one loaded copy.
+    # vision.<profile> and vqa.<profile> may name one stored model (SmolVLM2 answers both):
+    # both kinds share one loaded copy.
     from botmodels.config import get_settings
     from runners.vision import VisionRunner
 
     runner = _vision_runners.get(path)
     if runner is None:
+        settings = get_settings()
         runner = VisionRunner(
             path,
             quantization=quantization,
             device=device,
-            max_new_tokens=get_settings().vision_max_new_tokens,
+            max_new_tokens=settings.vision_max_new_tokens,
+            cpu_dtype=cpu_dtype(settings.vision_cpu_dtype),
         )
         _vision_runners[path] = runner
     return runner

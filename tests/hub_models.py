@@ -143,103 +143,49 @@ def _bge_m3(folder: Path) -> None:
     )
 
 
-# --- vision: BLIP and BLIP-2 ----------------------------------------------------------------------
-def _blip(architecture: str) -> Callable[[Path], None]:
-    def build(folder: Path) -> None:
-        from runners import vision
+# --- vision: SmolVLM2 -----------------------------------------------------------------------------
+def _smolvlm2(
+    image_size: int, patch_size: int, scale_factor: int, shards: bool
+) -> Callable[[Path], None]:
+    """runners.vision.build_tiny_smolvlm with the repo's vision geometry (patch size, pixel
+    shuffle factor) and its tokenizer files as the repo holds them: `tokenizer.json` plus the
+    BPE's `vocab.json` / `merges.txt`, `added_tokens.json` and `special_tokens_map.json`;
+    the 2.2B's weights in safetensors shards with their index."""
 
-        vision._tiny(folder, architecture)
-        _hub_processor_files(folder)
+    def build(folder: Path) -> None:
+        from tokenizers import Tokenizer
+
+        from runners.vision import build_tiny_smolvlm
+
+        build_tiny_smolvlm(
+            folder,
+            image_size=image_size,
+            patch_size=patch_size,
+            scale_factor=scale_factor,
+            max_shard_size="100KB" if shards else None,
+        )
+        backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        backend.model.save(str(folder))  # vocab.json, merges.txt
+        added = {t.content: i for i, t in backend.get_added_tokens_decoder().items()}
+        _json(folder / "added_tokens.json", {t: i for t, i in added.items() if i > 2})
+        settings = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        _json(
+            folder / "special_tokens_map.json",
+            {
+                key: settings[key]
+                for key in ("bos_token", "eos_token", "pad_token", "unk_token")
+                if key in settings
+            }
+            | {
+                "additional_special_tokens": [
+                    "<fake_token_around_image>",
+                    "<image>",
+                    "<end_of_utterance>",
+                ]
+            },
+        )
 
     return build
-
-
-def _opt_tokenizer() -> Any:
-    """A byte-level BPE tokenizer with OPT's special tokens (GPT-2 style, as the real one)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Tokenizer
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    corpus = ["a photo of a cat on a red table", "Question: what color is it? Answer: red"] * 4
-    bpe.train_from_iterator(
-        corpus,
-        trainers.BpeTrainer(
-            vocab_size=300,
-            special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        ),
-    )
-    return GPT2Tokenizer(
-        tokenizer_object=bpe,
-        bos_token="</s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-    )
-
-
-def _blip2_opt(folder: Path) -> None:
-    """Blip2ForConditionalGeneration over an OPT decoder (as Salesforce/blip2-opt-2.7b), in
-    sharded safetensors with their index, as the repo holds them."""
-    import torch
-    from transformers import (
-        Blip2Config,
-        Blip2ForConditionalGeneration,
-        Blip2Processor,
-        BlipImageProcessor,
-        OPTConfig,
-    )
-
-    queries = 4
-    tokenizer = _opt_tokenizer()
-    processor = Blip2Processor(
-        image_processor=BlipImageProcessor(size={"height": 32, "width": 32}),
-        tokenizer=tokenizer,
-        num_query_tokens=queries,
-    )
-    processor.save_pretrained(folder)
-    _hub_processor_files(folder)
-    image_token = processor.tokenizer.convert_tokens_to_ids("<image>")
-    text = OPTConfig(
-        vocab_size=len(processor.tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        ffn_dim=37,
-        num_attention_heads=2,
-        max_position_embeddings=64,
-        word_embed_proj_dim=32,
-        bos_token_id=2,
-        eos_token_id=2,
-        pad_token_id=1,
-    )
-    config = Blip2Config(
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 8,
-        },
-        qformer_config={
-            "hidden_size": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "intermediate_size": 37,
-            "encoder_hidden_size": 32,
-        },
-        text_config=text.to_dict(),
-        num_query_tokens=queries,
-        image_token_index=image_token,
-    )
-    config.architectures = ["Blip2ForConditionalGeneration"]
-    torch.manual_seed(0)
-    model = Blip2ForConditionalGeneration(config)
-    gen = model.generation_config
-    gen.bos_token_id, gen.eos_token_id, gen.pad_token_id = 2, 2, 1
-    model.save_pretrained(folder, max_shard_size="100KB")
 
 
 # --- text to image / video: diffusers pipelines with fp16 variants ------------------------------
@@ -948,21 +894,13 @@ HUB_MODELS: dict[str, HubModel] = {
             "README.md",
         ),
     ),
-    "Salesforce/blip-image-captioning-base": HubModel(
-        _blip("BlipForConditionalGeneration"),
-        unneeded=("pytorch_model.bin", "tf_model.h5", "README.md"),
+    "HuggingFaceTB/SmolVLM2-500M-Video-Instruct": HubModel(
+        _smolvlm2(image_size=128, patch_size=16, scale_factor=4, shards=False),
+        unneeded=("README.md",),
     ),
-    "Salesforce/blip-vqa-base": HubModel(
-        _blip("BlipForQuestionAnswering"),
-        unneeded=("pytorch_model.bin", "tf_model.h5", "README.md"),
-    ),
-    "Salesforce/blip2-opt-2.7b": HubModel(
-        _blip2_opt,
-        unneeded=(
-            "pytorch_model-00001-of-00002.bin",
-            "pytorch_model-00002-of-00002.bin",
-            "README.md",
-        ),
+    "HuggingFaceTB/SmolVLM2-2.2B-Instruct": HubModel(
+        _smolvlm2(image_size=84, patch_size=14, scale_factor=3, shards=True),
+        unneeded=("README.md",),
     ),
     "stabilityai/sd-turbo": HubModel(
         _sd_turbo,

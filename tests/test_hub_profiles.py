@@ -99,6 +99,7 @@ def _captions(runner: Any) -> None:
     for answer in (plain, prompted):
         assert isinstance(answer.text, str)
         assert 0.0 <= answer.confidence <= 1.0
+    assert prompted.text.startswith("a photo of")  # the prompt opens the caption
 
 
 def _answers(runner: Any) -> None:
@@ -110,7 +111,7 @@ def _answers(runner: Any) -> None:
 
 
 def _vision(runner: Any, spec: ModelSpec) -> None:
-    # describe, describe-video (frames) and BLIP-2's questions all go through caption/answer
+    # describe, describe-video (frames) and SmolVLM's questions all go through caption/answer
     _captions(runner)
     if runner.can_answer:
         _answers(runner)

@@ -57,7 +57,8 @@ VQA_API, VQA_ROUTE = "vqa_batch", "/runners/vqa/answer"
 OCR_API, OCR_ROUTE = "ocr_batch", "/runners/ocr/recognize"
 NO_QR = "No QR code found in image"
 NO_BARCODE = "No barcode found in image"
-# BLIP reads 384x384; keeping at most this many pixels a side bounds what waits in the queue.
+# The models read 384-512 px views (SmolVLM also reads tiles of an upscaled copy on CUDA);
+# keeping at most this many pixels a side bounds what waits in the queue.
 MODEL_SIDE = 768
 
 
