@@ -49,7 +49,7 @@ from botmodels.llm.front import LlmFrontend
 from botmodels.llm.proxy import OpenAIRemote
 from botmodels.outputs import OutputStore
 from botmodels.peers import RunnerCheck, RunnerRouteGuard
-from botmodels.pool import RunnerPool
+from botmodels.pool import RunnerPool, check_budgets, stored_estimates
 from botmodels.remote import RemoteRunner
 from botmodels.rerank import routes as rerank_routes
 from botmodels.rerank.front import BATCH_ROUTE as RERANK_ROUTE
@@ -78,6 +78,10 @@ from runners.tts import TtsResult
 patches.apply()
 
 settings = get_settings()
+if settings.memory_budget is not None or settings.gpu_memory_budget is not None:
+    # Here, in the process `bentoml serve` runs first, so that it exits with the reason: raised
+    # in a worker's start-up hook it would only get the worker restarted, never ready.
+    check_budgets(settings, stored_estimates(settings))
 VERSION = "0.1.0"  # pyproject.toml's version; tests/test_store.py keeps them equal
 shutdown = Shutdown(settings.shutdown_grace_s)  # botmodels/shutdown.py: what SIGTERM does
 

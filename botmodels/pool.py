@@ -237,6 +237,42 @@ class BudgetConfigError(RuntimeError):
     """A memory budget no enabled model fits in: the service refuses to start."""
 
 
+def check_budgets(settings: Settings, estimates: Mapping[str, int]) -> None:
+    """`BudgetConfigError` where a budget is smaller than every enabled model's estimate."""
+    if not estimates:
+        return
+    smallest = min(estimates.values())
+    for name, budget in (
+        ("BOTMODELS_MEMORY_BUDGET", settings.memory_budget),
+        ("BOTMODELS_GPU_MEMORY_BUDGET", settings.gpu_memory_budget),
+    ):
+        if budget is not None and budget < smallest:
+            raise BudgetConfigError(
+                f"{name}={budget} bytes ({_mib(budget)}) is smaller than the smallest "
+                f"enabled model ({_mib(smallest)}); estimated footprints: "
+                + ", ".join(f"{kind} {_mib(size)}" for kind, size in estimates.items())
+            )
+
+
+def stored_estimates(settings: Settings) -> dict[str, int]:
+    """Every enabled local runner's estimated footprint, from the store (kinds with no model in
+    the profile or not imported yet are left out: their failure is reported when they load)."""
+    manifest = load_manifest(settings.manifest)
+    sizes: dict[str, int] = {}
+    for kind in settings.runners:
+        if settings.remote_url(kind) is not None:
+            continue
+        try:
+            spec = spec_for(manifest, kind, settings.profile)
+        except ManifestError:
+            continue
+        stored = find_stored(spec.tag)
+        if stored is not None:
+            quant = getattr(settings, f"{kind}_quantization", None) or spec.quantization
+            sizes[kind] = estimate_bytes(Path(stored.path), quant)
+    return sizes
+
+
 class RunnerPool:
     def __init__(self, settings: Settings, factories: Mapping[str, Factory]) -> None:
         self.settings = settings
@@ -285,17 +321,9 @@ class RunnerPool:
             stored = find_stored(slot.tag)
             if stored is not None:
                 slot.estimated_bytes = estimate_bytes(Path(stored.path), slot.quantization)
-        known = [s.estimated_bytes for s in local if s.estimated_bytes is not None]
-        for name, budget in (
-            ("BOTMODELS_MEMORY_BUDGET", self.settings.memory_budget),
-            ("BOTMODELS_GPU_MEMORY_BUDGET", self.settings.gpu_memory_budget),
-        ):
-            if budget is not None and known and budget < min(known):
-                raise BudgetConfigError(
-                    f"{name}={budget} bytes ({_mib(budget)}) is smaller than the smallest "
-                    f"enabled model ({_mib(min(known))}); estimated footprints: "
-                    + ", ".join(f"{s.kind} {_mib(s.estimated_bytes)}" for s in local)
-                )
+        check_budgets(
+            self.settings, {s.kind: s.estimated_bytes for s in local if s.estimated_bytes}
+        )
         cpu, gpu = self.settings.memory_budget, self.settings.gpu_memory_budget
         lines = [
             f"memory budget: cpu {_mib(cpu) if cpu else 'unlimited'}, "

@@ -102,3 +102,25 @@ def test_a_budget_below_the_sum_serves_a_mixed_workload(offline_store: None) -> 
     assert 'botmodels_runner_loads_total{runner="vision"}' in metrics
     assert "memory budget: cpu" in log
     assert "runner vision: on first request, estimated" in log
+
+
+@pytest.mark.serve
+def test_a_budget_below_every_model_refuses_to_start(offline_store: None) -> None:
+    smallest = min(_estimates().values())
+    server = Server(
+        {
+            "BOTMODELS_PROFILE": "tiny",
+            "BOTMODELS_RUNNERS": ",".join(RUNNERS),
+            "BOTMODELS_MEMORY_BUDGET": str(smallest - 1),
+        }
+    )
+    try:
+        with pytest.raises(RuntimeError, match="server exited") as exited:
+            server.wait_ready()
+    finally:
+        server.stop()
+    assert server.proc.returncode not in (None, 0)
+    message = str(exited.value)
+    assert f"BOTMODELS_MEMORY_BUDGET={smallest - 1} bytes" in message
+    assert "is smaller than the smallest enabled model" in message
+    assert all(f"{kind} " in message.split("estimated footprints:")[-1] for kind in RUNNERS)
