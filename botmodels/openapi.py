@@ -76,9 +76,13 @@ from botmodels.vision.schemas import (
 
 OPENAPI_VERSION = "3.1.0"
 REF = "#/components/schemas/{model}"
-# Width and height are multiples of the runner's latent grid: max(8, VAE scale), and every VAE
-# this bundle loads has scale 8 or less (runners/image.py, runners/video.py: size_multiple).
+# Width and height are multiples of the runner's latent grid (runners/image.py,
+# runners/video.py: size_multiple): 8 for the Stable Diffusion and ModelScope pipelines, 16 for
+# FLUX.1 and Wan 2.1 (VAE scale x patch size). The document is per bundle, not per loaded model:
+# it states 8 and says where 16 applies; the runner's check answers 400 naming its grid.
 SIZE_MULTIPLE = 8
+GRID_NOTE = "16 on FLUX.1 and Wan 2.1"
+
 JSON = "application/json"
 
 
@@ -332,7 +336,8 @@ def _generation_fields(s: Settings, kind: Literal["image", "video"]) -> dict[str
         "minimum": low,
         "maximum": high,
         "multipleOf": SIZE_MULTIPLE,
-        "description": "pixels; omitted or null: the model's native size",
+        "description": f"pixels, a multiple of {SIZE_MULTIPLE} ({GRID_NOTE}); omitted or null: "
+        "the model's native size",
     }
     fields: dict[str, Any] = {
         "prompt": _text(prompt_chars, "what to generate"),
@@ -432,8 +437,8 @@ def _openai_images_body(s: Settings) -> dict[str, Any]:
                     "type": "string",
                     "pattern": _size_pattern(s.image_min_size, s.image_max_size),
                     "description": f"WIDTHxHEIGHT, e.g. 512x512: each {s.image_min_size} to "
-                    f"{s.image_max_size} and a multiple of {SIZE_MULTIPLE}; omitted or null: "
-                    "the model's native size",
+                    f"{s.image_max_size} and a multiple of {SIZE_MULTIPLE} ({GRID_NOTE}); "
+                    "omitted or null: the model's native size",
                 }
             ),
             "response_format": {
