@@ -255,6 +255,18 @@ def test_voices_listing(client: Any) -> None:
     assert body["aliases"]["alloy"] is None  # OpenAI's names: the default voice
 
 
+def test_voices_of_an_unloaded_runner_are_listed_after_loading_it(client: Any) -> None:
+    import service
+
+    assert service._instance is not None
+    pool = service._instance.pool
+    assert pool.unload("tts")
+    assert pool.slots["tts"].describe()["state"] == "unloaded"
+    body = client.get("/api/speech/voices", headers=auth()).json()
+    assert body["voices"] == [{"voice": "joe", "language": "en_US", "engine": "piper"}]
+    assert pool.slots["tts"].state == "ready"
+
+
 # --- /outputs -----------------------------------------------------------------------------------
 def test_outputs_names_are_random_and_paths_safe(client: Any) -> None:
     paths = {

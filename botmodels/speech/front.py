@@ -466,11 +466,14 @@ class SpeechFrontend:
         )
         return Response(encoded, media_type=audio_io.CONTENT_TYPES[fmt])
 
-    def voices(self) -> list[dict[str, Any]]:
+    async def voices(self) -> list[dict[str, Any]]:
+        """The installed voices. An unloaded runner is loaded to list them (it is enabled and
+        healthy: an empty list would say it has none); a remote or failed one lists none."""
         slot = self.pool.slot("tts")
-        if slot is None or slot.state != "ready":
+        if slot is None or slot.state in ("remote", "failed"):
             return []
-        return [v.describe() for v in slot.instance.voices.values()]
+        async with self.pool.acquire("tts") as runner:
+            return [v.describe() for v in runner.voices.values()]
 
     # the video editor ----------------------------------------------------------------------
     async def editor_tts(self, request: Request) -> Response:

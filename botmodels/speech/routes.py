@@ -41,9 +41,11 @@ def routes(front: Callable[[], SpeechFrontend]) -> list[Route]:
     async def editor_tts(request: Request) -> Response:
         return await front().editor_tts(request)
 
+    @json_errors
     async def speech_voices(_: Request) -> JSONResponse:
         speech = front()
-        return JSONResponse({"voices": speech.voices(), "aliases": speech.voice_aliases()})
+        voices = await speech.voices()
+        return JSONResponse({"voices": voices, "aliases": speech.voice_aliases()})
 
     return [
         Route("/api/speech/totext", speech_to_text, methods=["POST"]),
