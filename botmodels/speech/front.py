@@ -291,9 +291,8 @@ class SpeechFrontend:
     def _installed_voices(self) -> dict[str, Any] | None:
         """The local runner's voices by name, or None when it is remote or not ready."""
         slot = self.pool.slot("tts")
-        if slot is None or slot.state != "ready":
-            return None
-        return dict(slot.instance.voices)
+        instance = slot.instance if slot is not None else None  # once: an unload may clear it
+        return None if instance is None else dict(instance.voices)
 
     def resolve_voice(self, name: str | None, language: str | None = None) -> str | None:
         """The installed voice to ask the runner for, given a request's `voice` and `language`.
@@ -356,9 +355,10 @@ class SpeechFrontend:
         # Fail before queueing when the runner is local: a bad voice, or text that speaks for
         # too long, never joins (and so never fails) a batch. Phonemizing is quick but not free.
         slot = self.pool.slot("tts")
-        if slot is not None and slot.state == "ready":
+        instance = slot.instance if slot is not None else None  # once: an unload may clear it
+        if instance is not None:
             with runner_errors():
-                await asyncio.to_thread(slot.instance.check, job)
+                await asyncio.to_thread(instance.check, job)
 
     async def api_generate(self, request: Request) -> Response:
         started = time.perf_counter()
