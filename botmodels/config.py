@@ -132,6 +132,12 @@ class Settings(BaseSettings):
         description="Enabled runner kinds, comma-separated. A disabled runner loads nothing. "
         "`llm` is opt-in (`make serve` adds it).",
     )
+    model_variants: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="Another model of the profile for a runner, `runner=variant` comma-separated "
+        "(`image=sdxl-turbo`): the runner serves models.toml's `[<runner>.<profile>-<variant>]` "
+        "entry instead of `[<runner>.<profile>]`; the import step imports that one.",
+    )
 
     # --- auth -------------------------------------------------------------------------------
     api_keys: SecretStr | None = Field(
@@ -737,6 +743,35 @@ class Settings(BaseSettings):
     def _parse_trusted_proxies(cls, value: object) -> object:
         return _parse_networks(value, "BOTMODELS_TRUSTED_PROXIES")
 
+    @field_validator("model_variants", mode="before")
+    @classmethod
+    def _parse_model_variants(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        variants: dict[str, str] = {}
+        for part in (p.strip() for p in value.split(",")):
+            if not part:
+                continue
+            runner, sep, variant = (x.strip() for x in part.partition("="))
+            if not (sep and runner and variant):
+                raise ValueError(
+                    f"BOTMODELS_MODEL_VARIANTS={value!r}: {part!r} is not `runner=variant` "
+                    "(e.g. image=sdxl-turbo)"
+                )
+            variants[runner] = variant
+        return variants
+
+    @field_validator("model_variants")
+    @classmethod
+    def _known_variant_runners(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(KNOWN_RUNNERS))
+        if unknown:
+            raise ValueError(
+                f"unknown runner(s) {unknown} in BOTMODELS_MODEL_VARIANTS; known: "
+                f"{', '.join(KNOWN_RUNNERS)}"
+            )
+        return value
+
     @field_validator("tts_voice_map", mode="before")
     @classmethod
     def _parse_voice_map(cls, value: object) -> object:
@@ -773,6 +808,13 @@ class Settings(BaseSettings):
     @property
     def replay_cache_path(self) -> Path:
         return self.home / "replay-cache.sqlite3"
+
+    def manifest_entry(self, runner: str, profile: str | None = None) -> str:
+        """The models.toml entry `runner` serves in `profile` (default: this one's):
+        `<profile>`, or `<profile>-<variant>` where BOTMODELS_MODEL_VARIANTS names one."""
+        base = profile or self.profile
+        variant = self.model_variants.get(runner)
+        return f"{base}-{variant}" if variant else base
 
     def preloaded(self, runner: str) -> bool:
         """Whether `runner` loads at start-up (BOTMODELS_PRELOAD)."""

@@ -263,7 +263,7 @@ def stored_estimates(settings: Settings) -> dict[str, int]:
         if settings.remote_url(kind) is not None:
             continue
         try:
-            spec = spec_for(manifest, kind, settings.profile)
+            spec = spec_for(manifest, kind, settings.manifest_entry(kind))
         except ManifestError:
             continue
         stored = find_stored(spec.tag)
@@ -288,10 +288,10 @@ class RunnerPool:
         for kind in settings.runners:
             remote = settings.remote_url(kind)
             try:
-                spec = spec_for(manifest, kind, settings.profile)
+                spec = spec_for(manifest, kind, settings.manifest_entry(kind))
             except ManifestError as exc:
                 if remote is None and kind in KINDS and KINDS[kind].optional:
-                    log.info("runner %s: no model in profile %s; off", kind, settings.profile)
+                    log.info("runner %s: no model in %s; off", kind, settings.manifest_entry(kind))
                     continue  # not a failure: the kind's routes do without it
                 self.slots[kind] = RunnerSlot(kind, "?", "none", state="failed", error=str(exc))
                 continue

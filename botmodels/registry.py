@@ -269,7 +269,7 @@ def model_ref(kind: str) -> Any:
     from botmodels.store import find_stored, load_manifest
 
     settings = get_settings()
-    spec = load_manifest(settings.manifest).get(kind, {}).get(settings.profile)
+    spec = load_manifest(settings.manifest).get(kind, {}).get(settings.manifest_entry(kind))
     if spec is None or kind not in settings.runners or settings.remote_url(kind) is not None:
         return None
     if find_stored(spec.tag) is None:

@@ -29,6 +29,7 @@ COMPUTED_DEFAULTS = {
     "trusted_networks": "none",
     "trusted_proxies": "none",
     "tts_voice_map": "none",
+    "model_variants": "none (each runner serves its profile's entry)",
 }
 
 HEADER = """\

@@ -37,10 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     kinds = [k.strip() for k in args.runners.split(",") if k.strip()]
     failures = 0
+    settings = get_settings()
     for i, kind in enumerate(kinds, 1):
-        spec = manifest.get(kind, {}).get(args.profile)
+        entry = settings.manifest_entry(kind, args.profile)  # BOTMODELS_MODEL_VARIANTS
+        spec = manifest.get(kind, {}).get(entry)
         if spec is None:
-            print(f"[{i}/{len(kinds)}] {kind}: no model for profile {args.profile!r}; skipped")
+            print(f"[{i}/{len(kinds)}] {kind}: no model for profile {entry!r}; skipped")
             continue
         print(f"[{i}/{len(kinds)}] {kind}: {spec.name} from {spec.source}", flush=True)
         started = time.perf_counter()

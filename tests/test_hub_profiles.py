@@ -31,8 +31,8 @@ from tests.hub_models import HUB_MODELS, write_repo
 from tests.hub_server import LocalHub
 
 PROFILES = ("cpu", "gpu")
-# Entries that are no served profile but can stand in for one (an alternative hub model that a
-# manifest copy serves in a profile's place, as image.gpu-sdxl-turbo): tested as their profile.
+# Entries that are no profile of their own but stand in for one (an alternative hub model that
+# BOTMODELS_MODEL_VARIANTS serves in a profile's place, as image.gpu-sdxl-turbo): tested alike.
 ALTERNATIVE = tuple(f"{p}-" for p in PROFILES)
 
 

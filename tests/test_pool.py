@@ -485,3 +485,65 @@ def test_memory_budget_settings_take_units(monkeypatch: pytest.MonkeyPatch) -> N
         Settings(preload="embeddings,telepathy")
     tuned = Settings(idle_unload_s=60, vqa_idle_unload_s=0)
     assert (tuned.idle_unload_for("vqa"), tuned.idle_unload_for("stt")) == (0.0, 60.0)
+
+
+# --- BOTMODELS_MODEL_VARIANTS: another entry of the profile ---------------------------------
+def test_a_model_variant_names_the_entry_a_runner_serves(tmp_path: Path) -> None:
+    manifest = (
+        '[good.offline]\nname = "embeddings-tiny-bert"\nsource = "tiny"\nquantization = "none"\n'
+        '[good.offline-alt]\nname = "image-tiny-sd"\nsource = "tiny"\nquantization = "int8"\n'
+        '[bad.offline]\nname = "embeddings-tiny-bert"\nsource = "tiny"\nquantization = "none"\n'
+    )
+    settings = _pool_settings(tmp_path, manifest, model_variants={"good": "alt"})
+    assert settings.manifest_entry("good") == "offline-alt"
+    assert settings.manifest_entry("bad") == "offline"
+    assert settings.manifest_entry("good", "gpu") == "gpu-alt"
+    pool = RunnerPool(settings, {"good": GoodRunner, "bad": GoodRunner})
+    assert pool.slots["good"].tag.startswith("image-tiny-sd")
+    assert pool.slots["good"].quantization == "int8"
+    assert pool.slots["bad"].tag.startswith("embeddings-tiny-bert")
+    missing = _pool_settings(tmp_path, manifest, model_variants={"good": "nope"})
+    slot = RunnerPool(missing, {"good": GoodRunner, "bad": GoodRunner}).slots["good"]
+    assert slot.state == "failed"
+    assert "'offline-nope'" in (slot.error or "")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("image", "is not `runner=variant`"),
+        ("image=", "is not `runner=variant`"),
+        ("pictures=sdxl-turbo", "unknown runner"),
+    ],
+)
+def test_malformed_model_variants_refuse_to_start(
+    value: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BOTMODELS_MODEL_VARIANTS", value)
+    with pytest.raises(ValueError, match=message):
+        Settings()
+    monkeypatch.setenv("BOTMODELS_MODEL_VARIANTS", " image = sdxl-turbo ,")
+    assert Settings().model_variants == {"image": "sdxl-turbo"}
+
+
+def test_the_import_step_imports_a_runners_variant(
+    tmp_path: Path, offline_store: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from botmodels.config import get_settings
+    from botmodels.store import find_stored
+    from scripts.import_models import main
+
+    manifest = tmp_path / "models.toml"
+    manifest.write_text(
+        '[segment.tiny]\nname = "segment-tiny-segformer"\nsource = "tiny"\nquantization = "none"\n'
+        '[segment.tiny-alt]\nname = "segment-tiny-variant"\nsource = "tiny"\n'
+        'quantization = "none"\n'
+    )
+    monkeypatch.setenv("BOTMODELS_MODEL_VARIANTS", "segment=alt")
+    get_settings.cache_clear()
+    try:
+        assert main(["tiny", "--runners", "segment", "--manifest", str(manifest)]) == 0
+    finally:
+        monkeypatch.delenv("BOTMODELS_MODEL_VARIANTS")
+        get_settings.cache_clear()
+    assert find_stored("segment-tiny-variant") is not None
