@@ -57,3 +57,17 @@ def assert_all_ok(results: list[httpx.Response | str], server: Server) -> list[h
 
 def long_text(unit: str, length: int = 4096) -> str:
     return (unit * (length // len(unit) + 1))[:length]
+
+
+class Recorder:
+    """A StepControl that records progress and cancels itself after `cancel_after` steps."""
+
+    def __init__(self, cancel_after: int | None = None) -> None:
+        self.steps: list[tuple[int, int]] = []
+        self.cancel_after = cancel_after
+
+    def cancelled(self) -> bool:
+        return self.cancel_after is not None and len(self.steps) >= self.cancel_after
+
+    def progress(self, step: int, total: int) -> None:
+        self.steps.append((step, total))

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from botmodels.errors import InvalidInput
+from tests.helpers import Recorder
 
 
 @pytest.fixture(scope="module")
@@ -40,20 +41,6 @@ def _spec(**changes: Any) -> Any:
         "seed": 1,
     }
     return ImageSpec(**{**base, **changes})
-
-
-class Recorder:
-    """A StepControl that records progress and cancels itself after `cancel_after` steps."""
-
-    def __init__(self, cancel_after: int | None = None) -> None:
-        self.steps: list[tuple[int, int]] = []
-        self.cancel_after = cancel_after
-
-    def cancelled(self) -> bool:
-        return self.cancel_after is not None and len(self.steps) >= self.cancel_after
-
-    def progress(self, step: int, total: int) -> None:
-        self.steps.append((step, total))
 
 
 def _pixels(image: Any) -> Any:

@@ -21,6 +21,7 @@ import pytest
 from botmodels.errors import InvalidInput, RunnerUnavailable
 from botmodels.generation.jobs import JobRecord, JobStore
 from botmodels.outputs import OutputStore
+from tests.helpers import Recorder
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -197,20 +198,6 @@ def test_job_retention(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def image_runner(tiny_runner: Callable[..., Any]) -> Any:
     return tiny_runner("image")
-
-
-class Recorder:
-    """A StepControl that records progress and cancels itself after `cancel_after` steps."""
-
-    def __init__(self, cancel_after: int | None = None) -> None:
-        self.steps: list[tuple[int, int]] = []
-        self.cancel_after = cancel_after
-
-    def cancelled(self) -> bool:
-        return self.cancel_after is not None and len(self.steps) >= self.cancel_after
-
-    def progress(self, step: int, total: int) -> None:
-        self.steps.append((step, total))
 
 
 def _spec(**changes: Any) -> Any:

@@ -18,6 +18,7 @@ import pytest
 
 from botmodels.errors import InvalidInput
 from botmodels.outputs import OutputStore
+from tests.helpers import Recorder
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -47,20 +48,6 @@ def wan(wan_dir: Path) -> Any:
     runner = VideoRunner(wan_dir, quantization="none", device="cpu")
     runner.load()
     return runner
-
-
-class Recorder:
-    """A StepControl that records progress and cancels itself after `cancel_after` steps."""
-
-    def __init__(self, cancel_after: int | None = None) -> None:
-        self.steps: list[tuple[int, int]] = []
-        self.cancel_after = cancel_after
-
-    def cancelled(self) -> bool:
-        return self.cancel_after is not None and len(self.steps) >= self.cancel_after
-
-    def progress(self, step: int, total: int) -> None:
-        self.steps.append((step, total))
 
 
 def _spec(**changes: Any) -> Any:
