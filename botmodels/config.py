@@ -820,6 +820,11 @@ class Settings(BaseSettings):
         """Whether `runner` loads at start-up (BOTMODELS_PRELOAD)."""
         return self.preload == ["all"] or runner in self.preload
 
+    def quantization_for(self, runner: str, manifest: Quantization) -> Quantization:
+        """BOTMODELS_<RUNNER>_QUANTIZATION where set, else the manifest's."""
+        own: Quantization | None = getattr(self, f"{runner}_quantization", None)
+        return own or manifest
+
     def idle_unload_for(self, runner: str) -> float:
         """Seconds unused before `runner` is unloaded (0: never)."""
         own = getattr(self, f"{runner}_idle_unload_s", None)

@@ -268,7 +268,7 @@ def stored_estimates(settings: Settings) -> dict[str, int]:
             continue
         stored = find_stored(spec.tag)
         if stored is not None:
-            quant = getattr(settings, f"{kind}_quantization", None) or spec.quantization
+            quant = settings.quantization_for(kind, spec.quantization)
             sizes[kind] = estimate_bytes(Path(stored.path), quant)
     return sizes
 
@@ -295,9 +295,7 @@ class RunnerPool:
                     continue  # not a failure: the kind's routes do without it
                 self.slots[kind] = RunnerSlot(kind, "?", "none", state="failed", error=str(exc))
                 continue
-            quant: Quantization = (
-                getattr(settings, f"{kind}_quantization", None) or spec.quantization
-            )
+            quant = settings.quantization_for(kind, spec.quantization)
             self.slots[kind] = RunnerSlot(
                 kind,
                 spec.tag,
@@ -702,6 +700,13 @@ class RunnerPool:
 
     def slot(self, kind: str) -> RunnerSlot | None:
         return self.slots.get(kind)
+
+    def loaded(self, kind: str) -> Any:
+        """The runner's model if it is loaded now, else None, without loading it: for a
+        best-effort look (a pre-check, a listing). Read once: an unload may clear it at any
+        time, so nothing holds it across a model call (that is `acquire`'s job)."""
+        slot = self.slots.get(kind)
+        return None if slot is None else slot.instance
 
 
 class Lease:

@@ -361,6 +361,30 @@ def tiny_clip_parts(folder: Path, hidden: int = 32) -> tuple[Any, Any]:
     return tokenizer, encoder
 
 
+def tiny_t5_encoder(
+    config_class: Any, model_class: Any, vocab_size: int, hidden: int = 32, **extra: Any
+) -> Any:
+    """A seeded 2-layer T5-family encoder (`T5EncoderModel`, `UMT5EncoderModel`) with the
+    gated-GELU feed-forward of FLUX's and Wan's text encoders; `extra`: the config's own keys."""
+    import torch
+
+    torch.manual_seed(0)
+    return model_class(
+        config_class(
+            vocab_size=vocab_size,
+            d_model=hidden,
+            d_kv=8,
+            d_ff=2 * hidden,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            feed_forward_proj="gated-gelu",
+            tie_word_embeddings=False,
+            **extra,
+        )
+    )
+
+
 def tiny_vae(channels: tuple[int, int] = (8, 16), groups: int = 4) -> Any:
     """Two blocks: 8x downscale would need three; the tiny pipelines work at scale factor 2."""
     from diffusers import AutoencoderKL

@@ -31,6 +31,7 @@ from runners.diffusion import (
     load_runner_pipeline,
     tiny_clip_parts,
     tiny_scheduler,
+    tiny_t5_encoder,
     tiny_vae,
 )
 
@@ -187,27 +188,14 @@ def tiny_t5_parts(hidden: int = 32) -> tuple[Any, Any]:
     a 2-layer T5 encoder with FLUX's gated-GELU feed-forward."""
     import string
 
-    import torch
     from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
     pieces = [("▁", -2.0)] + [(c, -3.0) for c in string.ascii_letters + string.digits + ".,!?"]
     pieces += [(f"▁{w}", -1.0) for w in ("a", "the", "red", "boat", "at", "dusk", "lighthouse")]
     tokenizer = T5Tokenizer(vocab=[("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), *pieces])
     tokenizer.model_max_length = 512
-    torch.manual_seed(0)
-    encoder = T5EncoderModel(
-        T5Config(  # type: ignore[call-arg]  # tie_word_embeddings: a PretrainedConfig kwarg
-            vocab_size=len(tokenizer),
-            d_model=hidden,
-            d_kv=8,
-            d_ff=2 * hidden,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            feed_forward_proj="gated-gelu",
-            is_encoder_decoder=False,
-            tie_word_embeddings=False,
-        )
+    encoder = tiny_t5_encoder(
+        T5Config, T5EncoderModel, len(tokenizer), hidden, is_encoder_decoder=False
     )
     return tokenizer, encoder
 

@@ -33,6 +33,7 @@ from runners.diffusion import (
     pipeline_class,
     tiny_clip_parts,
     tiny_scheduler,
+    tiny_t5_encoder,
     tiny_vae,
 )
 
@@ -259,22 +260,13 @@ def build_tiny_wan(folder: Path) -> None:
     from transformers import UMT5Config, UMT5EncoderModel
 
     tokenizer = tiny_t5_tokenizer()
-    torch.manual_seed(0)
-    text_encoder = UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=len(tokenizer),
-            d_model=32,
-            d_kv=8,
-            d_ff=64,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            feed_forward_proj="gated-gelu",
-            tie_word_embeddings=False,  # type: ignore[call-arg]  # a PretrainedConfig kwarg
-            pad_token_id=0,
-            eos_token_id=1,
-            decoder_start_token_id=0,
-        )
+    text_encoder = tiny_t5_encoder(
+        UMT5Config,
+        UMT5EncoderModel,
+        len(tokenizer),
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
     )
     torch.manual_seed(0)
     transformer = WanTransformer3DModel(

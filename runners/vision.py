@@ -182,15 +182,11 @@ class VisionRunner:
         )
 
     # 2. Generate a batch --------------------------------------------------------------------
-    def _generate(self, images: list[Any], texts: list[str] | None) -> list[VisionAnswer]:
+    def _greedy(self, inputs: Any) -> tuple[Any, Any]:
+        """Greedy generation with its scores: the output, and each generated step's
+        log-probabilities stacked (batch, steps, vocabulary); None if nothing was generated."""
         import torch
 
-        inputs = self._processor(
-            images=images, text=texts, return_tensors="pt", padding=texts is not None
-        )
-        inputs = inputs.to(self.device)
-        if "pixel_values" in inputs and self.dtype == "float16":
-            inputs["pixel_values"] = inputs["pixel_values"].half()
         with torch.inference_mode():
             out = self._model.generate(
                 **inputs,
@@ -200,15 +196,25 @@ class VisionRunner:
                 output_scores=True,
                 return_dict_in_generate=True,
             )
+        logprobs = (
+            torch.stack([torch.log_softmax(s.float(), dim=-1) for s in out.scores], dim=1)
+            if out.scores
+            else None
+        )
+        return out, logprobs
+
+    def _generate(self, images: list[Any], texts: list[str] | None) -> list[VisionAnswer]:
+        inputs = self._processor(
+            images=images, text=texts, return_tensors="pt", padding=texts is not None
+        )
+        inputs = inputs.to(self.device)
+        if "pixel_values" in inputs and self.dtype == "float16":
+            inputs["pixel_values"] = inputs["pixel_values"].half()
+        out, logprobs = self._greedy(inputs)
         sequences = out.sequences
         # The scores cover only the generated tokens: they are the last len(scores) positions.
         steps = len(out.scores)
         generated = sequences[:, -steps:] if steps else sequences[:, :0]
-        logprobs = (
-            torch.stack([torch.log_softmax(s.float(), dim=-1) for s in out.scores], dim=1)
-            if steps
-            else None
-        )
         pad = self._processor.tokenizer.pad_token_id
         answers: list[VisionAnswer] = []
         for row in range(sequences.shape[0]):
@@ -227,8 +233,6 @@ class VisionRunner:
     ) -> list[VisionAnswer]:
         """SmolVLM: one chat per image, left-padded into one batch; each answer is its reply's
         new tokens (after the prefix, which is part of the prompt) up to the end of the turn."""
-        import torch
-
         assert self._chat is not None
         inputs = self._chat.encode(images, instructions, prefixes)
         pixels = inputs["pixel_values"]
@@ -236,21 +240,8 @@ class VisionRunner:
             inputs["pixel_values"] = pixels.to(self._model.dtype)
         inputs = inputs.to(self.device)
         prompt_length = inputs["input_ids"].shape[1]
-        with torch.inference_mode():
-            out = self._model.generate(
-                **inputs,
-                max_new_tokens=self.max_new_tokens,
-                num_beams=1,
-                do_sample=False,
-                output_scores=True,
-                return_dict_in_generate=True,
-            )
+        out, logprobs = self._greedy(inputs)
         generated = out.sequences[:, prompt_length:]
-        logprobs = (
-            torch.stack([torch.log_softmax(s.float(), dim=-1) for s in out.scores], dim=1)
-            if out.scores
-            else None
-        )
         answers: list[VisionAnswer] = []
         for row, prefix in enumerate(prefixes):
             tokens = generated[row].tolist()

@@ -156,34 +156,27 @@ async def _timed(client: httpx.AsyncClient, request: Request, i: int) -> tuple[f
 
 def models(url: str) -> dict[str, dict[str, Any]]:
     rows = httpx.get(url + "/api/models", headers={"X-API-Key": KEY}, timeout=30).json()
-    return {row["runner"]: row for row in rows["models"]} if "models" in rows else rows
+    return {row["runner"]: row for row in rows["models"]}
 
 
-def worker_rss(server: Server) -> int:
-    import psutil
-
-    total = 0
-    for pid in server.worker_pids():
-        try:
-            total += psutil.Process(pid).memory_info().rss
-        except psutil.NoSuchProcess:
-            continue
-    return total
-
-
-def worker_anon(server: Server) -> int:
-    """The workers' anonymous resident memory (RssAnon): RSS less the file pages they map (a
-    safetensors file read through mmap while a model loads), which the kernel can drop."""
-    total = 0
+def worker_memory(server: Server) -> tuple[int, int]:
+    """The workers' RSS, and of it the anonymous part (RssAnon): RSS less the file pages they
+    map (a safetensors file read through mmap while a model loads), which the kernel can drop."""
+    fields = {"VmRSS:": 0, "RssAnon:": 0}
     for pid in server.worker_pids():
         try:
             status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
+        except OSError:  # the worker ended meanwhile
             continue
         for line in status.splitlines():
-            if line.startswith("RssAnon:"):
-                total += int(line.split()[1]) * 1024
-    return total
+            parts = line.split()  # "VmRSS:", "12345", "kB"
+            if parts and parts[0] in fields:
+                fields[parts[0]] += int(parts[1]) * 1024
+    return fields["VmRSS:"], fields["RssAnon:"]
+
+
+def worker_rss(server: Server) -> int:
+    return worker_memory(server)[0]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -237,8 +230,7 @@ def cold_and_first(reqs: dict[str, Request], rng: random.Random) -> dict[str, An
                 f" {mib(row['resident_bytes'])}, estimated {mib(row['estimated_bytes'])}"
             )
         out["first"] = first
-        out["rss_all_loaded"] = worker_rss(server)
-        out["anon_all_loaded"] = worker_anon(server)
+        out["rss_all_loaded"], out["anon_all_loaded"] = worker_memory(server)
         print(
             f"all runners resident: worker RSS {gib(out['rss_all_loaded'])} (anonymous"
             f" {gib(out['anon_all_loaded'])})"
@@ -308,8 +300,7 @@ def reload_cost(reqs: dict[str, Request], rng: random.Random) -> dict[str, Any]:
             )
         # Every runner has loaded and unloaded: the libraries they import stay (torch, ONNX
         # Runtime, diffusers...). This is the base the budget bounds the models above.
-        out["warm_base_rss"] = worker_rss(server)
-        out["warm_base_anon"] = worker_anon(server)
+        out["warm_base_rss"], out["warm_base_anon"] = worker_memory(server)
         print(
             f"every runner loaded once and unloaded: worker RSS {gib(out['warm_base_rss'])}"
             f" (anonymous {gib(out['warm_base_anon'])})"
@@ -344,15 +335,16 @@ def budget_mixed(
     try:
         server.wait_ready(600)
         time.sleep(1)
-        out["base_rss"] = worker_rss(server)
+        out["base_rss"], base_anon = worker_memory(server)
         peak = [out["base_rss"]]
-        peak_anon = [worker_anon(server)]
+        peak_anon = [base_anon]
         stop = threading.Event()
 
         def sample() -> None:
             while not stop.wait(0.05):
-                peak.append(worker_rss(server))
-                peak_anon.append(worker_anon(server))
+                rss, anon = worker_memory(server)
+                peak.append(rss)
+                peak_anon.append(anon)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()

@@ -118,22 +118,9 @@ def _bge_m3(folder: Path) -> None:
     with its SentencePiece tokenizer (8192 tokens), CLS pooling and Normalize, and the repo's
     `config_sentence_transformers.json` (no prompts)."""
     import torch
-    from transformers import XLMRobertaConfig, XLMRobertaModel
+    from transformers import XLMRobertaModel
 
-    tokenizer = _xlmr_tokenizer(folder, max_length=8192)
-    config = XLMRobertaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=8194,
-        type_vocab_size=1,
-        pad_token_id=1,
-        bos_token_id=0,
-        eos_token_id=2,
-        architectures=["XLMRobertaModel"],
-    )
+    config = _xlmr_large_config(folder, architectures=["XLMRobertaModel"])
     torch.manual_seed(0)
     XLMRobertaModel(config).save_pretrained(folder)
     _sentence_transformers_files(folder, "cls", max_seq_length=8192, lower_case=False)
@@ -819,15 +806,13 @@ def _xlmr_tokenizer(folder: Path, *, max_length: int) -> Any:
     return tokenizer
 
 
-def _bge_reranker(folder: Path) -> None:
-    """XLMRobertaForSequenceClassification with one logit and no activation named (as
-    BAAI/bge-reranker-v2-m3: scores through the sigmoid), 8194 positions, and the XLM-R
-    tokenizer (`_xlmr_tokenizer`)."""
-    import torch
-    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+def _xlmr_large_config(folder: Path, **extra: Any) -> Any:
+    """A tiny XLMRobertaConfig with the BAAI XLM-R large repos' special ids and 8194 positions
+    (8192 tokens from padding_idx + 1), its SentencePiece tokenizer written into `folder`."""
+    from transformers import XLMRobertaConfig
 
     tokenizer = _xlmr_tokenizer(folder, max_length=8192)
-    config = XLMRobertaConfig(  # type: ignore[call-arg]  # num_labels: a PretrainedConfig kwarg
+    return XLMRobertaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,
         num_hidden_layers=2,
@@ -838,8 +823,19 @@ def _bge_reranker(folder: Path) -> None:
         pad_token_id=1,
         bos_token_id=0,
         eos_token_id=2,
-        num_labels=1,
-        architectures=["XLMRobertaForSequenceClassification"],
+        **extra,
+    )
+
+
+def _bge_reranker(folder: Path) -> None:
+    """XLMRobertaForSequenceClassification with one logit and no activation named (as
+    BAAI/bge-reranker-v2-m3: scores through the sigmoid), 8194 positions, and the XLM-R
+    tokenizer (`_xlmr_tokenizer`)."""
+    import torch
+    from transformers import XLMRobertaForSequenceClassification
+
+    config = _xlmr_large_config(
+        folder, num_labels=1, architectures=["XLMRobertaForSequenceClassification"]
     )
     torch.manual_seed(0)
     XLMRobertaForSequenceClassification(config).save_pretrained(folder)

@@ -20,14 +20,10 @@ from tests.helpers import assert_error
 
 class _Pool:
     def __init__(self, voices: dict[str, Any] | None) -> None:
-        self._slot = (
-            None
-            if voices is None
-            else SimpleNamespace(state="ready", instance=SimpleNamespace(voices=voices))
-        )
+        self._runner = None if voices is None else SimpleNamespace(voices=voices)
 
-    def slot(self, kind: str) -> Any:
-        return self._slot
+    def loaded(self, kind: str) -> Any:
+        return self._runner
 
 
 def front(voice_map: str = "", voices: dict[str, Any] | None = None) -> SpeechFrontend:

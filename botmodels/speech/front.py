@@ -212,8 +212,7 @@ class SpeechFrontend:
         if not language:
             return None
         code = language.strip().lower().replace("_", "-").split("-")[0]
-        slot = self.pool.slot("stt")
-        known: list[str] = list(getattr(slot.instance, "languages", []) if slot else [])
+        known: list[str] = list(getattr(self.pool.loaded("stt"), "languages", []))
         if known and code not in known:
             raise InvalidInput(
                 f"`language` {language!r} is not one this Whisper model knows; use an ISO-639-1 "
@@ -290,9 +289,8 @@ class SpeechFrontend:
     # voices ----------------------------------------------------------------------------------
     def _installed_voices(self) -> dict[str, Any] | None:
         """The local runner's voices by name, or None when it is remote or not ready."""
-        slot = self.pool.slot("tts")
-        instance = slot.instance if slot is not None else None  # once: an unload may clear it
-        return None if instance is None else dict(instance.voices)
+        runner = self.pool.loaded("tts")
+        return None if runner is None else dict(runner.voices)
 
     def resolve_voice(self, name: str | None, language: str | None = None) -> str | None:
         """The installed voice to ask the runner for, given a request's `voice` and `language`.
@@ -354,11 +352,10 @@ class SpeechFrontend:
     async def _check_job(self, job: TtsJob) -> None:
         # Fail before queueing when the runner is local: a bad voice, or text that speaks for
         # too long, never joins (and so never fails) a batch. Phonemizing is quick but not free.
-        slot = self.pool.slot("tts")
-        instance = slot.instance if slot is not None else None  # once: an unload may clear it
-        if instance is not None:
+        runner = self.pool.loaded("tts")
+        if runner is not None:
             with runner_errors():
-                await asyncio.to_thread(instance.check, job)
+                await asyncio.to_thread(runner.check, job)
 
     async def api_generate(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -441,8 +438,7 @@ class SpeechFrontend:
         return JSONResponse({"text": result.text})
 
     def _engine(self) -> str | None:
-        slot = self.pool.slot("stt")
-        return getattr(slot.instance, "engine", None) if slot is not None else None
+        return getattr(self.pool.loaded("stt"), "engine", None)
 
     async def openai_speech(self, request: Request) -> Response:
         body = await read_json(request)
